@@ -1,0 +1,19 @@
+"""darts-sg: differentiable architecture search with the MobileNeXt sandglass block."""
+
+from .genotype import Genotype, GenotypeError, load_genotype
+from .network import Network, Supernet, build_network, build_supernet, count_params
+from .ops import SEARCH_SPACES, OpOptions
+
+__all__ = [
+    "Genotype",
+    "GenotypeError",
+    "Network",
+    "OpOptions",
+    "SEARCH_SPACES",
+    "Supernet",
+    "build_network",
+    "build_supernet",
+    "count_params",
+    "load_genotype",
+]
+__version__ = "0.1.0"

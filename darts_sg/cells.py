@@ -1,0 +1,150 @@
+"""The one DARTS cell, shared by search and retraining.
+
+A cell preprocesses its two inputs, then computes each intermediate node as the sum of its
+incoming edges, and concatenates the chosen nodes. What an edge *is* comes from outside: a
+``MixedOp`` over all candidate ops during search, one op after derivation. That is the only
+difference between the supernet's cell and the derived network's cell.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
+
+__all__ = ["Cell", "MixedOp", "drop_path"]
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability `drop_prob` and rescale the rest (not in-place, any device)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * (mask / keep)
+
+
+class MixedOp(nn.Module):
+    """Softmax-weighted sum of all candidate ops on one edge of the supernet.
+
+    The `none` op is never computed: its output is zero, so it adds nothing to the sum and
+    nothing to any gradient. Pools are followed by a non-affine BN, as in the reference.
+
+    With ``partial_channels`` K > 1 (PC-DARTS), only the first C/K channels go through the ops;
+    the rest bypass them, and the channels are shuffled afterwards so that every channel takes
+    its turn.
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], options: OpOptions, partial_channels: int = 1):
+        super().__init__()
+        if C % partial_channels:
+            raise ValueError(f"channels ({C}) must be divisible by --partial-channels ({partial_channels})")
+        self.stride = stride
+        self.partial_channels = partial_channels
+        C_op = C // partial_channels
+        self.active = [k for k, name in enumerate(primitives) if name != "none"]
+        ops = []
+        for k in self.active:
+            op = build_op(primitives[k], C_op, stride, affine=False, options=options)
+            if primitives[k] in POOLS:
+                op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+        if partial_channels > 1:
+            self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        K = self.partial_channels
+        xs = x if K == 1 else x[:, : x.shape[1] // K]
+        out = None
+        for k, op in zip(self.active, self.ops):
+            term = weights[k] * op(xs)
+            out = term if out is None else out + term
+        if out is None:  # only `none` on this edge
+            out = xs[:, :, :: self.stride, :: self.stride] * 0.0
+        if K == 1:
+            return out
+        out = torch.cat([out, self.bypass_pool(x[:, x.shape[1] // K :])], dim=1)
+        return channel_shuffle(out, K)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave `groups` channel groups (ShuffleNet), as PC-DARTS does after a partial op."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+EdgeFactory = Callable[[int, int, int], nn.Module]
+"""make_edge(edge_index, C, stride) -> module for that edge."""
+
+
+class Cell(nn.Module):
+    """A DARTS cell with `steps` intermediate nodes.
+
+    edges: (node, input) pairs in evaluation order; node j is state j + 2, inputs index states.
+    make_edge(k, C, stride): builds the module of edge k (stride 2 on edges from the cell
+        inputs of a reduction cell).
+    concat: the states concatenated into the output.
+    """
+
+    def __init__(
+        self,
+        C_pp: int,
+        C_p: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        edges: Sequence[tuple[int, int]],
+        concat: Sequence[int],
+        make_edge: EdgeFactory,
+        affine: bool,
+    ):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_pp, C, affine=affine)
+        else:
+            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=affine)
+        self.edge_list = [(int(node), int(src)) for node, src in edges]
+        if any(a[0] > b[0] for a, b in zip(self.edge_list, self.edge_list[1:])):
+            raise ValueError("cell edges must be listed node by node")
+        self.steps = max(node for node, _ in self.edge_list) + 1
+        self.concat = list(concat)
+        self.edges = nn.ModuleList(
+            make_edge(k, C, 2 if reduction and src < 2 else 1) for k, (_, src) in enumerate(self.edge_list)
+        )
+        # Skip connections are exempt from drop path, as in the reference.
+        self._droppable = [not isinstance(edge, nn.Identity) for edge in self.edges]
+
+    @property
+    def multiplier(self) -> int:
+        return len(self.concat)
+
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        edge_weights: torch.Tensor | None = None,
+        edge_scales: torch.Tensor | None = None,
+        drop_prob: float = 0.0,
+    ) -> torch.Tensor:
+        """edge_weights: per-edge op weights (search); edge_scales: per-edge factors (PC-DARTS
+        edge normalisation); drop_prob: drop-path probability (retraining)."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        node_sums: list[torch.Tensor | None] = [None] * self.steps
+        drop = drop_prob > 0.0 and self.training
+        for k, ((node, src), edge) in enumerate(zip(self.edge_list, self.edges)):
+            if len(states) < node + 2:  # all edges into earlier nodes are done
+                states.extend(node_sums[len(states) - 2 : node])
+            h = edge(states[src]) if edge_weights is None else edge(states[src], edge_weights[k])
+            if edge_scales is not None:
+                h = edge_scales[k] * h
+            if drop and self._droppable[k]:
+                h = drop_path(h, drop_prob)
+            node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
+        states.extend(node_sums[len(states) - 2 :])
+        return torch.cat([states[i] for i in self.concat], dim=1)
