@@ -1,0 +1,168 @@
+"""The bilevel optimisation of DARTS: an architecture step and a weight step.
+
+First order: the alpha gradient is taken at the current weights on a validation batch.
+Second order (unrolled): the alpha gradient is taken at the weights after one virtual SGD step
+w' = w - xi * (momentum * buf + grad_w L_train + wd * w), with the implicit term
+-xi * d^2 L_train / (d alpha d w) . grad_w' L_val(w') approximated by a central finite
+difference. The virtual step never copies the model: w' is evaluated with
+``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .network import Supernet
+
+__all__ = ["Architect", "unrolled_alpha_grads", "weight_step"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@contextmanager
+def frozen(params):
+    """Temporarily exclude `params` from autograd (saves their gradient work)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def weight_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    grad_clip: float,
+    loss_fn: Callable = F.cross_entropy,
+    frozen_params=(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a training batch; returns (loss, logits) detached."""
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    with frozen(frozen_params):
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def _grad(loss: torch.Tensor, inputs) -> list[torch.Tensor]:
+    """Gradients of `loss`, with zeros for inputs it does not depend on."""
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+def _loss(model: Supernet, params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+
+def unrolled_alpha_grads(
+    model: Supernet,
+    w_optimizer: torch.optim.SGD,
+    train_batch: Batch,
+    val_batch: Batch,
+    xi: float,
+    fd_radius: float = 0.01,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Second-order DARTS alpha gradients (finite-difference Hessian-vector product).
+
+    The finite difference shifts w by `fd_radius` (in L2 norm) along dL_val/dw', as in DARTS.
+    Returns (alpha gradients, validation loss at w').
+    """
+    names, weights = zip(*model.named_weights())
+    alpha_names, alphas = model.alpha_names(), model.alphas()
+    group = w_optimizer.param_groups[0]
+    momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+
+    # 1. virtual step w' = w - xi * (momentum buffer + dL_train/dw + wd * w)
+    with frozen(alphas):
+        train_loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
+    grads = _grad(train_loss, weights)
+    unrolled = []
+    with torch.no_grad():
+        for w, g in zip(weights, grads):
+            direction = g + wd * w
+            buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
+            if buf is not None and momentum:
+                direction = direction + momentum * buf
+            unrolled.append((w - xi * direction).requires_grad_(True))
+
+    # 2. dL_val(w', alpha)/d alpha and dL_val(w', alpha)/d w'
+    params = dict(zip(names, unrolled))
+    params.update(zip(alpha_names, alphas))
+    val_loss = _loss(model, params, val_batch)
+    grads_val = _grad(val_loss, list(alphas) + unrolled)
+    d_alpha, d_w = grads_val[: len(alphas)], grads_val[len(alphas) :]
+
+    # 3. finite-difference Hessian-vector product at w +- eps * dL_val/dw'
+    eps = fd_radius / torch.sqrt(sum((g * g).sum() for g in d_w))
+    hessian = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            shifted = {n: w + sign * eps * g for n, w, g in zip(names, weights, d_w)}
+        shifted.update(zip(alpha_names, alphas))
+        hessian.append(_grad(_loss(model, shifted, train_batch), alphas))
+    alpha_grads = [
+        da - xi * (hp - hm) / (2.0 * eps) for da, hp, hm in zip(d_alpha, hessian[0], hessian[1])
+    ]
+    return alpha_grads, val_loss.detach()
+
+
+class Architect:
+    """Owns the alpha optimizer and performs the architecture step of the bilevel problem."""
+
+    def __init__(
+        self,
+        model: Supernet,
+        lr: float = 3e-4,
+        weight_decay: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        order: int = 1,
+    ):
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order}")
+        self.model = model
+        self.order = order
+        self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float):
+        """Alpha gradients and validation loss, first or second order."""
+        if self.order == 2:
+            return unrolled_alpha_grads(self.model, w_optimizer, train_batch, val_batch, xi)
+        x, y = val_batch
+        loss = F.cross_entropy(self.model(x), y)
+        # Only the alphas are asked for, so autograd skips the conv weight gradients.
+        return _grad(loss, self.model.alphas()), loss.detach()
+
+    def step(self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float) -> torch.Tensor:
+        """One Adam step on the alphas; returns the validation loss."""
+        grads, loss = self.alpha_grads(train_batch, val_batch, w_optimizer, xi)
+        self.reduce_grads(grads)
+        for alpha, grad in zip(self.model.alphas(), grads):
+            alpha.grad = grad
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    @staticmethod
+    def reduce_grads(grads: list[torch.Tensor]) -> None:
+        """Average alpha gradients across processes when running distributed."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for g in grads:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
