@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .distributed import average_gradients
 from .network import Supernet
 
 __all__ = ["Architect", "unrolled_alpha_grads", "weight_step"]
@@ -53,6 +54,7 @@ def weight_step(
         loss = loss_fn(logits, y)
         loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    average_gradients([p.grad for p in params if p.grad is not None])
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
@@ -92,6 +94,7 @@ def unrolled_alpha_grads(
     with frozen(alphas):
         train_loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
     grads = _grad(train_loss, weights)
+    average_gradients(grads)  # the same virtual step on every process
     unrolled = []
     with torch.no_grad():
         for w, g in zip(weights, grads):
@@ -107,6 +110,7 @@ def unrolled_alpha_grads(
     val_loss = _loss(model, params, val_batch)
     grads_val = _grad(val_loss, list(alphas) + unrolled)
     d_alpha, d_w = grads_val[: len(alphas)], grads_val[len(alphas) :]
+    average_gradients(d_w)  # the same finite-difference direction on every process
 
     # 3. finite-difference Hessian-vector product at w +- eps * dL_val/dw'
     eps = fd_radius / torch.sqrt(sum((g * g).sum() for g in d_w))
@@ -151,18 +155,10 @@ class Architect:
     def step(self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float) -> torch.Tensor:
         """One Adam step on the alphas; returns the validation loss."""
         grads, loss = self.alpha_grads(train_batch, val_batch, w_optimizer, xi)
-        self.reduce_grads(grads)
+        average_gradients(grads)  # identical alphas on every process
         for alpha, grad in zip(self.model.alphas(), grads):
             alpha.grad = grad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
-    @staticmethod
-    def reduce_grads(grads: list[torch.Tensor]) -> None:
-        """Average alpha gradients across processes when running distributed."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for g in grads:
-                torch.distributed.all_reduce(g)
-                g.div_(world)

@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .errors import UserError
+
 __all__ = [
     "DataError",
     "CifarArrays",
@@ -37,7 +39,7 @@ TEST_FILES = ("test_batch",)
 IMAGE_BYTES = 3 * 32 * 32
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing, unreadable or malformed data; the message says which file and what to do."""
 
 

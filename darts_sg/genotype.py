@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .errors import UserError
 from .ops import OP_FACTORIES
 
 __all__ = ["Genotype", "GenotypeError", "derive_genotype", "load_genotype", "parse_legacy", "genotype_dir"]
@@ -27,7 +28,7 @@ __all__ = ["Genotype", "GenotypeError", "derive_genotype", "load_genotype", "par
 EDGES_PER_NODE = 2
 
 
-class GenotypeError(ValueError):
+class GenotypeError(UserError):
     """A genotype that cannot be used; the message says what is wrong."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "append_jsonl"]
 
 
@@ -63,7 +65,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read."""
 
 

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import UserError
+
 __all__ = [
     "OpOptions",
     "CLASSIC_PRIMITIVES",
@@ -45,13 +47,13 @@ class OpOptions:
 
     def __post_init__(self) -> None:
         if self.sg_ratio <= 0:
-            raise ValueError(f"sg_ratio must be positive, got {self.sg_ratio}")
+            raise UserError(f"sg_ratio must be positive, got {self.sg_ratio}")
         if not 0 < self.sg_identity <= 1:
-            raise ValueError(f"sg_identity must be in (0, 1], got {self.sg_identity}")
+            raise UserError(f"sg_identity must be in (0, 1], got {self.sg_identity}")
         if self.sg_min_hidden < 1:
-            raise ValueError(f"sg_min_hidden must be >= 1, got {self.sg_min_hidden}")
+            raise UserError(f"sg_min_hidden must be >= 1, got {self.sg_min_hidden}")
         if self.ir_expansion < 1:
-            raise ValueError(f"ir_expansion must be >= 1, got {self.ir_expansion}")
+            raise UserError(f"ir_expansion must be >= 1, got {self.ir_expansion}")
 
 
 class Zero(nn.Module):
@@ -106,7 +108,7 @@ class FactorizedReduce(nn.Module):
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+            raise UserError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
@@ -218,7 +220,7 @@ POOLS = ("max_pool_3x3", "avg_pool_3x3")
 def check_op_name(name: str) -> None:
     """Raise a ValueError naming the valid ops if `name` is not a registered op."""
     if name not in OP_FACTORIES:
-        raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(OP_FACTORIES)}")
+        raise UserError(f"unknown op {name!r}; valid ops: {', '.join(OP_FACTORIES)}")
 
 
 def build_op(name: str, C: int, stride: int, affine: bool, options: OpOptions | None = None) -> nn.Module:
@@ -234,18 +236,18 @@ def resolve_space(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
             return SEARCH_SPACES[spec]
         names = [part.strip() for part in spec.split(",") if part.strip()]
         if len(names) == 1 and names[0] not in OP_FACTORIES:
-            raise ValueError(
+            raise UserError(
                 f"unknown search space or op {spec!r}; spaces: {', '.join(SEARCH_SPACES)}; "
                 f"or a comma-separated list of ops from: {', '.join(OP_FACTORIES)}"
             )
     else:
         names = list(spec)
     if not names:
-        raise ValueError("the op list is empty; name a space or at least one op")
+        raise UserError("the op list is empty; name a space or at least one op")
     for name in names:
         check_op_name(name)
     if len(set(names)) != len(names):
-        raise ValueError(f"the op list names an op twice: {','.join(names)}")
+        raise UserError(f"the op list names an op twice: {','.join(names)}")
     if all(name == "none" for name in names):
-        raise ValueError("the op list holds only 'none'; add at least one real op")
+        raise UserError("the op list holds only 'none'; add at least one real op")
     return tuple(names)

@@ -1,0 +1,241 @@
+"""Architecture search: configuration, presets, and the search job run by the engine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator
+
+import torch
+
+from .architect import Architect, weight_step
+from .data import Augment, BatchLoader, load_cifar10
+from .errors import UserError
+from .engine import evaluate, fit, is_main_process, resolve_device
+from .genotype import Genotype
+from .network import Supernet, count_params
+from .ops import OpOptions, resolve_space
+from .runs import RunDirectory, RunError
+from .setup import configure_torch, open_writer, resume_config
+
+__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
+
+
+@dataclass
+class SearchConfig:
+    """Every setting of a search run (written to config.json)."""
+
+    ops: str = "sgblock"
+    order: int = 1
+    epochs: int = 50
+    batch_size: int = 64
+    layers: int = 8
+    init_channels: int = 16
+    nodes: int = 4
+    subset: int = 0  # images from each half of the training set; 0 = all 25k
+    seed: int = 0
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_lr: float = 3e-4
+    alpha_weight_decay: float = 1e-3
+    partial_channels: int = 1
+    sg_ratio: float = 6.0
+    sg_identity: float = 1.0
+    sg_min_hidden: int = 8
+    ir_expansion: int = 6
+    channels_last: bool = True
+    checkpoint_every: int = 0
+    deterministic: bool = False
+    threads: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+
+    # Settings that define the experiment: a resumed run must not change them.
+    IDENTITY = (
+        "ops", "order", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
+        "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
+        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        resolve_space(self.ops)
+        if self.order not in (1, 2):
+            raise UserError(f"--order must be 1 or 2, got {self.order}")
+        for name in ("epochs", "batch_size", "layers", "init_channels", "nodes", "partial_channels"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("subset", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.subset and self.subset < self.batch_size:
+            raise UserError(f"--subset {self.subset} is smaller than one batch ({self.batch_size}); raise it or lower --batch-size")
+        if self.subset and self.subset > 25_000:
+            raise UserError(f"--subset {self.subset} is larger than a half of the training set (25000); lower it or use 0 for all")
+        if self.init_channels % 2:
+            raise UserError(f"--init-channels must be even, got {self.init_channels}")
+        if self.init_channels % self.partial_channels:
+            raise UserError(f"--init-channels {self.init_channels} must be divisible by --partial-channels {self.partial_channels}")
+        self.op_options()
+
+    def op_options(self) -> OpOptions:
+        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # The DARTS paper's settings.
+    "paper": {},
+    # A real search on real data that finishes in about 15 minutes on a 2-core CPU.
+    "quick": {"epochs": 10, "layers": 5, "init_channels": 8, "subset": 2560, "batch_size": 64},
+    # Seconds, for tests.
+    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32},
+}
+
+
+class SearchJob:
+    """The bilevel search: an alpha step on a validation batch, then a weight step on a training batch."""
+
+    kind = "search"
+
+    def __init__(self, config: SearchConfig, run: RunDirectory, device: torch.device, rank: int = 0, world: int = 1):
+        self.config = config
+        self.run = run
+        self.device = device
+        self.primitives = resolve_space(config.ops)
+        torch.manual_seed(config.seed)
+        self.model = Supernet(
+            self.primitives, config.init_channels, config.layers, 10, config.nodes,
+            config.op_options(), config.partial_channels,
+        ).to(device)  # fmt: skip
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.w_optimizer = torch.optim.SGD(
+            self.model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
+        self.architect = Architect(self.model, config.alpha_lr, config.alpha_weight_decay, order=config.order)
+        train = load_cifar10(config.data_root, train=True)
+        half = len(train) // 2
+        size = config.subset or half
+        loader = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world)
+        self.train_loader = BatchLoader(train.slice(0, size), config.batch_size, Augment(), seed=config.seed, stream=0, **loader)
+        self.val_loader = BatchLoader(train.slice(half, half + size), config.batch_size, Augment(), seed=config.seed, stream=1, **loader)
+        self.eval_loader = BatchLoader(
+            train.slice(half, half + size), 256, shuffle=False, drop_last=False, **loader
+        )
+
+    def steps_per_epoch(self) -> int:
+        return min(len(self.train_loader), len(self.val_loader))
+
+    def batches(self, epoch: int, start_step: int) -> Iterator:
+        return zip(self.train_loader.iterate(epoch, start_step), self.val_loader.iterate(epoch, start_step))
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.train()
+
+    def lr(self) -> float:
+        return self.w_optimizer.param_groups[0]["lr"]
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        train_batch, val_batch = batch
+        val_loss = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
+        loss, logits = weight_step(
+            self.model, self.w_optimizer, train_batch, self.config.grad_clip, frozen_params=self.model.alphas()
+        )
+        acc = (logits.argmax(1) == train_batch[1]).float().mean()
+        return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "count": torch.tensor(train_batch[1].numel())}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        lr = self.lr()
+        self.scheduler.step()
+        val = evaluate(self.model, self.eval_loader)
+        genotype = self.model.genotype()
+        normal, reduce = self.model.op_weights()
+        if is_main_process():
+            genotype.save(self.run.file("genotypes", f"epoch_{epoch + 1:03d}.json"))
+            genotype.save(self.run.file("genotype.json"))
+            from .io import append_jsonl
+
+            append_jsonl(
+                self.run.file("alphas.jsonl"),
+                {"epoch": epoch + 1, "primitives": list(self.primitives), "normal": normal.tolist(), "reduce": reduce.tolist()},
+            )
+        return {
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "lr": lr,
+            "alpha_lr": self.architect.optimizer.param_groups[0]["lr"],
+            "genotype": genotype.to_dict(),
+        }
+
+    def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
+        from .visualize import log_search_epoch
+
+        log_search_epoch(writer, epoch, metrics, self.model, self.run)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "primitives": list(self.primitives),
+            "model": self.model.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.architect.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["primitives"]) != list(self.primitives):
+            raise RunError(
+                f"the checkpoint searched the ops {','.join(state['primitives'])}, not {','.join(self.primitives)}; "
+                "resume it with its own --ops"
+            )
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.architect.optimizer.load_state_dict(state["a_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def run_search(
+    config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+) -> Genotype:
+    """Run a search into the run directory `out` (or continue it); returns the final genotype.
+
+    When resuming, the stored configuration is used; the settings named in `explicit` (options
+    the user gave) must agree with it, except the number of epochs and run-time settings.
+    """
+    run = RunDirectory(out)
+    if resume:
+        config = resume_config(run, SearchConfig, config, explicit)
+    config.validate()
+    rank, world = configure_torch(config)
+    device = resolve_device(config.device)
+    if is_main_process():
+        run.update_config(config.to_dict()) if resume else run.create(config.to_dict())
+    job = SearchJob(config, run, device, rank, world)
+    if is_main_process() and not resume:
+        click_echo(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
+                   f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
+    with open_writer(run) as writer:
+        fit(
+            job, run, config.epochs, config.checkpoint_every, resume,
+            resume_hint=f"python search.py --resume {run.path}", progress=progress, writer=writer,
+        )  # fmt: skip
+    genotype = job.model.genotype()
+    if is_main_process():
+        genotype.save(run.file("genotype.json"))
+    return genotype
+
+
+def click_echo(message: str) -> None:
+    import click
+
+    click.echo(message, err=True)

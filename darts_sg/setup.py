@@ -1,0 +1,59 @@
+"""Process set-up shared by the jobs: threads, determinism, distributed init, TensorBoard, resume."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator, TypeVar
+
+import torch
+
+from .runs import RunDirectory
+
+__all__ = ["configure_torch", "open_writer", "resume_config"]
+
+# Run-time settings that may change when a run is resumed.
+RUNTIME_KEYS = {"epochs", "checkpoint_every", "device", "data_root", "threads", "channels_last"}
+
+C = TypeVar("C")
+
+
+def configure_torch(config: Any) -> tuple[int, int]:
+    """Apply threads and determinism; join the process group under torchrun. Returns (rank, world size)."""
+    if getattr(config, "threads", 0):
+        torch.set_num_threads(config.threads)
+    if getattr(config, "deterministic", False):
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    from .distributed import init_from_environment
+
+    return init_from_environment(getattr(config, "device", "auto"))
+
+
+@contextmanager
+def open_writer(run: RunDirectory) -> Iterator[Any]:
+    """A TensorBoard SummaryWriter on the main process (None elsewhere), closed at the end."""
+    from .engine import is_main_process
+
+    if not is_main_process():
+        yield None
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.path / "tensorboard"))
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[str] | None) -> C:
+    """The stored config of `run`, with run-time settings from `requested`; refuse explicit conflicts."""
+    stored = cls.from_dict(run.load_config())
+    requested_dict = requested.to_dict()
+    explicit = explicit or set()
+    run.check_resumable(stored.to_dict(), {k: requested_dict[k] for k in explicit if k in requested_dict}, cls.IDENTITY)
+    for key in RUNTIME_KEYS & explicit:
+        setattr(stored, key, requested_dict[key])
+    return stored
