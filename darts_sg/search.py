@@ -55,7 +55,7 @@ class SearchConfig:
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
-        "ops", "order", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
+        "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
         "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
     )  # fmt: skip

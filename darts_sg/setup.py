@@ -13,7 +13,7 @@ from .runs import RunDirectory
 __all__ = ["configure_torch", "open_writer", "resume_config"]
 
 # Run-time settings that may change when a run is resumed.
-RUNTIME_KEYS = {"epochs", "checkpoint_every", "device", "data_root", "threads", "channels_last"}
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last"}
 
 C = TypeVar("C")
 

@@ -1,0 +1,57 @@
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import darts_sg
+from darts_sg.architect import Architect, unrolled_alpha_grads, weight_step
+
+
+def _tiny(space="sgblock"):
+    torch.manual_seed(0)
+    model = darts_sg.build_supernet(space, C=4, layers=3, num_classes=10, steps=2).double()
+    opt = torch.optim.SGD(model.weights(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    batch = lambda: (torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,)))  # noqa: E731
+    return model, opt, batch(), batch()
+
+
+def test_second_order_gradient_matches_exact_autograd(monkeypatch):
+    # A finite difference is only exact for a smooth loss: make the activations smooth and leave
+    # out max pooling, so that no kink lies within the finite-difference radius.
+    monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x))
+    monkeypatch.setattr(torch.nn.ReLU6, "forward", lambda self, x: F.softplus(x))
+    model, opt, train, val = _tiny("none,avg_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3,sg_block,inv_res")
+    F.cross_entropy(model(train[0]), train[1]).backward()  # one real step: momentum buffers exist
+    opt.step()
+    opt.zero_grad()
+    xi = 0.1
+    # small finite-difference radius: in float64 the approximation must agree with the exact value
+    approx, _ = unrolled_alpha_grads(model, opt, train, val, xi, fd_radius=1e-5)
+
+    names, weights = zip(*model.named_weights())
+    grads = torch.autograd.grad(F.cross_entropy(model(train[0]), train[1]), weights, create_graph=True)
+    unrolled = {
+        n: w - xi * (0.9 * opt.state[w]["momentum_buffer"] + g + 3e-4 * w) for n, w, g in zip(names, weights, grads)
+    }
+    unrolled.update(zip(model.alpha_names(), model.alphas()))
+    val_loss = F.cross_entropy(functional_call(model, unrolled, (val[0],)), val[1])
+    exact = torch.autograd.grad(val_loss, model.alphas())
+    for a, e in zip(approx, exact):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-9)
+    # and the implicit term matters: first order differs from the exact gradient
+    first = torch.autograd.grad(F.cross_entropy(model(val[0]), val[1]), model.alphas())
+    assert max((f - e).abs().max() for f, e in zip(first, exact)) > 1e-4
+
+
+def test_architect_steps_move_only_their_parameters():
+    for order in (1, 2):
+        model, opt, train, val = _tiny()
+        arch = Architect(model, lr=0.01, order=order)
+        alphas = [a.clone() for a in model.alphas()]
+        weights = [w.clone() for w in model.weights()]
+        arch.step(train, val, opt, xi=0.1)
+        assert all(not torch.equal(a, b) for a, b in zip(alphas, model.alphas()))
+        assert all(torch.equal(w, b) for w, b in zip(weights, model.weights()))
+        alphas = [a.clone() for a in model.alphas()]
+        weight_step(model, opt, train, 5.0, frozen_params=model.alphas())
+        assert all(torch.equal(a, b) for a, b in zip(alphas, model.alphas()))
+        assert any(not torch.equal(w, b) for w, b in zip(weights, model.weights()))

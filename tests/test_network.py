@@ -1,0 +1,94 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import darts_sg
+from darts_sg.network import Supernet, reduction_layers
+
+
+def test_reference_supernet_parameter_count():
+    model = darts_sg.build_supernet("darts", C=16, layers=8, num_classes=10)
+    assert darts_sg.count_params(model) == 1_930_618
+
+
+@pytest.mark.parametrize(
+    "name, auxiliary, expected",
+    [("DARTS_V2", False, 3_349_342), ("DARTS_V2", True, 3_825_768), ("DARTS_V1", False, 3_169_414)],
+)
+def test_reference_network_parameter_counts(name, auxiliary, expected):
+    model = darts_sg.build_network(name, C=36, layers=20, num_classes=10, auxiliary=auxiliary)
+    assert darts_sg.count_params(model) == expected
+
+
+def test_alphas_are_separate_from_weights():
+    model = darts_sg.build_supernet("sgblock", C=4, layers=3)
+    weight_ids = {id(p) for p in model.weights()}
+    alpha_ids = {id(p) for p in model.alphas()}
+    assert not weight_ids & alpha_ids
+    assert weight_ids | alpha_ids == {id(p) for p in model.parameters()}
+    assert model.alpha_normal.shape == (14, 9)
+    assert darts_sg.count_params(model) == sum(p.numel() for p in model.weights())
+
+
+@pytest.mark.parametrize("space", ["darts", "sgblock", "invres"])
+def test_supernet_output_shape(space):
+    model = darts_sg.build_supernet(space, C=4, layers=3, num_classes=7)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_reductions_at_one_and_two_thirds():
+    assert reduction_layers(8) == (2, 5)
+    assert reduction_layers(20) == (6, 13)
+    model = darts_sg.build_supernet("darts", C=4, layers=8)
+    assert [c.reduction for c in model.cells] == [i in (2, 5) for i in range(8)]
+
+
+def test_gradients_reach_weights_and_alphas():
+    model = darts_sg.build_supernet("sgblock", C=4, layers=3)
+    loss = F.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for p in model.alphas():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # every op's weights get a gradient (the `none` op has none)
+    missing = [n for n, p in model.named_weights() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+def test_network_with_auxiliary_head_returns_aux_logits_in_training_only():
+    model = darts_sg.build_network("DARTS_V2", C=8, layers=5, num_classes=10, auxiliary=True)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    logits, aux = model.forward_with_aux(x)
+    assert logits.shape == aux.shape == (2, 10)
+    model.eval()
+    assert model.forward_with_aux(x)[1] is None
+
+
+def test_drop_path_is_not_in_place_and_exempts_skip():
+    from darts_sg.cells import drop_path
+
+    x = torch.ones(1000, 2, 2, 2)
+    y = drop_path(x, 0.3)
+    assert torch.equal(x, torch.ones_like(x))
+    kept = (y.flatten(1).sum(1) > 0).float().mean()
+    assert 0.6 < kept < 0.8
+    torch.testing.assert_close(y[y > 0], torch.full_like(y[y > 0], 1 / 0.7))
+    model = darts_sg.build_network("DARTS_V2", C=8, layers=3)
+    for cell in model.cells:
+        for edge, droppable in zip(cell.edges, cell._droppable):
+            assert droppable == (not isinstance(edge, torch.nn.Identity))
+
+
+def test_partial_channel_supernet():
+    model = Supernet(darts_sg.SEARCH_SPACES["sgblock"], C=8, layers=3, partial_channels=4)
+    assert len(model.alphas()) == 4
+    out = model(torch.randn(2, 3, 16, 16))
+    out.sum().backward()
+    assert model.beta_normal.grad is not None and model.beta_normal.grad.abs().sum() > 0
+    model.genotype().validate()
+
+
+def test_none_op_is_never_computed():
+    model = darts_sg.build_supernet("darts", C=4, layers=3)
+    edge = model.cells[0].edges[0]
+    assert len(edge.ops) == 7  # 8 primitives minus `none`
