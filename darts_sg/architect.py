@@ -46,7 +46,7 @@ def weight_step(
     loss_fn: Callable = F.cross_entropy,
     frozen_params=(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a training batch; returns (loss, logits) detached."""
+    """One optimizer step on a training batch; returns the loss and the model output, detached."""
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
     with frozen(frozen_params):
@@ -58,6 +58,8 @@ def weight_step(
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+    if isinstance(logits, tuple):
+        return loss.detach(), tuple(t.detach() if t is not None else None for t in logits)
     return loss.detach(), logits.detach()
 
 

@@ -233,13 +233,19 @@ def available_genotypes() -> list[str]:
 
 
 def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str] | None = None) -> Genotype:
-    """Load a genotype from a JSON file path, a name in `genotypes/` (case-insensitive), or a legacy string."""
+    """Load a genotype from a JSON file path, a name in `genotypes/` (case-insensitive), JSON text, or a legacy string."""
     if isinstance(spec, Genotype):
         spec.validate(allowed_ops)
         return spec
     text = str(spec).strip()
     if text.startswith("Genotype("):
         return parse_legacy(text, allowed_ops)
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GenotypeError(f"genotype JSON text is not valid JSON: {exc.msg}") from None
+        return Genotype.from_dict(data, allowed_ops)
     path = Path(text)
     if not path.is_file():
         named = {name.lower(): name for name in available_genotypes()}

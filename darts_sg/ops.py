@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -80,13 +81,58 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
+def _space_to_batch(x: torch.Tensor, d: int) -> torch.Tensor:
+    """(N, C, H, W) -> (d*d*N, C, H/d, W/d): the d x d polyphase components stacked in the batch."""
+    n, c, h, w = x.shape
+    t = x.permute(0, 2, 3, 1).reshape(n, h // d, d, w // d, d, c)
+    t = t.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c)
+    return t.permute(0, 3, 1, 2)  # channels-last memory
+
+
+def _batch_to_space(y: torch.Tensor, d: int) -> torch.Tensor:
+    """Inverse of `_space_to_batch`."""
+    b, c, h, w = y.shape
+    n = b // (d * d)
+    t = y.permute(0, 2, 3, 1).reshape(d, d, n, h, w, c)
+    t = t.permute(2, 3, 0, 4, 1, 5).reshape(n, h * d, w * d, c)
+    return t.permute(0, 3, 1, 2)
+
+
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """Depthwise conv with dilation, computed as an undilated conv where that is exact and faster.
+
+    On the CPU, the backward of a dilated depthwise convolution is several times slower than an
+    undilated one. With "same" padding, a dilation-d conv at stride 1 is an undilated conv on
+    the d x d polyphase components of the input (space-to-batch); at stride d it is an
+    undilated conv on the subsampled input. Same parameters, same result, other cases native.
+    """
+
+    def __init__(self, C: int, kernel_size: int, stride: int, padding: int, dilation: int):
+        super().__init__(C, C, kernel_size, stride, padding, dilation=dilation, groups=C, bias=False)
+        self._same = padding == dilation * (kernel_size - 1) // 2 and dilation > 1 and kernel_size % 2 == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, k = self.dilation[0], self.kernel_size[0]
+        if self._same and self.stride[0] == d:
+            return F.conv2d(x[:, :, ::d, ::d], self.weight, None, 1, (k - 1) // 2, 1, self.groups)
+        if self._same and self.stride[0] == 1 and x.shape[2] % d == 0 and x.shape[3] % d == 0:
+            y = F.conv2d(_space_to_batch(x, d), self.weight, None, 1, (k - 1) // 2, 1, self.groups)
+            return _batch_to_space(y, d)
+        return super().forward(x)
+
+
 class DilConv(nn.Sequential):
     """ReLU, dilated depthwise conv, pointwise conv, batch norm."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        depthwise = (
+            DilatedDepthwiseConv2d(C_in, kernel_size, stride, padding, dilation)
+            if dilation > 1
+            else nn.Conv2d(C_in, C_in, kernel_size, stride, padding, groups=C_in, bias=False)
+        )
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            depthwise,
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )

@@ -99,3 +99,19 @@ def test_resolve_space_names_and_lists():
 def test_bad_op_options(kwargs):
     with pytest.raises(UserError):
         OpOptions(**kwargs)
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 7), (3, 1, 7)])
+def test_dilated_depthwise_fast_path_equals_native_conv(kernel, stride, size):
+    from darts_sg.ops import DilatedDepthwiseConv2d
+
+    fast = DilatedDepthwiseConv2d(4, kernel, stride, kernel - 1, 2)
+    x = torch.randn(3, 4, size, size, requires_grad=True)
+    native = torch.nn.functional.conv2d(x, fast.weight, None, stride, kernel - 1, 2, 4)
+    y = fast(x)
+    torch.testing.assert_close(y, native)
+    g = torch.randn_like(y)
+    gx_fast, gw_fast = torch.autograd.grad(y, (x, fast.weight), g)
+    gx, gw = torch.autograd.grad(native, (x, fast.weight), g)
+    torch.testing.assert_close(gx_fast, gx)
+    torch.testing.assert_close(gw_fast, gw)

@@ -1,0 +1,265 @@
+"""Retraining a genotype from scratch: configuration, presets, the training job, and model costs."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .architect import weight_step
+from .data import Augment, BatchLoader, load_cifar10
+from .engine import evaluate, fit, is_main_process, resolve_device
+from .errors import UserError
+from .genotype import load_genotype
+from .io import atomic_write_bytes, atomic_write_text
+from .network import Network, count_params
+from .ops import OpOptions, resolve_space
+from .runs import RunDirectory, RunError
+from .setup import configure_torch, open_writer, resume_config
+
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a retraining run (written to config.json)."""
+
+    genotype: str | None = None
+    epochs: int = 600
+    batch_size: int = 96
+    layers: int = 20
+    init_channels: int = 36
+    seed: int = 0
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.4
+    drop_path: float = 0.2
+    cutout: int = 16
+    train_subset: int = 0
+    test_subset: int = 0
+    space: str | None = None
+    sg_ratio: float = 6.0
+    sg_identity: float = 1.0
+    sg_min_hidden: int = 8
+    ir_expansion: int = 6
+    channels_last: bool = True
+    checkpoint_every: int = 0
+    deterministic: bool = False
+    threads: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+
+    IDENTITY = (
+        "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
+        "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
+        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "layers", "init_channels"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.init_channels % 2:
+            raise UserError(f"--init-channels must be even, got {self.init_channels}")
+        if self.train_subset and self.train_subset < self.batch_size:
+            raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
+        if not 0 <= self.drop_path < 1:
+            raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        self.op_options()
+
+    def op_options(self) -> OpOptions:
+        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # The DARTS paper's evaluation settings.
+    "paper": {},
+    # A real training run on a 2-core CPU in about 20 minutes.
+    "quick": {"epochs": 10, "layers": 6, "init_channels": 12, "batch_size": 96, "train_subset": 10000},
+    # Seconds, for tests.
+    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "batch_size": 32, "train_subset": 64, "test_subset": 64},
+}
+
+
+@torch.no_grad()
+def flops_per_image(model: torch.nn.Module, device: torch.device) -> int:
+    """Forward FLOPs for one 32x32 image (torch's flop counter; a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: torch.nn.Module, batch: int = 1, repeats: int = 10, channels_last: bool = True) -> float:
+    """Median CPU inference latency per image in milliseconds (eval mode, after warm-up)."""
+    import copy
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(batch, 3, 32, 32)
+    if channels_last:
+        cpu_model = cpu_model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        cpu_model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        cpu_model(x)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000 / batch
+
+
+class TrainJob:
+    """Supervised training of a genotype's network with cutout, drop path and an auxiliary head."""
+
+    kind = "train"
+
+    def __init__(self, config: TrainConfig, run: RunDirectory, device: torch.device, rank: int = 0, world: int = 1):
+        self.config = config
+        self.run = run
+        self.device = device
+        allowed = resolve_space(config.space) if config.space else None
+        self.genotype = load_genotype(config.genotype, allowed)
+        torch.manual_seed(config.seed)
+        self.model = Network(
+            self.genotype, config.init_channels, config.layers, 10,
+            auxiliary=config.auxiliary_weight > 0, options=config.op_options(),
+        ).to(device)  # fmt: skip
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, eta_min=0.0)
+        train = load_cifar10(config.data_root, train=True)
+        test = load_cifar10(config.data_root, train=False, download=False)
+        if config.train_subset:
+            train = train.slice(0, config.train_subset)
+        if config.test_subset:
+            test = test.slice(0, config.test_subset)
+        loader = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world)
+        self.train_loader = BatchLoader(train, config.batch_size, Augment(cutout=config.cutout), seed=config.seed, **loader)
+        self.test_loader = BatchLoader(test, 256, shuffle=False, drop_last=False, **loader)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def batches(self, epoch: int, start_step: int) -> Iterator:
+        return self.train_loader.iterate(epoch, start_step)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self.model.drop_path_prob = self.config.drop_path * epoch / self.config.epochs
+
+    def _loss(self, output, y):
+        logits, logits_aux = output
+        loss = F.cross_entropy(logits, y)
+        if logits_aux is not None:
+            loss = loss + self.config.auxiliary_weight * F.cross_entropy(logits_aux, y)
+        return loss
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        y = batch[1]
+        loss, output = weight_step(self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss)
+        acc = (output[0].argmax(1) == y).float().mean()
+        return {"loss": loss, "acc": acc, "count": torch.tensor(y.numel())}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        test = evaluate(self.model, self.test_loader)
+        return {"test_loss": test["loss"], "test_acc": test["acc"], "lr": lr, "drop_path_prob": self.model.drop_path_prob}
+
+    def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob", "images_per_s"):
+            if key in metrics:
+                writer.add_scalar(f"train/{key}", metrics[key], epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "genotype": self.genotype.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["genotype"] != self.genotype.to_dict():
+            raise RunError("the checkpoint was trained on another genotype; resume it with its own --genotype")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def run_training(
+    config: TrainConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train a genotype into the run directory `out` (or continue it); returns the summary written to summary.json."""
+    run = RunDirectory(out)
+    if resume:
+        config = resume_config(run, TrainConfig, config, explicit)
+    if not config.genotype:
+        raise UserError("--genotype is required")
+    # Resolve the genotype now so the run records the architecture itself, not a name or path.
+    allowed = resolve_space(config.space) if config.space else None
+    config.genotype = json.dumps(load_genotype(config.genotype, allowed).to_dict())
+    config.validate()
+    rank, world = configure_torch(config)
+    device = resolve_device(config.device)
+    if is_main_process():
+        run.update_config(config.to_dict()) if resume else run.create(config.to_dict())
+    job = TrainJob(config, run, device, rank, world)
+    params = count_params(job.model)
+    params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
+    if is_main_process():
+        _echo(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
+              f"on {device}; writing {run.path}")  # fmt: skip
+    with open_writer(run) as writer:
+        records = fit(
+            job, run, config.epochs, config.checkpoint_every, resume,
+            resume_hint=f"python augment.py --resume {run.path}", progress=progress, writer=writer,
+        )  # fmt: skip
+    summary = {
+        "genotype": job.genotype.to_dict(),
+        "params": params_no_aux,
+        "params_with_aux": params,
+        "flops": flops_per_image(job.model, device),
+        "latency_ms": cpu_latency_ms(job.model, channels_last=config.channels_last),
+        "test_acc": records[-1]["test_acc"] if records else float("nan"),
+        "test_loss": records[-1]["test_loss"] if records else float("nan"),
+        "epochs": config.epochs,
+        "train_seconds": sum(r.get("train_seconds", 0.0) for r in records),
+    }
+    if is_main_process():
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in job.model.state_dict().items()}, buffer)
+        atomic_write_bytes(run.file("model.pt"), buffer.getvalue())
+        atomic_write_text(run.file("summary.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _echo(message: str) -> None:
+    import click
+
+    click.echo(message, err=True)

@@ -1,0 +1,65 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from darts_sg.train import TRAIN_PRESETS, TrainConfig, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "augment.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_augment_smoke_trains_and_reports(tmp_path, data_root):
+    out = tmp_path / "run"
+    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(data_root)})
+    summary = run_training(config, out, progress=False)
+    assert 0.0 <= summary["test_acc"] <= 1.0
+    assert summary["params"] > 0 and summary["params_with_aux"] > summary["params"]
+    assert summary["flops"] > 0 and summary["latency_ms"] > 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob"):
+        assert key in record
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert any(k.startswith("aux_head.") for k in state)
+    assert json.loads((out / "summary.json").read_text())["params"] == summary["params"]
+    stored = json.loads((out / "config.json").read_text())["genotype"]
+    assert json.loads(stored)["normal"][0] == ["sep_conv_3x3", 0]  # the architecture itself is recorded
+
+
+def test_flop_counter_matches_reference_magnitude():
+    import darts_sg
+    from darts_sg.train import flops_per_image
+
+    model = darts_sg.build_network("darts_v2", C=36, layers=20)
+    flops = flops_per_image(model, torch.device("cpu"))
+    assert 1.0e9 < flops < 1.12e9  # ../shared/BASELINES.md: 1.06 GFLOP per image
+
+
+@pytest.mark.parametrize(
+    "genotype, message",
+    [
+        ('{"normal": [', "not valid JSON"),
+        ("Genotype(normal=__import__('os').system('echo hi'))", "not allowed"),
+        ("no_such_genotype", "neither a file"),
+    ],
+)
+def test_bad_genotype_is_one_line_and_exit_2(tmp_path, data_root, genotype, message):
+    result = run_cli("--preset", "smoke", "--genotype", genotype, "--out", str(tmp_path / "r"), "--data-root", str(data_root))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "hi" not in result.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_genotype_outside_space_is_refused(tmp_path, data_root):
+    result = run_cli("--preset", "smoke", "--genotype", "darts_v2", "--space", "none,max_pool_3x3,skip_connect",
+                     "--out", str(tmp_path / "r"), "--data-root", str(data_root))  # fmt: skip
+    assert result.returncode == 2 and "not in the chosen space" in result.stderr
