@@ -30,22 +30,31 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 class MixedOp(nn.Module):
     """Softmax-weighted sum of all candidate ops on one edge of the supernet.
 
-    The `none` op is never computed: its output is zero, so it adds nothing to the sum and
-    nothing to any gradient. Pools are followed by a non-affine BN, as in the reference.
+    The `none` op is not computed (unless `skip_none` is False, as in the reference): its output
+    is zero, so it adds nothing to the sum and nothing to any gradient. Pools are followed by a
+    non-affine BN, as in the reference.
 
     With ``partial_channels`` K > 1 (PC-DARTS), only the first C/K channels go through the ops;
     the rest bypass them, and the channels are shuffled afterwards so that every channel takes
     its turn.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str], options: OpOptions, partial_channels: int = 1):
+    def __init__(
+        self,
+        C: int,
+        stride: int,
+        primitives: Sequence[str],
+        options: OpOptions,
+        partial_channels: int = 1,
+        skip_none: bool = True,
+    ):
         super().__init__()
         if C % partial_channels:
             raise ValueError(f"channels ({C}) must be divisible by --partial-channels ({partial_channels})")
         self.stride = stride
         self.partial_channels = partial_channels
         C_op = C // partial_channels
-        self.active = [k for k, name in enumerate(primitives) if name != "none"]
+        self.active = [k for k, name in enumerate(primitives) if name != "none" or not skip_none]
         ops = []
         for k in self.active:
             op = build_op(primitives[k], C_op, stride, affine=False, options=options)

@@ -45,6 +45,7 @@ COMMON_OPTIONS = [
     click.option("--sg-min-hidden", type=POSITIVE, help="Floor of the sandglass bottleneck width [default: 8]."),
     click.option("--ir-expansion", type=POSITIVE, help="Inverted-residual expansion ratio t [default: 6]."),
     click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory format (faster on CPU) [default: on]."),
+    click.option("--amp/--no-amp", default=None, help="bf16 autocast (CPU and CUDA); off by default, see benchmarks/ [default: off]."),
     click.option("--checkpoint-every", type=NON_NEGATIVE, help="Also checkpoint every N steps (0 = once per epoch)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic algorithms: a killed and resumed run ends bit-identical."),
     click.option("--threads", type=NON_NEGATIVE, help="CPU threads for torch (0 = torch's default)."),
@@ -185,3 +186,7 @@ def search_main() -> None:
 def augment_main() -> None:
     """Entry point of `python augment.py`."""
     _run_with_clean_errors(augment, prog_name="augment.py")
+
+
+if __name__ == "__main__":
+    main()

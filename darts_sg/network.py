@@ -137,6 +137,7 @@ class Supernet(CellNetwork):
         options: OpOptions | None = None,
         partial_channels: int = 1,
         stem_multiplier: int = 3,
+        skip_none: bool = True,
     ):
         if steps < 1:
             raise ValueError(f"steps must be positive, got {steps}")
@@ -152,7 +153,7 @@ class Supernet(CellNetwork):
         def make_cell(C_pp, C_p, C_cell, reduction, reduction_prev):
             return Cell(
                 C_pp, C_p, C_cell, reduction, reduction_prev, edges, concat,
-                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels),
+                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, skip_none),
                 affine=False,
             )  # fmt: skip
 

@@ -11,12 +11,13 @@ import torch
 from .architect import Architect, weight_step
 from .data import Augment, BatchLoader, load_cifar10
 from .errors import UserError
+from .distributed import identical_across_ranks
 from .engine import evaluate, fit, is_main_process, resolve_device
 from .genotype import Genotype
 from .network import Supernet, count_params
 from .ops import OpOptions, resolve_space
 from .runs import RunDirectory, RunError
-from .setup import configure_torch, open_writer, resume_config
+from .setup import autocast, configure_torch, open_writer, resume_config
 
 __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
@@ -47,6 +48,7 @@ class SearchConfig:
     sg_min_hidden: int = 8
     ir_expansion: int = 6
     channels_last: bool = True
+    amp: bool = False
     checkpoint_every: int = 0
     deterministic: bool = False
     threads: int = 0
@@ -148,10 +150,11 @@ class SearchJob:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         train_batch, val_batch = batch
-        val_loss = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
-        loss, logits = weight_step(
-            self.model, self.w_optimizer, train_batch, self.config.grad_clip, frozen_params=self.model.alphas()
-        )
+        with autocast(self.device, self.config.amp):
+            val_loss = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
+            loss, logits = weight_step(
+                self.model, self.w_optimizer, train_batch, self.config.grad_clip, frozen_params=self.model.alphas()
+            )
         acc = (logits.argmax(1) == train_batch[1]).float().mean()
         return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "count": torch.tensor(train_batch[1].numel())}
 
@@ -170,7 +173,10 @@ class SearchJob:
                 self.run.file("alphas.jsonl"),
                 {"epoch": epoch + 1, "primitives": list(self.primitives), "normal": normal.tolist(), "reduce": reduce.tolist()},
             )
+        if not identical_across_ranks(self.model.alphas()):
+            raise RuntimeError(f"the alphas differ between processes after epoch {epoch + 1}")
         return {
+            "alphas_identical_across_ranks": True,
             "val_loss": val["loss"],
             "val_acc": val["acc"],
             "lr": lr,

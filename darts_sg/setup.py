@@ -10,10 +10,10 @@ import torch
 
 from .runs import RunDirectory
 
-__all__ = ["configure_torch", "open_writer", "resume_config"]
+__all__ = ["autocast", "configure_torch", "open_writer", "resume_config"]
 
 # Run-time settings that may change when a run is resumed.
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last"}
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp"}
 
 C = TypeVar("C")
 
@@ -57,3 +57,8 @@ def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[s
     for key in RUNTIME_KEYS & explicit:
         setattr(stored, key, requested_dict[key])
     return stored
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on the job's device when `enabled` (the --amp flag), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

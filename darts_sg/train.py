@@ -20,7 +20,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import OpOptions, resolve_space
 from .runs import RunDirectory, RunError
-from .setup import configure_torch, open_writer, resume_config
+from .setup import autocast, configure_torch, open_writer, resume_config
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
 
@@ -50,6 +50,7 @@ class TrainConfig:
     sg_min_hidden: int = 8
     ir_expansion: int = 6
     channels_last: bool = True
+    amp: bool = False
     checkpoint_every: int = 0
     deterministic: bool = False
     threads: int = 0
@@ -181,7 +182,8 @@ class TrainJob:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         y = batch[1]
-        loss, output = weight_step(self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss)
+        with autocast(self.device, self.config.amp):
+            loss, output = weight_step(self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss)
         acc = (output[0].argmax(1) == y).float().mean()
         return {"loss": loss, "acc": acc, "count": torch.tensor(y.numel())}
 

@@ -1,0 +1,169 @@
+"""Speed and memory of a search step, a retraining step and the data pipeline, option by option.
+
+Each row runs in a fresh process (so its peak RSS is its own) on fixed random CIFAR-shaped
+inputs with 2 threads, like ../shared/BASELINES.md: warm-up steps, then the median of timed
+steps. The `reference-like` row turns off every speed option of ours (NCHW, `none` computed,
+native dilated convolutions, for-loop optimizers) to approximate the reference implementation
+on the same machine; the BASELINES figures were measured on another CPU.
+
+    python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
+    python benchmarks/bench_steps.py --only search-fo    # one step kind
+    python benchmarks/bench_steps.py --warmup 1 --steps 3 --out benchmarks/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "foreach": True, "amp": False}
+REFERENCE = {"channels_last": False, "skip_none": False, "fast_dilated": False, "foreach": False, "amp": False}
+
+# (step kind, row label, options)
+ROWS = [
+    ("search-fo", "reference-like", REFERENCE),
+    ("search-fo", "+ channels_last", {**REFERENCE, "channels_last": True}),
+    ("search-fo", "+ skip none", {**REFERENCE, "channels_last": True, "skip_none": True}),
+    ("search-fo", "+ fast dilated conv", {**REFERENCE, "channels_last": True, "skip_none": True, "fast_dilated": True}),
+    ("search-fo", "darts-sg default", FAST),
+    ("search-fo", "default + bf16 autocast", {**FAST, "amp": True}),
+    ("search-fo", "default + partial channels K=4", {**FAST, "partial_channels": 4}),
+    ("search-so", "reference-like", REFERENCE),
+    ("search-so", "darts-sg default", FAST),
+    ("search-so", "default + partial channels K=4", {**FAST, "partial_channels": 4}),
+    ("retrain", "reference-like", REFERENCE),
+    ("retrain", "darts-sg default", FAST),
+    ("retrain", "default + bf16 autocast", {**FAST, "amp": True}),
+    ("data", "batched tensor augmentation", {}),
+]
+
+
+def worker(spec: dict) -> dict:
+    """Time one configuration in this process; return figures as a dict."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    kind, opts = spec["kind"], spec["options"]
+    if kind == "data":
+        return _data_worker(spec)
+    import darts_sg
+    from darts_sg.architect import Architect, weight_step
+    from darts_sg.ops import OpOptions
+
+    options = OpOptions(fast_dilated=opts["fast_dilated"])
+    memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts["amp"])
+
+    def batch(size):
+        x = torch.randn(size, 3, 32, 32).contiguous(memory_format=memory_format)
+        return x, torch.randint(0, 10, (size,))
+
+    if kind.startswith("search"):
+        model = darts_sg.build_supernet(
+            spec["space"], C=16, layers=8, num_classes=10, options=options,
+            partial_channels=opts.get("partial_channels", 1), skip_none=opts["skip_none"],
+        ).to(memory_format=memory_format)  # fmt: skip
+        w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
+        architect = Architect(model, order=2 if kind == "search-so" else 1)
+        architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
+        train, val = batch(64), batch(64)
+
+        def step():
+            with autocast:
+                architect.step(train, val, w_opt, 0.025)
+                weight_step(model, w_opt, train, 5.0, frozen_params=model.alphas())
+
+        images = 64
+    else:
+        model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True, options=options)
+        model = model.to(memory_format=memory_format)
+        model.drop_path_prob = 0.2
+        opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
+        data = batch(96)
+
+        def loss_fn(output, y):
+            logits, aux = output
+            return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
+
+        model.train()
+
+        def step():
+            with autocast:
+                weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn)
+
+        images = 96
+    for _ in range(spec["warmup"]):
+        step()
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    return {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": _peak_rss_gb()}
+
+
+def _data_worker(spec: dict) -> dict:
+    import torch
+
+    from darts_sg.data import Augment, BatchLoader, load_cifar10
+
+    data = load_cifar10(spec.get("data_root"))
+    loader = BatchLoader(data, 96, Augment(cutout=16), channels_last=True)
+    start, n = time.perf_counter(), 0
+    for x, _ in loader.iterate(0):
+        n += x.shape[0]
+    seconds = time.perf_counter() - start
+    return {"s_per_step": seconds / len(loader), "images_per_s": n / seconds, "peak_rss_gb": _peak_rss_gb()}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["search-fo", "search-so", "retrain", "data"], action="append")
+    parser.add_argument("--space", default="darts", help="search space of the search rows (darts, sgblock, invres)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    results = []
+    header = "| step | options | s/step | images/s | peak RSS (GB) |\n|---|---|---:|---:|---:|"
+    print(header, flush=True)
+    for kind, label, options in ROWS:
+        if args.only and kind not in args.only:
+            continue
+        spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
+                "data_root": args.data_root}  # fmt: skip
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            print(f"| {kind} | {label} | failed: {proc.stderr.strip().splitlines()[-1]} | | |", flush=True)
+            continue
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append({"kind": kind, "label": label, "options": options, **figures})
+        print(f"| {kind} | {label} | {figures['s_per_step']:.3f} | {figures['images_per_s']:.1f} | {figures['peak_rss_gb']:.2f} |", flush=True)
+    if args.out:
+        lines = [header] + [
+            f"| {r['kind']} | {r['label']} | {r['s_per_step']:.3f} | {r['images_per_s']:.1f} | {r['peak_rss_gb']:.2f} |" for r in results
+        ]
+        args.out.write_text("\n".join(lines) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

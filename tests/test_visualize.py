@@ -1,0 +1,102 @@
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import darts_sg
+from darts_sg.genotype import load_genotype
+from darts_sg.visualize import alpha_entropy, alpha_heatmap, cell_graph, op_shares, plot_genotype
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed (scripts/setup.sh installs it)")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_cell_graph_has_inputs_nodes_output_and_labelled_edges():
+    genotype = load_genotype("darts_v2")
+    source = cell_graph(genotype, "normal").source
+    for node in ("c_{k-2}", "c_{k-1}", "c_{k}", '"0"', '"3"'):
+        assert node in source.replace("\t", "") or node.strip('"') in source
+    assert source.count("label=sep_conv_3x3") == 5
+    assert "dil_conv_3x3" in source
+
+
+def test_block_ops_are_drawn_distinctly():
+    genotype = darts_sg.Genotype.from_dict(
+        {"normal": [["sg_block", 0], ["inv_res", 1], ["skip_connect", 0], ["sg_block", 2]], "normal_concat": [2, 3],
+         "reduce": [["max_pool_3x3", 0], ["sg_block", 1], ["skip_connect", 2], ["max_pool_3x3", 1]], "reduce_concat": [2, 3]}
+    )  # fmt: skip
+    lines = cell_graph(genotype, "normal").source.splitlines()
+    sg = [line for line in lines if "label=sg_block" in line]
+    classic = [line for line in lines if "label=skip_connect" in line]
+    assert sg and all("bold" in line and "color=" in line for line in sg)
+    assert classic and not any("bold" in line for line in classic)
+
+
+@needs_dot
+def test_plot_renders_real_png_files(tmp_path):
+    files = plot_genotype(load_genotype("darts_v2"), tmp_path / "v2")
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert [f.name for f in pngs] == ["v2_normal.png", "v2_reduce.png"]
+    for f in pngs:
+        width, height = png_size(f)
+        assert 200 < width < 5000 and 100 < height < 5000
+
+
+@needs_dot
+def test_plot_command_draws_darts_v2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", "darts_v2", "-o", str(tmp_path / "c"), "--format", "svg"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c_normal.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_plot_without_dot_writes_source_and_says_how_to_install(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", "darts_v1", "-o", str(tmp_path / "c")],
+                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c_normal.gv").read_text().startswith("digraph")
+    assert not (tmp_path / "c_normal.png").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install Graphviz" in lines[0]
+
+
+def test_alpha_statistics_and_heatmap():
+    uniform = torch.full((14, 8), 1 / 8)
+    assert abs(alpha_entropy(uniform) - torch.log(torch.tensor(8.0)).item()) < 1e-6
+    peaked = torch.zeros(14, 8)
+    peaked[:, 3] = 1
+    assert alpha_entropy(peaked) < 1e-6
+    shares = op_shares(peaked, [f"op{i}" for i in range(8)])
+    assert shares["op3"] == 1.0 and sum(shares.values()) == pytest.approx(1.0)
+    image = alpha_heatmap(torch.softmax(torch.randn(14, 9), -1), darts_sg.SEARCH_SPACES["sgblock"], "t")
+    assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] > 14 * 10 and image.dtype.name == "uint8"
+    assert image.min() < 100  # something is drawn
+
+
+def test_search_logs_pictures_to_tensorboard(tmp_path, data_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+
+    out = tmp_path / "run"
+    run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "data_root": str(data_root)}), out, progress=False)
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert {"alphas/normal", "alphas/reduce"} <= set(tags["images"])
+    scalars = set(tags["scalars"])
+    assert {"search/train_loss", "search/val_acc", "search/lr", "alpha_entropy/normal", "op_share_normal/sg_block"} <= scalars
+    if shutil.which("dot"):
+        assert {"cells/normal", "cells/reduce"} <= set(tags["images"])
+        assert (out / "cells" / "epoch_001_normal.png").exists()
