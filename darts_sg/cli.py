@@ -72,13 +72,16 @@ def _out_dir(out: str | None, resume: str | None, job: str) -> tuple[str, bool]:
     return out or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}", False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
 @click.version_option(package_name="darts-sg")
 def cli() -> None:
     """darts-sg: differentiable architecture search with the MobileNeXt sandglass block."""
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.option("--ops", default=None, help="Search space (darts, sgblock, invres) or a comma-separated list of ops [default: sgblock].")
 @click.option("--order", type=click.IntRange(1, 2), help="1: first-order DARTS; 2: second order (unrolled) [default: 1].")
 @click.option("--nodes", type=POSITIVE, help="Intermediate nodes per cell [default: 4].")
@@ -102,7 +105,7 @@ def search(preset, out, resume, progress, **params) -> None:
     click.echo(f"written: {out}/genotype.json")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.option("--genotype", "genotype", default=None, help="Genotype: JSON file, name in genotypes/ (e.g. darts_v2), or a legacy Genotype(...) string [required unless --resume].")
 @click.option("--lr", type=POSITIVE_FLOAT, help="SGD learning rate (cosine to 0) [default: 0.025].")
 @click.option("--momentum", type=NON_NEGATIVE_FLOAT, help="SGD momentum [default: 0.9].")
@@ -130,7 +133,7 @@ def augment(preset, out, resume, progress, **params) -> None:
     click.echo(f"written: {out}")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.argument("genotype")
 @click.option("-o", "--output", default=None, help="Output prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT [default: the genotype's name].")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
@@ -146,6 +149,37 @@ def plot(genotype, output, fmt) -> None:
         output = Path(genotype).stem if not genotype.startswith("Genotype(") else "genotype"
     for path in plot_genotype(geno, output, fmt):
         click.echo(str(path))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--spaces", default="darts,invres,sgblock", show_default=True, help="Comma-separated search spaces to compare.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each space is searched and retrained once per seed.")
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="quick", show_default=True, help="Scale of the searches and retrainings.")
+@click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
+@click.option("--train-opt", multiple=True, metavar="KEY=VALUE", help="Override a retraining setting, e.g. --train-opt layers=8 (repeatable).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
+@click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs.")
+def compare(spaces, seeds, preset, search_opt, train_opt, data_root, out, progress) -> None:
+    """Search and retrain in several spaces with several seeds, and write a comparison report."""
+    from .compare import CompareSpec, parse_overrides, run_compare
+    from .search import SearchConfig
+    from .train import TrainConfig
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+    spec = CompareSpec(
+        spaces=[s.strip() for s in spaces.split(",") if s.strip()],
+        seeds=seed_list,
+        preset=preset,
+        search_overrides=parse_overrides(search_opt, SearchConfig),
+        train_overrides=parse_overrides(train_opt, TrainConfig),
+        data_root=data_root,
+    )
+    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{len(rows)} pairs finished; report: {out}/report.md")
 
 
 def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | None = None) -> None:

@@ -97,8 +97,10 @@ class SearchConfig:
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     # The DARTS paper's settings.
     "paper": {},
-    # A real search on real data that finishes in about 15 minutes on a 2-core CPU.
-    "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64},
+    # A real search on real data that finishes in about 15 minutes on a 2-core CPU. With ~100
+    # alpha steps instead of the paper's ~19,500, the alpha learning rate is 10x the paper's so
+    # that the architecture weights move measurably.
+    "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64, "alpha_lr": 3e-3},
     # Seconds, for tests.
     "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32},
 }

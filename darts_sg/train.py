@@ -91,7 +91,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The DARTS paper's evaluation settings.
     "paper": {},
     # A real training run on a 2-core CPU in about 20 minutes.
-    "quick": {"epochs": 10, "layers": 6, "init_channels": 12, "batch_size": 96, "train_subset": 10000},
+    "quick": {"epochs": 4, "layers": 6, "init_channels": 12, "batch_size": 96, "train_subset": 10000},
     # Seconds, for tests.
     "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "batch_size": 32, "train_subset": 64, "test_subset": 64},
 }

@@ -6,6 +6,7 @@ and one line says how to install Graphviz.
 
 from __future__ import annotations
 
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -125,7 +126,11 @@ def _edge_labels(steps: int) -> list[str]:
 
 
 def alpha_heatmap(weights: torch.Tensor, primitives: Sequence[str], title: str = "", cell: int = 22) -> np.ndarray:
-    """An RGB heatmap (H, W, 3 uint8) of edge x op weights, with op and edge labels (Pillow)."""
+    """An RGB heatmap (H, W, 3 uint8) of edge x op weights, with op and edge labels (Pillow).
+
+    Colours span this matrix's own min..max (printed beside it): early in a search all weights
+    are near 1/num_ops and a fixed 0..1 scale would show nothing.
+    """
     from PIL import Image, ImageDraw
 
     w = weights.detach().float().cpu().numpy()
@@ -135,15 +140,16 @@ def alpha_heatmap(weights: torch.Tensor, primitives: Sequence[str], title: str =
         steps += 1
     labels = _edge_labels(steps) if steps * (steps + 3) // 2 == n_edges else [str(i) for i in range(n_edges)]
     left, top = 70, 110
-    width, height = left + n_ops * cell + 60, top + n_edges * cell + 10
+    width, height = left + n_ops * cell + 70, top + n_edges * cell + 10
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.text((4, 4), title, fill="black")
-    peak = max(float(w.max()), 1e-12)
+    lo, hi = float(w.min()), float(w.max())
+    span = max(hi - lo, 1e-12)  # colour by the range of this matrix, so small differences show
     for e in range(n_edges):
         draw.text((4, top + e * cell + 5), labels[e], fill="black")
         for o in range(n_ops):
-            v = w[e, o] / peak
+            v = (w[e, o] - lo) / span
             colour = (int(255 * (1 - v * 0.85)), int(255 * (1 - v * 0.55)), 255)
             x0, y0 = left + o * cell, top + e * cell
             draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=colour)
@@ -152,7 +158,8 @@ def alpha_heatmap(weights: torch.Tensor, primitives: Sequence[str], title: str =
         ImageDraw.Draw(label).text((2, 5), name, fill="black")
         label = label.rotate(90, expand=True)
         image.paste(label, (left + o * cell, 14))
-    draw.text((left + n_ops * cell + 6, top), f"max\n{peak:.3f}", fill="black")
+    draw.text((left + n_ops * cell + 6, top), f"max\n{hi:.4f}", fill="black")
+    draw.text((left + n_ops * cell + 6, top + n_edges * cell - 24), f"min\n{lo:.4f}", fill="black")
     return np.asarray(image)
 
 
@@ -187,3 +194,60 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
             image = _image_array(path)
             if image is not None:
                 writer.add_image(f"cells/{path.stem.rsplit('_', 1)[-1]}", image, epoch, dataformats="HWC")
+
+
+# ----------------------------------------------------------------------------------------- scatter plot
+
+SERIES_COLOURS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    step = (hi - lo) / (n - 1)
+    return [lo + i * step for i in range(n)]
+
+
+def scatter_plot(
+    series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str, size=(720, 480)
+) -> bytes:
+    """A PNG scatter plot (one colour per series, with a legend), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 70, 150, 40, 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for values in series.values() for p in values]
+    xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
+    pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 0.5, (max(ys) - min(ys)) * 0.1 or 0.5
+    x0, x1, y0, y1 = min(xs) - pad_x, max(xs) + pad_x, min(ys) - pad_y, max(ys) + pad_y
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        px = left + (x - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+        return px, py
+
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for x in _ticks(x0, x1):
+        px, _ = to_px(x, y0)
+        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
+        draw.text((px - 12, height - bottom + 8), f"{x:.3g}", fill="black")
+    for y in _ticks(y0, y1):
+        _, py = to_px(x0, y)
+        draw.line([left - 5, py, left, py], fill="black")
+        draw.text((8, py - 6), f"{y:.4g}", fill="black")
+    draw.text((left + (width - left - right) // 2 - 30, height - 20), x_label, fill="black")
+    draw.text((8, 12), y_label, fill="black")
+    draw.text((left + 120, 12), title, fill="black")
+    for k, (name, values) in enumerate(series.items()):
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        for x, y in values:
+            px, py = to_px(x, y)
+            draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour, outline="black")
+        ly = top + 10 + 20 * k
+        draw.ellipse([width - right + 15, ly, width - right + 25, ly + 10], fill=colour, outline="black")
+        draw.text((width - right + 32, ly - 1), f"{name} ({len(values)})", fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -121,3 +121,19 @@ def test_resume_with_other_configuration_is_refused(tmp_path, data_root):
     result = run_cli("search.py", "--resume", str(out), "--layers", "5", "--data-root", str(data_root))
     assert result.returncode == 2 and "layers" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("script, cls", [("search.py", "SearchConfig"), ("augment.py", "TrainConfig")])
+def test_help_documents_every_setting(script, cls):
+    import dataclasses
+
+    import darts_sg.search
+    import darts_sg.train
+
+    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.train, cls)
+    result = run_cli(script, "--help")
+    assert result.returncode == 0
+    for field in dataclasses.fields(config_cls):
+        assert f"--{field.name.replace('_', '-')}" in result.stdout, field.name
+    for option in ("--preset", "--out", "--resume"):
+        assert option in result.stdout
