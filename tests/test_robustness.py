@@ -85,7 +85,6 @@ def straight_runs(tmp_path_factory, data_root):
     "args, name, kill_at, sig",
     [
         (SEARCH, "search", (0, 2), signal.SIGKILL),
-        (SEARCH, "search", (1, 0), signal.SIGKILL),
         (SEARCH, "search", (1, 3), signal.SIGKILL),
         (AUGMENT, "augment", (0, 1), signal.SIGKILL),
         (AUGMENT, "augment", (1, 2), signal.SIGKILL),
@@ -174,17 +173,13 @@ def test_unwritable_output_directory(tmp_path, data_root):
 def test_checkpoint_from_another_space_is_refused(tmp_path, data_root):
     darts_run, sg_run = tmp_path / "darts", tmp_path / "sg"
     for ops, out in (("darts", darts_run), ("sgblock", sg_run)):
-        result = cli("search.py", "--preset", "smoke", "--ops", ops, "--epochs", "2", "--out", str(out), "--data-root", str(data_root))
+        result = cli("search.py", "--preset", "smoke", "--ops", ops, "--out", str(out), "--data-root", str(data_root))
         assert result.returncode == 0, result.stderr
-    shutil.copy(darts_run / "checkpoint.pt", sg_run / "checkpoint.pt")
+    # put the darts run's mid-epoch state in the sgblock run, as a mix-up of files would
+    state = load_checkpoint(darts_run / "checkpoint.pt")
+    state["epoch"], state["step"] = 0, 1
+    torch.save(state, sg_run / "checkpoint.pt")
     before = (sg_run / "checkpoint.pt").read_bytes()
-    # the runs are complete (epoch 2 of 2); ask for the same epochs so that the checkpoint is read
-    data = load_checkpoint(sg_run / "checkpoint.pt")
-    data_epoch = data["epoch"]
-    assert data_epoch == 2
-    config = json.loads((sg_run / "config.json").read_text())
-    config["epochs"] = 3
-    (sg_run / "config.json").write_text(json.dumps(config))
     one_line_error(cli("search.py", "--resume", str(sg_run), "--data-root", str(data_root)), "resume it with its own --ops")
     assert (sg_run / "checkpoint.pt").read_bytes() == before
 
