@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from .architect import Architect, weight_step
+from .config import RunConfig
 from .data import Augment, BatchLoader, load_cifar10
 from .errors import UserError
 from .distributed import identical_across_ranks
 from .engine import evaluate, fit, is_main_process, resolve_device
 from .genotype import Genotype
 from .network import Supernet, count_params
-from .ops import OpOptions, resolve_space
+from .ops import resolve_space
 from .runs import RunDirectory, RunError
 from .setup import autocast, configure_torch, open_writer, resume_config
 
@@ -23,7 +24,7 @@ __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunConfig):
     """Every setting of a search run (written to config.json)."""
 
     ops: str = "sgblock"
@@ -34,26 +35,13 @@ class SearchConfig:
     init_channels: int = 16
     nodes: int = 4
     subset: int = 0  # images from each half of the training set; 0 = all 25k
-    seed: int = 0
     w_lr: float = 0.025
     w_lr_min: float = 0.001
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
-    grad_clip: float = 5.0
     alpha_lr: float = 3e-4
     alpha_weight_decay: float = 1e-3
     partial_channels: int = 1
-    sg_ratio: float = 6.0
-    sg_identity: float = 1.0
-    sg_min_hidden: int = 8
-    ir_expansion: int = 6
-    channels_last: bool = True
-    amp: bool = False
-    checkpoint_every: int = 0
-    deterministic: bool = False
-    threads: int = 0
-    device: str = "auto"
-    data_root: str | None = None
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
@@ -63,35 +51,19 @@ class SearchConfig:
     )  # fmt: skip
 
     def validate(self) -> None:
+        super().validate()
         resolve_space(self.ops)
         if self.order not in (1, 2):
             raise UserError(f"--order must be 1 or 2, got {self.order}")
-        for name in ("epochs", "batch_size", "layers", "init_channels", "nodes", "partial_channels"):
-            if getattr(self, name) < 1:
+        for name in ("nodes", "partial_channels", "subset"):
+            if getattr(self, name) < (0 if name == "subset" else 1):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("subset", "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.subset and self.subset < self.batch_size:
             raise UserError(f"--subset {self.subset} is smaller than one batch ({self.batch_size}); raise it or lower --batch-size")
         if self.subset and self.subset > 25_000:
             raise UserError(f"--subset {self.subset} is larger than a half of the training set (25000); lower it or use 0 for all")
-        if self.init_channels % 2:
-            raise UserError(f"--init-channels must be even, got {self.init_channels}")
         if self.init_channels % self.partial_channels:
             raise UserError(f"--init-channels {self.init_channels} must be divisible by --partial-channels {self.partial_channels}")
-        self.op_options()
-
-    def op_options(self) -> OpOptions:
-        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {

@@ -5,20 +5,21 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from .architect import weight_step
+from .config import RunConfig
 from .data import Augment, BatchLoader, load_cifar10
 from .engine import evaluate, fit, is_main_process, resolve_device
 from .errors import UserError
 from .genotype import load_genotype
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
-from .ops import OpOptions, resolve_space
+from .ops import resolve_space
 from .runs import RunDirectory, RunError
 from .setup import autocast, configure_torch, open_writer, resume_config
 
@@ -26,7 +27,7 @@ __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_pe
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Every setting of a retraining run (written to config.json)."""
 
     genotype: str | None = None
@@ -34,28 +35,15 @@ class TrainConfig:
     batch_size: int = 96
     layers: int = 20
     init_channels: int = 36
-    seed: int = 0
     lr: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    grad_clip: float = 5.0
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
     cutout: int = 16
     train_subset: int = 0
     test_subset: int = 0
     space: str | None = None
-    sg_ratio: float = 6.0
-    sg_identity: float = 1.0
-    sg_min_hidden: int = 8
-    ir_expansion: int = 6
-    channels_last: bool = True
-    amp: bool = False
-    checkpoint_every: int = 0
-    deterministic: bool = False
-    threads: int = 0
-    device: str = "auto"
-    data_root: str | None = None
 
     IDENTITY = (
         "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
@@ -64,27 +52,11 @@ class TrainConfig:
     )  # fmt: skip
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "layers", "init_channels"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.init_channels % 2:
-            raise UserError(f"--init-channels must be even, got {self.init_channels}")
+        super().validate()
         if self.train_subset and self.train_subset < self.batch_size:
             raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
         if not 0 <= self.drop_path < 1:
             raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        self.op_options()
-
-    def op_options(self) -> OpOptions:
-        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
