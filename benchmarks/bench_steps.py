@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
+    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one row may take before it is reported as too slow")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -145,14 +147,22 @@ def main() -> None:
     results = []
     header = "| step | options | s/step | images/s | peak RSS (GB) |\n|---|---|---:|---:|---:|"
     print(header, flush=True)
-    for kind, label, options in ROWS:
-        if args.only and kind not in args.only:
+    wanted = {int(r) for r in args.rows.split(",")} if args.rows else None
+    for number, (kind, label, options) in enumerate(ROWS, start=1):
+        if (args.only and kind not in args.only) or (wanted and number not in wanted):
             continue
         spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
                 "data_root": args.data_root}  # fmt: skip
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True, cwd=ROOT, timeout=args.timeout)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            steps = args.warmup + args.steps
+            print(f"| {kind} | {label} | > {args.timeout / steps:.0f} (stopped after {args.timeout:.0f} s for {steps} steps) | | |", flush=True)
+            continue
         if proc.returncode != 0:
-            print(f"| {kind} | {label} | failed: {proc.stderr.strip().splitlines()[-1]} | | |", flush=True)
+            reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            print(f"| {kind} | {label} | failed: {reason} | | |", flush=True)
             continue
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"kind": kind, "label": label, "options": options, **figures})
