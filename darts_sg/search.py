@@ -15,6 +15,7 @@ from .errors import UserError
 from .distributed import identical_across_ranks
 from .engine import evaluate, fit, is_main_process, resolve_device
 from .genotype import Genotype
+from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
@@ -141,8 +142,6 @@ class SearchJob:
         if is_main_process():
             genotype.save(self.run.file("genotypes", f"epoch_{epoch + 1:03d}.json"))
             genotype.save(self.run.file("genotype.json"))
-            from .io import append_jsonl
-
             append_jsonl(
                 self.run.file("alphas.jsonl"),
                 {"epoch": epoch + 1, "primitives": list(self.primitives), "normal": normal.tolist(), "reduce": reduce.tolist()},
@@ -190,7 +189,7 @@ def run_search(
     """Run a search into the run directory `out` (or continue it); returns the final genotype.
 
     When resuming, the stored configuration is used; the settings named in `explicit` (options
-    the user gave) must agree with it, except the number of epochs and run-time settings.
+    the user gave) must agree with it, except run-time settings (device, threads, ...).
     """
     run = RunDirectory(out)
     if resume:
