@@ -3,8 +3,12 @@
 Each row runs in a fresh process (so its peak RSS is its own) on fixed random CIFAR-shaped
 inputs with 2 threads, like ../shared/BASELINES.md: warm-up steps, then the median of timed
 steps. The `reference-like` row turns off every speed option of ours (NCHW, `none` computed,
-native dilated convolutions, for-loop optimizers) to approximate the reference implementation
-on the same machine; the BASELINES figures were measured on another CPU.
+native dilated convolutions, one ReLU per op, unfused weighted sums, for-loop optimizers) to
+approximate the reference implementation on the same machine; the BASELINES figures were measured on another CPU.
+
+Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step row gives its
+GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter) and the share of
+that GEMM ceiling it reaches: how far a step is from what the hardware allows.
 
     python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
     python benchmarks/bench_steps.py --only search-fo    # one step kind
@@ -24,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
-FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "foreach": True, "amp": False}
-REFERENCE = {"channels_last": False, "skip_none": False, "fast_dilated": False, "foreach": False, "amp": False}
+FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
+        "foreach": True, "amp": False}  # fmt: skip
+REFERENCE = {key: False for key in FAST}
+DEFAULTS = {**FAST, "foreach": False}
 
 # (step kind, row label, options)
 ROWS = [
@@ -33,15 +39,17 @@ ROWS = [
     ("search-fo", "+ channels_last", {**REFERENCE, "channels_last": True}),
     ("search-fo", "+ skip none", {**REFERENCE, "channels_last": True, "skip_none": True}),
     ("search-fo", "+ fast dilated conv", {**REFERENCE, "channels_last": True, "skip_none": True, "fast_dilated": True}),
+    ("search-fo", "+ shared ReLU", {**DEFAULTS, "fused_sum": False}),
+    ("search-fo", "+ fused weighted sum (= defaults)", DEFAULTS),
     ("search-fo", "+ foreach optimizers", FAST),
-    ("search-fo", "all + bf16 autocast", {**FAST, "amp": True}),
-    ("search-fo", "all + partial channels K=4", {**FAST, "partial_channels": 4}),
+    ("search-fo", "defaults + bf16 autocast", {**DEFAULTS, "amp": True}),
+    ("search-fo", "defaults + partial channels K=4", {**DEFAULTS, "partial_channels": 4}),
     ("search-so", "reference-like", REFERENCE),
-    ("search-so", "all options", FAST),
-    ("search-so", "all + partial channels K=4", {**FAST, "partial_channels": 4}),
+    ("search-so", "defaults", DEFAULTS),
+    ("search-so", "defaults + partial channels K=4", {**DEFAULTS, "partial_channels": 4}),
     ("retrain", "reference-like", REFERENCE),
-    ("retrain", "all options", FAST),
-    ("retrain", "all + bf16 autocast", {**FAST, "amp": True}),
+    ("retrain", "defaults", DEFAULTS),
+    ("retrain", "defaults + bf16 autocast", {**DEFAULTS, "amp": True}),
     ("data", "batched tensor augmentation", {}),
 ]
 
@@ -52,11 +60,32 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    kind, opts = spec["kind"], spec["options"]
+    kind = spec["kind"]
     if kind == "data":
         return _data_worker(spec)
+    if kind == "gemm":
+        return _gemm_worker()
+    step, images = build_step(kind, spec["options"], spec["space"])
+    for _ in range(spec["warmup"]):
+        step()
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    peak = _peak_rss_gb()  # before the FLOP count, which runs a smaller batch
+    return {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak,
+            "gflop_per_step": _step_gflop(kind, spec["options"], spec["space"], images)}  # fmt: skip
+
+
+def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None):
+    """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step)."""
+    import torch
+
     import darts_sg
     from darts_sg.architect import Architect, weight_step
+    from darts_sg.cells import EdgeOptions
     from darts_sg.ops import OpOptions
 
     options = OpOptions(fast_dilated=opts["fast_dilated"])
@@ -68,53 +97,71 @@ def worker(spec: dict) -> dict:
         return x, torch.randint(0, 10, (size,))
 
     if kind.startswith("search"):
+        images = batch_size or 64
         model = darts_sg.build_supernet(
-            spec["space"], C=16, layers=8, num_classes=10, options=options,
-            partial_channels=opts.get("partial_channels", 1), skip_none=opts["skip_none"],
+            space, C=16, layers=8, num_classes=10, options=options,
+            partial_channels=opts.get("partial_channels", 1),
+            edge_options=EdgeOptions(opts["skip_none"], opts["share_relu"], opts["fused_sum"]),
         ).to(memory_format=memory_format)  # fmt: skip
         w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
         architect = Architect(model, order=2 if kind == "search-so" else 1)
         architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
-        train, val = batch(64), batch(64)
+        train, val = batch(images), batch(images)
 
         def step():
             with autocast:
                 architect.step(train, val, w_opt, 0.025)
                 weight_step(model, w_opt, train, 5.0, frozen_params=model.alphas())
 
-        images = 64
-    else:
-        model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True, options=options)
-        model = model.to(memory_format=memory_format)
-        model.drop_path_prob = 0.2
-        opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
-        data = batch(96)
+        return step, images
+    images = batch_size or 96
+    model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True, options=options)
+    model = model.to(memory_format=memory_format)
+    model.drop_path_prob = 0.2
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
+    data = batch(images)
 
-        def loss_fn(output, y):
-            logits, aux = output
-            return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
+    def loss_fn(output, y):
+        logits, aux = output
+        return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
 
-        model.train()
+    def step():
+        with autocast:
+            weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn)
 
-        def step():
-            with autocast:
-                weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn)
+    return step, images
 
-        images = 96
-    for _ in range(spec["warmup"]):
+
+def _step_gflop(kind: str, opts: dict, space: str, images: int, probe_batch: int = 8) -> float:
+    """GFLOP of one step (convolutions and matmuls, forward and backward, by torch's FLOP counter).
+
+    Counted on a step of `probe_batch` images and scaled to `images` (the count is linear in the batch).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, _ = build_step(kind, opts, space, batch_size=probe_batch)
+    counter = FlopCounterMode(display=False)
+    with counter:
         step()
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
-    return {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": _peak_rss_gb()}
+    return counter.get_total_flops() * images / probe_batch / 1e9
+
+
+def _gemm_worker(n: int = 2048, repeats: int = 20) -> dict:
+    """fp32 matrix-multiply throughput of this CPU with 2 threads: the ceiling of any conv-heavy step."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = (time.perf_counter() - start) / repeats
+    return {"s_per_step": seconds, "images_per_s": 0.0, "peak_rss_gb": _peak_rss_gb(), "gflop_per_step": 2 * n**3 / 1e9}
 
 
 def _data_worker(spec: dict) -> dict:
-    import torch
-
     from darts_sg.data import Augment, BatchLoader, load_cifar10
 
     data = load_cifar10(spec.get("data_root"))
@@ -139,18 +186,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
-    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run")
+    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run; the GEMM row always runs")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one row may take before it is reported as too slow")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     results = []
-    header = "| step | options | s/step | images/s | peak RSS (GB) |\n|---|---|---:|---:|---:|"
+    header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     print(header, flush=True)
     wanted = {int(r) for r in args.rows.split(",")} if args.rows else None
-    for number, (kind, label, options) in enumerate(ROWS, start=1):
-        if (args.only and kind not in args.only) or (wanted and number not in wanted):
+    rows = [("gemm", "fp32 2048x2048 matmul, 2 threads", {})] + ROWS  # the ceiling, measured in the same run
+    peak = None
+    for number, (kind, label, options) in enumerate(rows):
+        if number and ((args.only and kind not in args.only) or (wanted and number not in wanted)):
             continue
         spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
                 "data_root": args.data_root}  # fmt: skip
@@ -159,22 +209,32 @@ def main() -> None:
                                   text=True, cwd=ROOT, timeout=args.timeout)  # fmt: skip
         except subprocess.TimeoutExpired:
             steps = args.warmup + args.steps
-            print(f"| {kind} | {label} | > {args.timeout / steps:.0f} (stopped after {args.timeout:.0f} s for {steps} steps) | | |", flush=True)
+            print(f"| {kind} | {label} | > {args.timeout / steps:.0f} (stopped after {args.timeout:.0f} s for {steps} steps) | | | | | |", flush=True)
             continue
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            print(f"| {kind} | {label} | failed: {reason} | | |", flush=True)
+            print(f"| {kind} | {label} | failed: {reason} | | | | | |", flush=True)
             continue
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        gflops = figures.get("gflop_per_step", 0.0) / figures["s_per_step"]
+        if kind == "gemm":
+            peak = gflops
+        figures["gflop_per_s"] = gflops
+        figures["percent_of_gemm_peak"] = 100 * gflops / peak if peak else None
         results.append({"kind": kind, "label": label, "options": options, **figures})
-        print(f"| {kind} | {label} | {figures['s_per_step']:.3f} | {figures['images_per_s']:.1f} | {figures['peak_rss_gb']:.2f} |", flush=True)
+        print(format_row(results[-1]), flush=True)
     if args.out:
-        lines = [header] + [
-            f"| {r['kind']} | {r['label']} | {r['s_per_step']:.3f} | {r['images_per_s']:.1f} | {r['peak_rss_gb']:.2f} |" for r in results
-        ]
-        args.out.write_text("\n".join(lines) + "\n")
+        args.out.write_text("\n".join([header] + [format_row(r) for r in results]) + "\n")
         args.out.with_suffix(".json").write_text(json.dumps({"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}, indent=2))
 
+
+def format_row(r: dict) -> str:
+    """One Markdown table row of a result."""
+    gflop = r.get("gflop_per_step")
+    cells = [r["kind"], r["label"], f"{r['s_per_step']:.3f}", f"{r['images_per_s']:.1f}" if r["images_per_s"] else "",
+             f"{gflop:.1f}" if gflop else "", f"{r['gflop_per_s']:.1f}" if gflop else "",
+             f"{r['percent_of_gemm_peak']:.0f}%" if gflop and r.get("percent_of_gemm_peak") else "", f"{r['peak_rss_gb']:.2f}"]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 if __name__ == "__main__":
     main()

@@ -8,14 +8,16 @@ difference between the supernet's cell and the derived network's cell.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
 
-__all__ = ["Cell", "MixedOp", "drop_path"]
+__all__ = ["Cell", "EdgeOptions", "MixedOp", "WeightedSum", "drop_path"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -27,12 +29,59 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x * (mask / keep)
 
 
+@dataclass(frozen=True)
+class EdgeOptions:
+    """Exact speed switches of the supernet's mixed ops (all on by default; off = the reference).
+
+    skip_none: do not compute the `none` op (its output is zero: it adds nothing to the sum or
+        to any gradient).
+    share_relu: the separable and dilated convs of an edge all begin with ReLU of the same
+        input; compute it once per edge instead of once per op.
+    fused_sum: accumulate the softmax-weighted sum in place (one autograd node per edge)
+        instead of one product and one sum tensor per op.
+    """
+
+    skip_none: bool = True
+    share_relu: bool = True
+    fused_sum: bool = True
+
+
+class WeightedSum(torch.autograd.Function):
+    """sum_k weights[k] * terms[k], accumulated in place; saves the terms only if `weights` needs a gradient."""
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
+        out = terms[0] * weights[0]
+        for k in range(1, len(terms)):
+            out.addcmul_(terms[k], weights[k])
+        ctx.save_for_backward(weights, *(terms if ctx.needs_input_grad[0] else ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weights, *terms = ctx.saved_tensors
+        grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_weights = torch.stack([(grad * t).sum() for t in terms]).to(weights.dtype)
+        grad_terms = [grad * weights[k] if ctx.needs_input_grad[k + 1] else None for k in range(len(ctx.needs_input_grad) - 1)]
+        return (grad_weights, *grad_terms)
+
+
+def _drop_leading_relu(module: nn.Module) -> bool:
+    """Replace the ReLU that `module` begins with (possibly nested) by an identity; True if there was one."""
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        if isinstance(module[0], nn.ReLU):
+            module[0] = nn.Identity()
+            return True
+        return _drop_leading_relu(module[0])
+    return False
+
+
 class MixedOp(nn.Module):
     """Softmax-weighted sum of all candidate ops on one edge of the supernet.
 
-    The `none` op is not computed (unless `skip_none` is False, as in the reference): its output
-    is zero, so it adds nothing to the sum and nothing to any gradient. Pools are followed by a
-    non-affine BN, as in the reference.
+    Pools are followed by a non-affine BN, as in the reference. `edge_options` choose exact
+    shortcuts: skip `none`, one ReLU shared by the conv ops, an in-place weighted sum.
 
     With ``partial_channels`` K > 1 (PC-DARTS), only the first C/K channels go through the ops;
     the rest bypass them, and the channels are shuffled afterwards so that every channel takes
@@ -46,34 +95,43 @@ class MixedOp(nn.Module):
         primitives: Sequence[str],
         options: OpOptions,
         partial_channels: int = 1,
-        skip_none: bool = True,
+        edge_options: EdgeOptions | None = None,
     ):
         super().__init__()
         if C % partial_channels:
             raise ValueError(f"channels ({C}) must be divisible by --partial-channels ({partial_channels})")
+        edge_options = edge_options or EdgeOptions()
         self.stride = stride
         self.partial_channels = partial_channels
+        self.fused_sum = edge_options.fused_sum
         C_op = C // partial_channels
-        self.active = [k for k, name in enumerate(primitives) if name != "none" or not skip_none]
-        ops = []
+        self.active = [k for k, name in enumerate(primitives) if name != "none" or not edge_options.skip_none]
+        ops, takes_relu = [], []
         for k in self.active:
             op = build_op(primitives[k], C_op, stride, affine=False, options=options)
             if primitives[k] in POOLS:
                 op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
+            takes_relu.append(edge_options.share_relu and _drop_leading_relu(op))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
+        self.takes_relu = takes_relu
+        self.register_buffer("_active_index", torch.tensor(self.active, dtype=torch.long), persistent=False)
         if partial_channels > 1:
             self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         K = self.partial_channels
         xs = x if K == 1 else x[:, : x.shape[1] // K]
-        out = None
-        for k, op in zip(self.active, self.ops):
-            term = weights[k] * op(xs)
-            out = term if out is None else out + term
-        if out is None:  # only `none` on this edge
+        relu_xs = F.relu(xs) if any(self.takes_relu) else None
+        terms = [op(relu_xs if relu else xs) for op, relu in zip(self.ops, self.takes_relu)]
+        if not terms:  # only `none` on this edge
             out = xs[:, :, :: self.stride, :: self.stride] * 0.0
+        elif self.fused_sum:
+            out = WeightedSum.apply(weights.index_select(0, self._active_index), *terms)
+        else:
+            out = terms[0] * weights[self.active[0]]
+            for k, term in zip(self.active[1:], terms[1:]):
+                out = out + weights[k] * term
         if K == 1:
             return out
         out = torch.cat([out, self.bypass_pool(x[:, x.shape[1] // K :])], dim=1)

@@ -45,6 +45,7 @@ COMMON_OPTIONS = [
     click.option("--sg-min-hidden", type=POSITIVE, help="Floor of the sandglass bottleneck width [default: 8]."),
     click.option("--ir-expansion", type=POSITIVE, help="Inverted-residual expansion ratio t [default: 6]."),
     click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory format (faster on CPU) [default: on]."),
+    click.option("--fast-dilated/--native-dilated", default=None, help="Compute dilated depthwise convs as undilated ones on polyphase components (exact, faster on CPU) [default: fast]."),
     click.option("--amp/--no-amp", default=None, help="bf16 autocast (CPU and CUDA); off by default, see benchmarks/ [default: off]."),
     click.option("--checkpoint-every", type=NON_NEGATIVE, help="Also checkpoint every N steps (0 = once per epoch)."),
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic algorithms: a killed and resumed run ends bit-identical."),
@@ -93,6 +94,9 @@ def cli() -> None:
 @click.option("--alpha-lr", type=POSITIVE_FLOAT, help="Architecture (Adam) learning rate [default: 3e-4].")
 @click.option("--alpha-weight-decay", type=NON_NEGATIVE_FLOAT, help="Architecture weight decay [default: 1e-3].")
 @click.option("--partial-channels", type=POSITIVE, help="PC-DARTS: each mixed op sees 1/K of the channels, with edge normalisation (1 = off).")
+@click.option("--skip-none/--compute-none", default=None, help="Do not compute the zero `none` op (exact; fixed for a run) [default: skip].")
+@click.option("--share-relu/--no-share-relu", default=None, help="One ReLU per edge for its separable and dilated convs (exact, less memory) [default: on].")
+@click.option("--fused-sum/--no-fused-sum", default=None, help="Accumulate each edge's weighted sum in place (exact, faster) [default: on].")
 @_apply(COMMON_OPTIONS)
 def search(preset, out, resume, progress, **params) -> None:
     """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
@@ -154,7 +158,8 @@ def plot(genotype, output, fmt) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--spaces", default="darts,invres,sgblock", show_default=True, help="Comma-separated search spaces to compare.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each space is searched and retrained once per seed.")
-@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="quick", show_default=True, help="Scale of the searches and retrainings.")
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="quick", show_default=True,
+              help="Scale: `quick` = the quick presets with 4-epoch searches on 640 + 640 images and 2-epoch retrainings on 6,000 images (about 2 h for 9 pairs on 2 cores); `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
 @click.option("--train-opt", multiple=True, metavar="KEY=VALUE", help="Override a retraining setting, e.g. --train-opt layers=8 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data].")

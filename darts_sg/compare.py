@@ -25,7 +25,7 @@ from .runs import RunDirectory
 from .search import SEARCH_PRESETS, SearchConfig, run_search
 from .train import TRAIN_PRESETS, TrainConfig, run_training
 
-__all__ = ["CompareSpec", "run_compare", "write_report", "parse_overrides"]
+__all__ = ["COMPARE_SCALES", "CompareSpec", "parse_overrides", "run_compare", "search_settings", "train_settings", "write_report"]
 
 PAPER_CLAIM = (
     "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
@@ -70,14 +70,31 @@ def parse_overrides(items: tuple[str, ...] | list[str], cls) -> dict[str, Any]:
     return out
 
 
+# What each preset changes for a comparison, on top of the search and retraining presets: the
+# quick comparison (9 pairs) is scaled to about two hours on a 2-core CPU.
+COMPARE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"search": {}, "train": {}},
+    "quick": {"search": {"epochs": 4, "subset": 640}, "train": {"epochs": 2, "train_subset": 6000}},
+    "smoke": {"search": {}, "train": {}},
+}
+
+
+def search_settings(spec: CompareSpec) -> dict[str, Any]:
+    """The search settings of every pair: preset, then the comparison's scale, then the overrides."""
+    return {**SEARCH_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["search"], **(spec.search_overrides or {})}
+
+
+def train_settings(spec: CompareSpec) -> dict[str, Any]:
+    """The retraining settings of every pair: preset, then the comparison's scale, then the overrides."""
+    return {**TRAIN_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["train"], **(spec.train_overrides or {})}
+
+
 def _search_config(spec: CompareSpec, space: str, seed: int) -> SearchConfig:
-    values = {**SEARCH_PRESETS[spec.preset], **(spec.search_overrides or {}), "ops": space, "seed": seed}
-    return SearchConfig(**values, data_root=spec.data_root)
+    return SearchConfig(**{**search_settings(spec), "ops": space, "seed": seed}, data_root=spec.data_root)
 
 
 def _train_config(spec: CompareSpec, genotype_path: Path, seed: int) -> TrainConfig:
-    values = {**TRAIN_PRESETS[spec.preset], **(spec.train_overrides or {}), "genotype": str(genotype_path), "seed": seed}
-    return TrainConfig(**values, data_root=spec.data_root)
+    return TrainConfig(**{**train_settings(spec), "genotype": str(genotype_path), "seed": seed}, data_root=spec.data_root)
 
 
 def _completed_epochs(run: RunDirectory) -> int:
@@ -135,12 +152,17 @@ def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log:
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "compare.json"
     spec_record = {"spaces": spec.spaces, "seeds": spec.seeds, "preset": spec.preset,
-                   "search_overrides": spec.search_overrides or {}, "train_overrides": spec.train_overrides or {}}  # fmt: skip
+                   "search_overrides": spec.search_overrides or {}, "train_overrides": spec.train_overrides or {},
+                   "search": search_settings(spec), "train": train_settings(spec)}  # fmt: skip
     if spec_path.exists():
         stored = json.loads(spec_path.read_text())
-        for key in ("preset", "search_overrides", "train_overrides"):
-            if stored.get(key) != spec_record[key]:
-                raise UserError(f"{out} holds a comparison with another {key} ({stored.get(key)!r}); use another --out")
+        stored_spec = CompareSpec(stored["spaces"], stored["seeds"], stored["preset"], stored.get("search_overrides"),
+                                  stored.get("train_overrides"))  # fmt: skip
+        for key, settings in (("search", search_settings), ("train", train_settings)):
+            before, now = settings(stored_spec), spec_record[key]
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            if changed:
+                raise UserError(f"{out} holds a comparison with other {key} settings ({', '.join(changed)}); use another --out")
     atomic_write_text(spec_path, json.dumps(spec_record, indent=2) + "\n")
     rows = []
     for seed in spec.seeds:
@@ -200,9 +222,7 @@ def write_report(out: Path, rows: list[dict], spec: CompareSpec) -> None:
 
 
 def render_markdown(rows: list[dict], spec: CompareSpec) -> str:
-    search = {**SEARCH_PRESETS[spec.preset], **(spec.search_overrides or {})}
-    train = {**TRAIN_PRESETS[spec.preset], **(spec.train_overrides or {})}
-    s_cfg, t_cfg = SearchConfig(**search), TrainConfig(**train)
+    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), TrainConfig(**train_settings(spec))
     lines = [
         "# Search-space comparison: darts vs invres vs sgblock",
         "",
@@ -219,13 +239,18 @@ def render_markdown(rows: list[dict], spec: CompareSpec) -> str:
             f"| {r['space']} | {r['seed']} | {100 * r['search_val_acc']:.2f}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
             f"{100 * r['test_acc']:.2f}% | {r['search_seconds']:.0f} | {r['train_seconds']:.0f} | {r['sg_block_edges']} | {r['inv_res_edges']} |"
         )
-    lines += ["", "Per space (mean ± std over seeds):", "",
-              "| space | pairs | search val acc | params | test acc |", "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for e in summarise(rows):
-        va, pa, ta = e["search_val_acc"], e["params"], e["test_acc"]
+    lines += ["", "Per space (mean ± std over seeds; the last two columns against the `darts` space's means):", "",
+              "| space | pairs | search val acc | params | MFLOPs | test acc | params vs darts | test acc vs darts |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    summary = summarise(rows)
+    base = next((e for e in summary if e["space"] == "darts"), None)
+    for e in summary:
+        va, pa, fl, ta = e["search_val_acc"], e["params"], e["flops"], e["test_acc"]
+        versus = (f"{100 * (pa[0] / base['params'][0] - 1):+.1f}% | {100 * (ta[0] - base['test_acc'][0]):+.2f} points"
+                  if base else "n/a | n/a")  # fmt: skip
         lines.append(
             f"| {e['space']} | {e['pairs']} | {100 * va[0]:.2f} ± {100 * va[1]:.2f}% | {pa[0] / 1e6:.3f} ± {pa[1] / 1e6:.3f} M | "
-            f"{100 * ta[0]:.2f} ± {100 * ta[1]:.2f}% |"
+            f"{fl[0] / 1e6:.1f} ± {fl[1] / 1e6:.1f} | {100 * ta[0]:.2f} ± {100 * ta[1]:.2f}% | {versus} |"
         )
     lines += ["", f"The paper's claim: {PAPER_CLAIM}", "", "![test accuracy against params](accuracy_vs_params.png)", ""]
     return "\n".join(lines) + "\n"

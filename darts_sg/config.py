@@ -28,6 +28,7 @@ class RunConfig:
     sg_min_hidden: int = 8
     ir_expansion: int = 6
     channels_last: bool = True
+    fast_dilated: bool = True
     amp: bool = False
     checkpoint_every: int = 0
     deterministic: bool = False
@@ -48,7 +49,7 @@ class RunConfig:
         self.op_options()
 
     def op_options(self) -> OpOptions:
-        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
+        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion, self.fast_dilated)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cells import Cell, MixedOp
+from .cells import Cell, EdgeOptions, MixedOp
 from .genotype import Genotype, derive_genotype
 from .ops import OpOptions, build_op, resolve_space
 
@@ -137,7 +137,7 @@ class Supernet(CellNetwork):
         options: OpOptions | None = None,
         partial_channels: int = 1,
         stem_multiplier: int = 3,
-        skip_none: bool = True,
+        edge_options: EdgeOptions | None = None,
     ):
         if steps < 1:
             raise ValueError(f"steps must be positive, got {steps}")
@@ -153,7 +153,7 @@ class Supernet(CellNetwork):
         def make_cell(C_pp, C_p, C_cell, reduction, reduction_prev):
             return Cell(
                 C_pp, C_p, C_cell, reduction, reduction_prev, edges, concat,
-                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, skip_none),
+                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, edge_options),
                 affine=False,
             )  # fmt: skip
 

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from .architect import Architect, weight_step
+from .cells import EdgeOptions
 from .config import RunConfig
 from .data import Augment, BatchLoader, load_cifar10
 from .errors import UserError
 from .distributed import identical_across_ranks
-from .engine import evaluate, fit, is_main_process, resolve_device
+from .engine import evaluate, is_main_process
 from .genotype import Genotype
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, configure_torch, open_writer, resume_config
+from .setup import autocast, fit_run, log, resume_config, start_run
 
 __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
@@ -43,13 +43,19 @@ class SearchConfig(RunConfig):
     alpha_lr: float = 3e-4
     alpha_weight_decay: float = 1e-3
     partial_channels: int = 1
+    skip_none: bool = True
+    share_relu: bool = True
+    fused_sum: bool = True
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
         "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
-        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
+        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none",
     )  # fmt: skip
+
+    def edge_options(self) -> EdgeOptions:
+        return EdgeOptions(self.skip_none, self.share_relu, self.fused_sum)
 
     def validate(self) -> None:
         super().validate()
@@ -92,7 +98,7 @@ class SearchJob:
         torch.manual_seed(config.seed)
         self.model = Supernet(
             self.primitives, config.init_channels, config.layers, 10, config.nodes,
-            config.op_options(), config.partial_channels,
+            config.op_options(), config.partial_channels, edge_options=config.edge_options(),
         ).to(device)  # fmt: skip
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -194,27 +200,13 @@ def run_search(
     run = RunDirectory(out)
     if resume:
         config = resume_config(run, SearchConfig, config, explicit)
-    config.validate()
-    rank, world = configure_torch(config)
-    device = resolve_device(config.device)
-    if is_main_process():
-        run.update_config(config.to_dict()) if resume else run.create(config.to_dict())
+    device, rank, world = start_run(run, config, resume)
     job = SearchJob(config, run, device, rank, world)
-    if is_main_process() and not resume:
-        click_echo(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
-                   f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
-    with open_writer(run) as writer:
-        fit(
-            job, run, config.epochs, config.checkpoint_every, resume,
-            resume_hint=f"python search.py --resume {run.path}", progress=progress, writer=writer,
-        )  # fmt: skip
+    if not resume:
+        log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
+            f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
+    fit_run(job, run, config, resume, "search.py", progress)
     genotype = job.model.genotype()
     if is_main_process():
         genotype.save(run.file("genotype.json"))
     return genotype
-
-
-def click_echo(message: str) -> None:
-    import click
-
-    click.echo(message, err=True)

@@ -10,10 +10,11 @@ import torch
 
 from .runs import RunDirectory
 
-__all__ = ["autocast", "configure_torch", "open_writer", "resume_config"]
+__all__ = ["autocast", "configure_torch", "fit_run", "log", "open_writer", "resume_config", "start_run"]
 
 # Run-time settings that may change when a run is resumed.
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp"}
+# The exact speed options are among them (`skip_none` is not: it changes the checkpoint layout).
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum"}
 
 C = TypeVar("C")
 
@@ -62,3 +63,36 @@ def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[s
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on the job's device when `enabled` (the --amp flag), else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.device, int, int]:
+    """Validate `config`, set up torch, and record the config in `run`; returns (device, rank, world size)."""
+    from .engine import is_main_process, resolve_device
+
+    config.validate()
+    rank, world = configure_torch(config)
+    device = resolve_device(config.device)
+    if is_main_process():
+        run.update_config(config.to_dict()) if resume else run.create(config.to_dict())
+    return device, rank, world
+
+
+def fit_run(job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool) -> list[dict[str, Any]]:
+    """Run `job` for the configured epochs with TensorBoard; `script` names the command that resumes it."""
+    from .engine import fit
+
+    with open_writer(run) as writer:
+        return fit(
+            job, run, config.epochs, config.checkpoint_every, resume,
+            resume_hint=f"python {script} --resume {run.path}", progress=progress, writer=writer,
+        )  # fmt: skip
+
+
+def log(message: str) -> None:
+    """One line of progress information on stderr (the main process only)."""
+    from .engine import is_main_process
+
+    if is_main_process():
+        import click
+
+        click.echo(message, err=True)

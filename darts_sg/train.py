@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from .architect import weight_step
 from .config import RunConfig
 from .data import Augment, BatchLoader, load_cifar10
-from .engine import evaluate, fit, is_main_process, resolve_device
+from .engine import evaluate, is_main_process
 from .errors import UserError
 from .genotype import load_genotype
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, configure_torch, open_writer, resume_config
+from .setup import autocast, fit_run, log, resume_config, start_run
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
 
@@ -198,22 +198,13 @@ def run_training(
     # Resolve the genotype now so the run records the architecture itself, not a name or path.
     allowed = resolve_space(config.space) if config.space else None
     config.genotype = json.dumps(load_genotype(config.genotype, allowed).to_dict())
-    config.validate()
-    rank, world = configure_torch(config)
-    device = resolve_device(config.device)
-    if is_main_process():
-        run.update_config(config.to_dict()) if resume else run.create(config.to_dict())
+    device, rank, world = start_run(run, config, resume)
     job = TrainJob(config, run, device, rank, world)
     params = count_params(job.model)
     params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
-    if is_main_process():
-        _echo(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
-              f"on {device}; writing {run.path}")  # fmt: skip
-    with open_writer(run) as writer:
-        records = fit(
-            job, run, config.epochs, config.checkpoint_every, resume,
-            resume_hint=f"python augment.py --resume {run.path}", progress=progress, writer=writer,
-        )  # fmt: skip
+    log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
+        f"on {device}; writing {run.path}")  # fmt: skip
+    records = fit_run(job, run, config, resume, "augment.py", progress)
     summary = {
         "genotype": job.genotype.to_dict(),
         "params": params_no_aux,
@@ -231,9 +222,3 @@ def run_training(
         atomic_write_bytes(run.file("model.pt"), buffer.getvalue())
         atomic_write_text(run.file("summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _echo(message: str) -> None:
-    import click
-
-    click.echo(message, err=True)

@@ -39,3 +39,38 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(["nonsense=1"], SearchConfig)
     with pytest.raises(UserError, match="not a valid"):
         parse_overrides(["epochs=many"], SearchConfig)
+
+
+def test_report_compares_each_space_with_darts():
+    from darts_sg.compare import render_markdown
+
+    def row(space, seed, params, test_acc):
+        return {"space": space, "seed": seed, "search_val_acc": 0.3, "params": params, "flops": 5e7, "test_acc": test_acc,
+                "search_seconds": 60.0, "train_seconds": 60.0, "sg_block_edges": 0, "inv_res_edges": 0}  # fmt: skip
+
+    rows = [row("darts", 0, 1_000_000, 0.50), row("darts", 1, 1_000_000, 0.54), row("sgblock", 0, 750_000, 0.54)]
+    report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1], preset="smoke"))
+    assert "| darts | 2 | 30.00 ± 0.00% | 1.000 ± 0.000 M | 50.0 ± 0.0 | 52.00 ± 2.83% | +0.0% | +0.00 points |" in report
+    assert "| sgblock | 1 |" in report and "| -25.0% | +2.00 points |" in report
+
+
+def test_quick_comparison_scale_and_overrides():
+    from darts_sg.compare import search_settings, train_settings
+
+    spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
+    assert (search_settings(spec)["epochs"], search_settings(spec)["subset"], search_settings(spec)["layers"]) == (4, 640, 5)
+    assert (train_settings(spec)["epochs"], train_settings(spec)["train_subset"]) == (2, 6000)
+    spec.search_overrides = {"epochs": 7}
+    assert search_settings(spec)["epochs"] == 7
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    import pytest
+
+    from darts_sg.errors import UserError
+
+    stored = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {"epochs": 5}, "train_overrides": {}}
+    (tmp_path / "compare.json").write_text(json.dumps(stored))
+    with pytest.raises(UserError, match=r"other search settings \(epochs\)"):
+        run_compare(CompareSpec(spaces=["darts"], seeds=[0], preset="quick"), tmp_path, log=lambda m: None)
+    assert json.loads((tmp_path / "compare.json").read_text()) == stored  # left as it was

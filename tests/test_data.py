@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import Augment, BatchLoader, CifarArrays, DataError, crop, cutout, load_cifar10, read_batch
+from darts_sg.data import Augment, BatchLoader, DataError, crop, cutout, load_cifar10, read_batch
 
 
 @pytest.fixture(scope="module")

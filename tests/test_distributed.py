@@ -8,9 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-
 from darts_sg.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

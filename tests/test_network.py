@@ -3,7 +3,9 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
+from darts_sg.cells import EdgeOptions, MixedOp, WeightedSum
 from darts_sg.network import Supernet, reduction_layers
+from darts_sg.ops import OpOptions
 
 
 def test_reference_supernet_parameter_count():
@@ -92,3 +94,46 @@ def test_none_op_is_never_computed():
     model = darts_sg.build_supernet("darts", C=4, layers=3)
     edge = model.cells[0].edges[0]
     assert len(edge.ops) == 7  # 8 primitives minus `none`
+
+
+def _loss_and_grads(model, x, y):
+    model.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_edge_speed_options_are_exact(partial_channels):
+    """Shared ReLU and the fused weighted sum give the reference's loss and every gradient (float64)."""
+    torch.manual_seed(0)
+    kwargs = dict(C=8, layers=3, steps=2, partial_channels=partial_channels)
+    reference = darts_sg.build_supernet("sgblock", edge_options=EdgeOptions(share_relu=False, fused_sum=False), **kwargs)
+    fast = darts_sg.build_supernet("sgblock", edge_options=EdgeOptions(), **kwargs)
+    fast.load_state_dict(reference.state_dict())  # same layout, same weights and alphas
+    reference.double(), fast.double()
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    loss_ref, grads_ref = _loss_and_grads(reference, x, y)
+    loss_fast, grads_fast = _loss_and_grads(fast, x, y)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-12)
+    assert grads_fast.keys() == grads_ref.keys()
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads_fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert grads_ref["alpha_normal"].abs().sum() > 0
+
+
+def test_shared_relu_runs_once_per_edge():
+    edge = MixedOp(4, 1, darts_sg.SEARCH_SPACES["darts"], OpOptions(), edge_options=EdgeOptions(share_relu=True))
+    relus = [m for m in edge.modules() if isinstance(m, torch.nn.ReLU)]
+    # Only the second stages of the two separable convs keep their own ReLU.
+    assert len(relus) == 2 and sum(edge.takes_relu) == 4
+
+
+def test_weighted_sum_gradients():
+    weights = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    terms = [torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(WeightedSum.apply, (weights, *terms))
+    frozen = weights.detach()  # a weight step: no gradient for the alphas, nothing saved for them
+    out = WeightedSum.apply(frozen, *terms)
+    out.sum().backward()
+    torch.testing.assert_close(terms[1].grad, torch.full_like(terms[1], float(frozen[1])))
