@@ -7,8 +7,10 @@ native dilated convolutions, one ReLU per op, unfused weighted sums, for-loop op
 approximate the reference implementation on the same machine; the BASELINES figures were measured on another CPU.
 
 Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step row gives its
-GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter) and the share of
-that GEMM ceiling it reaches: how far a step is from what the hardware allows.
+GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter with the weight
+gradient of grouped convolutions counted correctly: `darts_sg.flops`) and the share of that GEMM
+peak it reaches. Depthwise and 1x1 convolutions on 16-64 channels are bound by memory traffic,
+not arithmetic, so the GEMM peak is an upper bound no step of this network comes near.
 
     python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
     python benchmarks/bench_steps.py --only search-fo    # one step kind
@@ -51,6 +53,10 @@ ROWS = [
     ("retrain", "defaults", DEFAULTS),
     ("retrain", "defaults + bf16 autocast", {**DEFAULTS, "amp": True}),
     ("data", "batched tensor augmentation", {}),
+    ("search-fo", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
+    ("search-so", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
+    ("retrain", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
+    ("search-fo", "defaults + partial channels K=4 + recomputed cells", {**DEFAULTS, "partial_channels": 4, "recompute_cells": True}),
 ]
 
 
@@ -103,6 +109,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
             partial_channels=opts.get("partial_channels", 1),
             edge_options=EdgeOptions(opts["skip_none"], opts["share_relu"], opts["fused_sum"]),
         ).to(memory_format=memory_format)  # fmt: skip
+        model.recompute_cells = opts.get("recompute_cells", False)
         w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
         architect = Architect(model, order=2 if kind == "search-so" else 1)
         architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
@@ -118,6 +125,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
     model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True, options=options)
     model = model.to(memory_format=memory_format)
     model.drop_path_prob = 0.2
+    model.recompute_cells = opts.get("recompute_cells", False)
     model.train()
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
     data = batch(images)
@@ -134,14 +142,14 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
 
 
 def _step_gflop(kind: str, opts: dict, space: str, images: int, probe_batch: int = 8) -> float:
-    """GFLOP of one step (convolutions and matmuls, forward and backward, by torch's FLOP counter).
+    """GFLOP of one step (convolutions and matmuls, forward and backward; `darts_sg.flops`).
 
     Counted on a step of `probe_batch` images and scaled to `images` (the count is linear in the batch).
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from darts_sg.flops import flop_counter
 
     step, _ = build_step(kind, opts, space, batch_size=probe_batch)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         step()
     return counter.get_total_flops() * images / probe_batch / 1e9
@@ -223,9 +231,9 @@ def main() -> None:
         figures["percent_of_gemm_peak"] = 100 * gflops / peak if peak else None
         results.append({"kind": kind, "label": label, "options": options, **figures})
         print(format_row(results[-1]), flush=True)
-    if args.out:
-        args.out.write_text("\n".join([header] + [format_row(r) for r in results]) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps({"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}, indent=2))
+        if args.out:  # after every row, so a stopped run keeps what it measured
+            args.out.write_text("\n".join([header] + [format_row(r) for r in results]) + "\n")
+            args.out.with_suffix(".json").write_text(json.dumps({"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}, indent=2))
 
 
 def format_row(r: dict) -> str:

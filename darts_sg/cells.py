@@ -46,6 +46,17 @@ class EdgeOptions:
     fused_sum: bool = True
 
 
+def _flat_view(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """`t` as a 1-D tensor in memory order (a view for NCHW and channels-last tensors).
+
+    With `like`, the elements are ordered as in `_flat_view(like)`, copying only if the layouts differ.
+    """
+    layout = like if like is not None else t
+    if t.dim() == 4 and not layout.is_contiguous() and layout.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
+
+
 class WeightedSum(torch.autograd.Function):
     """sum_k weights[k] * terms[k], accumulated in place; saves the terms only if `weights` needs a gradient."""
 
@@ -62,7 +73,8 @@ class WeightedSum(torch.autograd.Function):
         weights, *terms = ctx.saved_tensors
         grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_weights = torch.stack([(grad * t).sum() for t in terms]).to(weights.dtype)
+            flat_grad = _flat_view(grad)
+            grad_weights = torch.stack([torch.dot(flat_grad, _flat_view(t, like=grad)) for t in terms]).to(weights.dtype)
         grad_terms = [grad * weights[k] if ctx.needs_input_grad[k + 1] else None for k in range(len(ctx.needs_input_grad) - 1)]
         return (grad_weights, *grad_terms)
 

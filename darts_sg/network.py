@@ -17,6 +17,7 @@ from torch import nn
 from .cells import Cell, EdgeOptions, MixedOp
 from .genotype import Genotype, derive_genotype
 from .ops import OpOptions, build_op, resolve_space
+from .recompute import recomputed_call
 
 __all__ = ["CellNetwork", "Supernet", "Network", "AuxiliaryHead", "build_supernet", "build_network", "count_params"]
 
@@ -94,6 +95,9 @@ class CellNetwork(nn.Module):
         self.aux_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
+        # Keep only each cell's inputs in the forward pass and recompute the rest in backward
+        # (less memory, more time; see darts_sg.recompute). Not part of the state dict.
+        self.recompute_cells = False
 
     def cell_kwargs(self) -> tuple[dict, dict]:
         """Extra arguments for (normal, reduction) cells in this forward pass."""
@@ -102,10 +106,12 @@ class CellNetwork(nn.Module):
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits, and the auxiliary logits when the head exists and the model is training."""
         normal_kwargs, reduce_kwargs = self.cell_kwargs()
+        recompute = self.recompute_cells and torch.is_grad_enabled()
         s0 = s1 = self.stem(x)
         logits_aux = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, **(reduce_kwargs if cell.reduction else normal_kwargs))
+            kwargs = reduce_kwargs if cell.reduction else normal_kwargs
+            s0, s1 = s1, recomputed_call(cell, s0, s1, **kwargs) if recompute else cell(s0, s1, **kwargs)
             if i == self.aux_index and self.aux_head is not None and self.training:
                 logits_aux = self.aux_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))

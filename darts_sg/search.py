@@ -19,7 +19,7 @@ from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, resume_config, start_run
+from .setup import autocast, fit_run, log, place_model, resume_config, start_run
 
 __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
@@ -96,12 +96,11 @@ class SearchJob:
         self.device = device
         self.primitives = resolve_space(config.ops)
         torch.manual_seed(config.seed)
-        self.model = Supernet(
+        supernet = Supernet(
             self.primitives, config.init_channels, config.layers, 10, config.nodes,
             config.op_options(), config.partial_channels, edge_options=config.edge_options(),
-        ).to(device)  # fmt: skip
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        )  # fmt: skip
+        self.model = place_model(supernet, config, device)
         self.w_optimizer = torch.optim.SGD(
             self.model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
         )

@@ -10,13 +10,24 @@ import torch
 
 from .runs import RunDirectory
 
-__all__ = ["autocast", "configure_torch", "fit_run", "log", "open_writer", "resume_config", "start_run"]
+__all__ = ["autocast", "configure_torch", "fit_run", "log", "open_writer", "place_model", "resume_config", "start_run"]
 
 # Run-time settings that may change when a run is resumed.
 # The exact speed options are among them (`skip_none` is not: it changes the checkpoint layout).
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum"}
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum",
+                "recompute_cells"}
 
 C = TypeVar("C")
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def place_model(model: M, config: Any, device: torch.device) -> M:
+    """Move a new model to `device` and apply the run's layout switches (channels_last, recomputation)."""
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.recompute_cells = config.recompute_cells
+    return model
 
 
 def configure_torch(config: Any) -> tuple[int, int]:

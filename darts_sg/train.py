@@ -21,7 +21,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, resume_config, start_run
+from .setup import autocast, fit_run, log, place_model, resume_config, start_run
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
 
@@ -115,12 +115,11 @@ class TrainJob:
         allowed = resolve_space(config.space) if config.space else None
         self.genotype = load_genotype(config.genotype, allowed)
         torch.manual_seed(config.seed)
-        self.model = Network(
+        network = Network(
             self.genotype, config.init_channels, config.layers, 10,
             auxiliary=config.auxiliary_weight > 0, options=config.op_options(),
-        ).to(device)  # fmt: skip
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        )  # fmt: skip
+        self.model = place_model(network, config, device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )

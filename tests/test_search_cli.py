@@ -137,3 +137,11 @@ def test_help_documents_every_setting(script, cls):
         assert f"--{field.name.replace('_', '-')}" in result.stdout, field.name
     for option in ("--preset", "--out", "--resume"):
         assert option in result.stdout
+
+
+def test_recomputed_cells_give_the_same_run(tmp_path, data_root):
+    config = smoke_config(data_root, deterministic=True, subset=64, batch_size=32)
+    run_search(config, tmp_path / "stored", progress=False)
+    run_search(smoke_config(data_root, deterministic=True, subset=64, batch_size=32, recompute_cells=True), tmp_path / "recomputed", progress=False)
+    assert json.loads((tmp_path / "recomputed" / "config.json").read_text())["recompute_cells"] is True
+    assert_same_run(tmp_path / "stored", tmp_path / "recomputed")

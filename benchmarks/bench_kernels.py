@@ -1,0 +1,84 @@
+"""Two kernel-level measurements behind the choices in benchmarks/results.md.
+
+1. Depthwise convolutions (channels-last, batch 64, 2 threads): forward, input gradient and
+   weight gradient apart, for 3x3 and 5x5 kernels at the supernet's three resolutions.
+2. torch.compile on one mixed op (C=16, 32x32, batch 64, the default edge options): forward +
+   backward time eager vs compiled, and the compile time.
+
+    python benchmarks/bench_kernels.py            # both (~3 min)
+    python benchmarks/bench_kernels.py --skip-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _ms(fn, repeats: int = 10, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def depthwise_table() -> None:
+    print("| C | H=W | kernel | forward (ms) | input grad (ms) | weight grad (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for C, H in [(16, 32), (32, 16), (64, 8)]:
+        for k in (3, 5):
+            x = torch.randn(64, C, H, H).contiguous(memory_format=torch.channels_last)
+            g = torch.randn_like(x)
+            w = torch.randn(C, 1, k, k).contiguous(memory_format=torch.channels_last)
+            p = k // 2
+
+            def grad(mask):
+                return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [1, 1], False, [0, 0], C, mask)
+
+            forward = _ms(lambda: F.conv2d(x, w, None, 1, p, 1, C))
+            grad_in = _ms(lambda: grad([True, False, False]))
+            grad_w = _ms(lambda: grad([False, True, False]))
+            print(f"| {C} | {H} | {k}x{k} | {forward:.2f} | {grad_in:.2f} | {grad_w:.2f} |", flush=True)
+
+
+def compile_row() -> None:
+    from darts_sg.cells import MixedOp
+    from darts_sg.ops import OpOptions, resolve_space
+
+    primitives = resolve_space("darts")
+    torch.manual_seed(0)
+    edge = MixedOp(16, 1, primitives, OpOptions()).to(memory_format=torch.channels_last)
+    x = torch.randn(64, 16, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.softmax(torch.randn(len(primitives)), 0).requires_grad_()
+    inputs = [x, weights, *edge.parameters()]
+
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(x, weights).square().sum(), inputs)
+
+    eager = _ms(step(edge), repeats=5, warmup=2)
+    compiled_edge = torch.compile(edge)
+    start = time.perf_counter()
+    step(compiled_edge)()
+    compile_s = time.perf_counter() - start
+    compiled = _ms(step(compiled_edge), repeats=5, warmup=2)
+    print(f"\none mixed op, forward + backward: eager {eager:.1f} ms, compiled {compiled:.1f} ms "
+          f"({eager / compiled:.2f}x), first compiled call {compile_s:.0f} s")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    depthwise_table()
+    if not args.skip_compile:
+        compile_row()
+
+
+if __name__ == "__main__":
+    main()
