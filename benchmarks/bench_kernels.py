@@ -1,7 +1,8 @@
 """Two kernel-level measurements behind the choices in benchmarks/results.md.
 
 1. Depthwise convolutions (channels-last, batch 64, 2 threads): forward, input gradient and
-   weight gradient apart, for 3x3 and 5x5 kernels at the supernet's three resolutions.
+   weight gradient apart, for 3x3 and 5x5 kernels at the supernet's three resolutions; for 5x5
+   also the weight gradient computed as two 5x3 ones (columns 0-2 and 2-4) on shifted inputs.
 2. torch.compile on one mixed op (C=16, 32x32, batch 64, the default edge options): forward +
    backward time eager vs compiled, and the compile time.
 
@@ -28,8 +29,8 @@ def _ms(fn, repeats: int = 10, warmup: int = 3) -> float:
 
 
 def depthwise_table() -> None:
-    print("| C | H=W | kernel | forward (ms) | input grad (ms) | weight grad (ms) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| C | H=W | kernel | forward (ms) | input grad (ms) | weight grad (ms) | weight grad as two 5x3 (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for C, H in [(16, 32), (32, 16), (64, 8)]:
         for k in (3, 5):
             x = torch.randn(64, C, H, H).contiguous(memory_format=torch.channels_last)
@@ -37,13 +38,24 @@ def depthwise_table() -> None:
             w = torch.randn(C, 1, k, k).contiguous(memory_format=torch.channels_last)
             p = k // 2
 
-            def grad(mask):
-                return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [p, p], [1, 1], False, [0, 0], C, mask)
+            def grad(mask, inputs=x, weight=w, padding=(p, p)):
+                return torch.ops.aten.convolution_backward(g, inputs, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0], C, mask)
+
+            def grad_w_split():
+                padded = F.pad(x, (2, 2, 0, 0))
+                halves = [grad([False, True, False], padded[..., i : i + H + 2].contiguous(memory_format=torch.channels_last),
+                               w[..., :3], (2, 0))[1] for i in (0, 2)]  # fmt: skip
+                return torch.cat([halves[0][..., :2], halves[1]], dim=3)
 
             forward = _ms(lambda: F.conv2d(x, w, None, 1, p, 1, C))
             grad_in = _ms(lambda: grad([True, False, False]))
             grad_w = _ms(lambda: grad([False, True, False]))
-            print(f"| {C} | {H} | {k}x{k} | {forward:.2f} | {grad_in:.2f} | {grad_w:.2f} |", flush=True)
+            split = ""
+            if k == 5:
+                reference = grad([False, True, False])[1]  # the same up to float rounding:
+                torch.testing.assert_close(grad_w_split(), reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+                split = f"{_ms(grad_w_split):.2f}"
+            print(f"| {C} | {H} | {k}x{k} | {forward:.2f} | {grad_in:.2f} | {grad_w:.2f} | {split} |", flush=True)
 
 
 def compile_row() -> None:
