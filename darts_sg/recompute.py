@@ -45,7 +45,8 @@ def _running_stats_kept(module: nn.Module):
 
 def recomputed_call(module: nn.Module, *args: torch.Tensor, **kwargs) -> torch.Tensor:
     """``module(*args, **kwargs)`` that saves only its inputs and recomputes the rest in backward."""
-    names, params = zip(*module.named_parameters()) if any(True for _ in module.parameters()) else ((), ())
+    named = list(module.named_parameters())  # under functional_call: the tensors of this pass
+    names, params = [name for name, _ in named], [param for _, param in named]
     n_args = len(args)
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
