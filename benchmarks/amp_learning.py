@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from darts_sg.io import atomic_write_text
 from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
 
 
@@ -109,8 +110,8 @@ def main() -> None:
     result = {"amp": compare(args.out / "fp32", args.out / "bf16"), "seed": compare(args.out / "fp32", args.out / "fp32-seed1")}
     command = (f"python benchmarks/amp_learning.py --out {args.out} --ops {args.ops} --epochs {args.epochs} "
                f"--subset {args.subset} --alpha-lr {args.alpha_lr}")  # fmt: skip
-    (args.out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "report.md").write_text(report_markdown(result["amp"], result["seed"], command))
+    atomic_write_text(args.out / "report.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / "report.md", report_markdown(result["amp"], result["seed"], command))
     print(report_markdown(result["amp"], result["seed"], command))
 
 

@@ -9,8 +9,8 @@ approximate the reference implementation on the same machine; the BASELINES figu
 Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step row gives its
 GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter with the weight
 gradient of grouped convolutions counted correctly: `darts_sg.flops`) and the share of that GEMM
-peak it reaches. Depthwise and 1x1 convolutions on 16-64 channels are bound by memory traffic,
-not arithmetic, so the GEMM peak is an upper bound no step of this network comes near.
+peak it reaches. oneDNN runs depthwise and 1x1 convolutions on 16-64 channels far below the GEMM
+rate, so the GEMM peak is an upper bound no step of this network comes near.
 
     python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
     python benchmarks/bench_steps.py --only search-fo    # one step kind
@@ -232,8 +232,11 @@ def main() -> None:
         results.append({"kind": kind, "label": label, "options": options, **figures})
         print(format_row(results[-1]), flush=True)
         if args.out:  # after every row, so a stopped run keeps what it measured
-            args.out.write_text("\n".join([header] + [format_row(r) for r in results]) + "\n")
-            args.out.with_suffix(".json").write_text(json.dumps({"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}, indent=2))
+            from darts_sg.io import atomic_write_text
+
+            atomic_write_text(args.out, "\n".join([header] + [format_row(r) for r in results]) + "\n")
+            raw = {"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}
+            atomic_write_text(args.out.with_suffix(".json"), json.dumps(raw, indent=2))
 
 
 def format_row(r: dict) -> str:
