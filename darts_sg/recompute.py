@@ -21,11 +21,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["recomputed_call"]
+__all__ = ["recomputed_call", "running_stats_kept"]
 
 
 @contextmanager
-def _running_stats_kept(module: nn.Module):
+def running_stats_kept(module: nn.Module):
     """Restore the batch-norm buffers of `module` when the block exits."""
     buffers = [
         buffer
@@ -57,5 +57,5 @@ def recomputed_call(module: nn.Module, *args: torch.Tensor, **kwargs) -> torch.T
         *args,
         *params,
         use_reentrant=False,
-        context_fn=lambda: (nullcontext(), _running_stats_kept(module)),
+        context_fn=lambda: (nullcontext(), running_stats_kept(module)),
     )

@@ -16,6 +16,7 @@ from .distributed import identical_across_ranks
 from .engine import evaluate, is_main_process
 from .genotype import Genotype
 from .io import append_jsonl
+from .memory import memory_report
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
@@ -204,6 +205,8 @@ def run_search(
     if not resume:
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
+    if is_main_process():
+        log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
     fit_run(job, run, config, resume, "search.py", progress)
     genotype = job.model.genotype()
     if is_main_process():

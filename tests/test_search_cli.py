@@ -28,6 +28,7 @@ def test_search_cli_smoke_writes_a_run(tmp_path, data_root):
     result = run_cli("search.py", "--preset", "smoke", "--ops", "sgblock", "--out", str(out), "--data-root", str(data_root), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "genotype: Genotype(" in result.stdout
+    assert "memory: a step needs ~" in result.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["ops"] == "sgblock" and config["layers"] == 3
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

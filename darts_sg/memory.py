@@ -1,0 +1,112 @@
+"""Before a long run: will a training step fit in memory?
+
+A step's peak memory is dominated by the activations autograd keeps for the backward pass, and
+those grow linearly with the batch. `activation_gb` measures them on two tiny batches (without
+changing the model's batch-norm statistics or the random state) and extrapolates to the run's
+batch; `memory_report` compares that with the memory available, so that a run that would be
+killed by the out-of-memory killer hours later says so, with the flags that help, at the start.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .recompute import running_stats_kept
+
+__all__ = ["activation_gb", "available_gb", "memory_report"]
+
+PROBE_BATCHES = (2, 4)
+
+
+@contextmanager
+def _saved_bytes_counter(per_cell: dict[int, int], cells: nn.ModuleList):
+    """Count the bytes of the tensors autograd saves, in total (key -1) and per running cell."""
+    seen: set[int] = set()
+    current = [-1]
+    hooks = [
+        cell.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__(0, i)) for i, cell in enumerate(cells)
+    ] + [cell.register_forward_hook(lambda *_: current.__setitem__(0, -2)) for cell in cells]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:  # a storage saved twice is kept once
+            seen.add(storage.data_ptr())
+            per_cell[-1] = per_cell.get(-1, 0) + storage.nbytes()
+            per_cell[current[0]] = per_cell.get(current[0], 0) + storage.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _probe(model: nn.Module, batch: int, device: torch.device, channels_last: bool, recompute: bool) -> dict[int, int]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    counts: dict[int, int] = {}
+    flag = model.recompute_cells
+    model.recompute_cells = recompute
+    try:
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with running_stats_kept(model), rng, _saved_bytes_counter(counts, model.cells):
+            model(x)
+    finally:
+        model.recompute_cells = flag
+    return counts
+
+
+def activation_gb(model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True) -> float:
+    """GB a training step of `batch_size` images needs for activations, at its peak.
+
+    Without recomputation: what the forward pass keeps for backward. With recomputed cells: the
+    cells' inputs plus twice the largest cell's activations (rebuilt one cell at a time in the
+    backward pass, and their gradients beside them).
+    """
+    small, large = PROBE_BATCHES
+
+    def extrapolate(a: int, b: int) -> float:
+        return (a + (b - a) / (large - small) * (batch_size - small)) / 1e9
+
+    stored = [_probe(model, n, device, channels_last, recompute=False) for n in PROBE_BATCHES]
+    if not model.recompute_cells:
+        return extrapolate(stored[0][-1], stored[1][-1])
+    inputs = [_probe(model, n, device, channels_last, recompute=True)[-1] for n in PROBE_BATCHES]
+    largest_cell = max(extrapolate(stored[0].get(i, 0), stored[1].get(i, 0)) for i in range(len(model.cells)))
+    return extrapolate(*inputs) + 2 * largest_cell
+
+
+def available_gb(device: torch.device) -> float | None:
+    """Free memory for the run: CUDA free memory, or Linux's MemAvailable; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 1e9
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return None
+
+
+def memory_report(model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True) -> str:
+    """One line on the activations a step keeps and the memory available; a warning if they do not fit."""
+    need = activation_gb(model, batch_size, device, channels_last)
+    free = available_gb(device)
+    line = f"memory: a step needs ~{need:.1f} GB for activations (batch {batch_size} per process)"
+    if free is None:
+        return line
+    line += f", {free:.1f} GB available"
+    if need > 0.9 * free:
+        hints = ["--recompute-cells"] if not model.recompute_cells else []
+        hints += ["--partial-channels 4 (search)", "a smaller --batch-size"]
+        line += f". WARNING: this step may not fit in memory; try {', '.join(hints)}"
+    return line
