@@ -205,8 +205,8 @@ def run_search(
     if not resume:
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
-    if is_main_process():
-        log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
+        if is_main_process():
+            log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
     fit_run(job, run, config, resume, "search.py", progress)
     genotype = job.model.genotype()
     if is_main_process():

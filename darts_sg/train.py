@@ -204,7 +204,7 @@ def run_training(
     params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
-    if is_main_process():
+    if is_main_process() and not resume:
         log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
     records = fit_run(job, run, config, resume, "augment.py", progress)
     summary = {
