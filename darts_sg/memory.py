@@ -23,19 +23,18 @@ PROBE_BATCHES = (2, 4)
 
 
 @contextmanager
-def _saved_bytes_counter(per_cell: dict[int, int], cells: nn.ModuleList):
-    """Count the bytes of the tensors autograd saves, in total (key -1) and per running cell."""
+def _saved_bytes_counter(per_cell: dict[int | None, int], cells: nn.ModuleList):
+    """Count the bytes of the tensors autograd saves, per cell index (None: outside the cells)."""
     seen: set[int] = set()
-    current = [-1]
+    current: list[int | None] = [None]
     hooks = [
         cell.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__(0, i)) for i, cell in enumerate(cells)
-    ] + [cell.register_forward_hook(lambda *_: current.__setitem__(0, -2)) for cell in cells]
+    ] + [cell.register_forward_hook(lambda *_: current.__setitem__(0, None)) for cell in cells]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in seen:  # a storage saved twice is kept once
             seen.add(storage.data_ptr())
-            per_cell[-1] = per_cell.get(-1, 0) + storage.nbytes()
             per_cell[current[0]] = per_cell.get(current[0], 0) + storage.nbytes()
         return t
 
@@ -47,12 +46,12 @@ def _saved_bytes_counter(per_cell: dict[int, int], cells: nn.ModuleList):
             hook.remove()
 
 
-def _probe(model: nn.Module, batch: int, device: torch.device, channels_last: bool, recompute: bool) -> dict[int, int]:
+def _probe(model: nn.Module, batch: int, device: torch.device, channels_last: bool, recompute: bool) -> dict[int | None, int]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    counts: dict[int, int] = {}
+    counts: dict[int | None, int] = {}
     flag = model.recompute_cells
     model.recompute_cells = recompute
     try:
@@ -78,8 +77,8 @@ def activation_gb(model: nn.Module, batch_size: int, device: torch.device, chann
 
     stored = [_probe(model, n, device, channels_last, recompute=False) for n in PROBE_BATCHES]
     if not model.recompute_cells:
-        return extrapolate(stored[0][-1], stored[1][-1])
-    inputs = [_probe(model, n, device, channels_last, recompute=True)[-1] for n in PROBE_BATCHES]
+        return extrapolate(sum(stored[0].values()), sum(stored[1].values()))
+    inputs = [sum(_probe(model, n, device, channels_last, recompute=True).values()) for n in PROBE_BATCHES]
     largest_cell = max(extrapolate(stored[0].get(i, 0), stored[1].get(i, 0)) for i in range(len(model.cells)))
     return extrapolate(*inputs) + 2 * largest_cell
 

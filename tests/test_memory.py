@@ -29,7 +29,7 @@ def test_estimate_from_tiny_batches_matches_a_real_batch():
     model = _supernet()
     estimate = activation_gb(model, 24, CPU, channels_last=False)
     measured = _saved_gb(model, 24)
-    assert abs(estimate - measured) < 0.02 * measured
+    assert abs(estimate - measured) < 1e-3 * measured  # linear in the batch: the fit is exact
 
 
 def test_recomputed_cells_need_less():
