@@ -16,11 +16,10 @@ from .distributed import identical_across_ranks
 from .engine import evaluate, is_main_process
 from .genotype import Genotype
 from .io import append_jsonl
-from .memory import memory_report
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, place_model, resume_config, start_run
+from .setup import autocast, fit_run, log, log_memory, place_model, resume_config, start_run
 
 __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
@@ -205,8 +204,7 @@ def run_search(
     if not resume:
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
-        if is_main_process():
-            log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
+        log_memory(job.model, config, device, world)
     fit_run(job, run, config, resume, "search.py", progress)
     genotype = job.model.genotype()
     if is_main_process():

@@ -10,7 +10,7 @@ import torch
 
 from .runs import RunDirectory
 
-__all__ = ["autocast", "configure_torch", "fit_run", "log", "open_writer", "place_model", "resume_config", "start_run"]
+__all__ = ["autocast", "configure_torch", "fit_run", "log", "log_memory", "open_writer", "place_model", "resume_config", "start_run"]
 
 # Run-time settings that may change when a run is resumed.
 # The exact speed options are among them (`skip_none` is not: it changes the checkpoint layout).
@@ -107,3 +107,12 @@ def log(message: str) -> None:
         import click
 
         click.echo(message, err=True)
+
+
+def log_memory(model: torch.nn.Module, config: Any, device: torch.device, world: int) -> None:
+    """Log whether a step's activations fit in memory (main process only: the probe costs a few forwards)."""
+    from .engine import is_main_process
+    from .memory import memory_report
+
+    if is_main_process():
+        log(memory_report(model, config.batch_size // world, device, config.channels_last))

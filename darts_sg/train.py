@@ -18,11 +18,10 @@ from .engine import evaluate, is_main_process
 from .errors import UserError
 from .genotype import load_genotype
 from .io import atomic_write_bytes, atomic_write_text
-from .memory import memory_report
 from .network import Network, count_params
 from .ops import resolve_space
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, place_model, resume_config, start_run
+from .setup import autocast, fit_run, log, log_memory, place_model, resume_config, start_run
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
 
@@ -204,8 +203,8 @@ def run_training(
     params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
-    if is_main_process() and not resume:
-        log(memory_report(job.model, config.batch_size // world, device, config.channels_last))
+    if not resume:
+        log_memory(job.model, config, device, world)
     records = fit_run(job, run, config, resume, "augment.py", progress)
     summary = {
         "genotype": job.genotype.to_dict(),
