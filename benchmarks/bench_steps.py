@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
 FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
-        "foreach": True, "amp": False}  # fmt: skip
+        "fast_batchnorm": True, "foreach": True, "amp": False}  # fmt: skip
 REFERENCE = {key: False for key in FAST}
 DEFAULTS = {**FAST, "foreach": False}
 
@@ -57,6 +57,9 @@ ROWS = [
     ("search-so", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
     ("retrain", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
     ("search-fo", "defaults + partial channels K=4 + recomputed cells", {**DEFAULTS, "partial_channels": 4, "recompute_cells": True}),
+    ("retrain", "defaults with native batch norm", {**DEFAULTS, "fast_batchnorm": False}),
+    ("search-fo", "defaults with native batch norm (sgblock space)", {**DEFAULTS, "fast_batchnorm": False, "space": "sgblock"}),
+    ("search-fo", "defaults (sgblock space)", {**DEFAULTS, "space": "sgblock"}),
 ]
 
 
@@ -91,6 +94,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
 
     import darts_sg
     from darts_sg.architect import Architect, weight_step
+    from darts_sg.batchnorm import use_wide_batchnorm
     from darts_sg.cells import EdgeOptions
     from darts_sg.ops import OpOptions
 
@@ -110,6 +114,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
             edge_options=EdgeOptions(opts["skip_none"], opts["share_relu"], opts["fused_sum"]),
         ).to(memory_format=memory_format)  # fmt: skip
         model.recompute_cells = opts.get("recompute_cells", False)
+        use_wide_batchnorm(model, opts.get("fast_batchnorm", False))
         w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
         architect = Architect(model, order=2 if kind == "search-so" else 1)
         architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
@@ -126,6 +131,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
     model = model.to(memory_format=memory_format)
     model.drop_path_prob = 0.2
     model.recompute_cells = opts.get("recompute_cells", False)
+    use_wide_batchnorm(model, opts.get("fast_batchnorm", False))
     model.train()
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
     data = batch(images)
@@ -189,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["search-fo", "search-so", "retrain", "data"], action="append")
-    parser.add_argument("--space", default="darts", help="search space of the search rows (darts, sgblock, invres)")
+    parser.add_argument("--space", default="darts", help="search space of the search rows that name none (darts, sgblock, invres)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--data-root", default=None)
@@ -210,7 +216,7 @@ def main() -> None:
     for number, (kind, label, options) in enumerate(rows):
         if number and ((args.only and kind not in args.only) or (wanted and number not in wanted)):
             continue
-        spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
+        spec = {"kind": kind, "options": options, "space": options.get("space", args.space), "warmup": args.warmup, "steps": args.steps,
                 "data_root": args.data_root}  # fmt: skip
         try:
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm2d
 from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
 
 __all__ = ["Cell", "EdgeOptions", "MixedOp", "WeightedSum", "drop_path"]
@@ -122,7 +123,7 @@ class MixedOp(nn.Module):
         for k in self.active:
             op = build_op(primitives[k], C_op, stride, affine=False, options=options)
             if primitives[k] in POOLS:
-                op = nn.Sequential(op, nn.BatchNorm2d(C_op, affine=False))
+                op = nn.Sequential(op, BatchNorm2d(C_op, affine=False))
             takes_relu.append(edge_options.share_relu and _drop_leading_relu(op))
             ops.append(op)
         self.ops = nn.ModuleList(ops)

@@ -29,6 +29,7 @@ class RunConfig:
     ir_expansion: int = 6
     channels_last: bool = True
     fast_dilated: bool = True
+    fast_batchnorm: bool = True
     recompute_cells: bool = False
     amp: bool = False
     checkpoint_every: int = 0

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm2d
 from .cells import Cell, EdgeOptions, MixedOp
 from .genotype import Genotype, derive_genotype
+from .layout import global_avg_pool
 from .ops import OpOptions, build_op, resolve_space
 from .recompute import recomputed_call
 
@@ -47,10 +49,10 @@ class AuxiliaryHead(nn.Module):
             nn.ReLU(inplace=False),
             nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
+            BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            BatchNorm2d(768),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -75,7 +77,7 @@ class CellNetwork(nn.Module):
         _check_sizes(C, layers, num_classes)
         self.C, self.layers, self.num_classes = C, layers, num_classes
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
         reductions = reduction_layers(layers)
         self.aux_index = reductions[1]
@@ -93,7 +95,6 @@ class CellNetwork(nn.Module):
             if i == self.aux_index:
                 C_aux = C_p
         self.aux_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
         # Keep only each cell's inputs in the forward pass and recompute the rest in backward
         # (less memory, more time; see darts_sg.recompute). Not part of the state dict.
@@ -114,7 +115,7 @@ class CellNetwork(nn.Module):
             s0, s1 = s1, recomputed_call(cell, s0, s1, **kwargs) if recompute else cell(s0, s1, **kwargs)
             if i == self.aux_index and self.aux_head is not None and self.training:
                 logits_aux = self.aux_head(s1)
-        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        logits = self.classifier(global_avg_pool(s1))
         return logits, logits_aux
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import BatchNorm2d
 from .errors import UserError
+from .layout import stride2_samples, subsample
 
 __all__ = [
     "OpOptions",
@@ -79,7 +81,7 @@ class ReLUConvBN(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -116,7 +118,7 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, k = self.dilation[0], self.kernel_size[0]
         if self._same and self.stride[0] == d:
-            return F.conv2d(x[:, :, ::d, ::d], self.weight, None, 1, (k - 1) // 2, 1, self.groups)
+            return F.conv2d(subsample(x, d)[0], self.weight, None, 1, (k - 1) // 2, 1, self.groups)
         if self._same and self.stride[0] == 1 and x.shape[2] % d == 0 and x.shape[3] % d == 0:
             y = F.conv2d(_space_to_batch(x, d), self.weight, None, 1, (k - 1) // 2, 1, self.groups)
             return _batch_to_space(y, d)
@@ -136,7 +138,7 @@ class DilConv(nn.Sequential):
             nn.ReLU(inplace=False),
             depthwise,
             nn.Conv2d(C_in, C_out, 1, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -151,20 +153,24 @@ class SepConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset stride-2 1x1 convs, concatenated."""
+    """Halve the resolution with two offset stride-2 1x1 convs, concatenated.
+
+    The convs run at stride 1 on the pixels a stride-2 conv would read (`stride2_samples`): the
+    same result, with a gradient in the input's memory layout.
+    """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out % 2:
             raise UserError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.bn = BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        even, odd = stride2_samples(self.relu(x))
+        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
 
 
 def sandglass_hidden_width(C: int, options: OpOptions) -> int:
@@ -184,15 +190,15 @@ class SandGlass(nn.Module):
         hidden = sandglass_hidden_width(C_in, options)
         self.body = nn.Sequential(
             nn.Conv2d(C_in, C_in, 3, 1, 1, groups=C_in, bias=False),
-            nn.BatchNorm2d(C_in, affine=affine),
+            BatchNorm2d(C_in, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(C_in, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden, affine=affine),
+            BatchNorm2d(hidden, affine=affine),
             nn.Conv2d(hidden, C_out, 1, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(C_out, C_out, 3, stride, 1, groups=C_out, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
         self.use_shortcut = stride == 1 and C_in == C_out
         self.identity_channels = max(1, round(options.sg_identity * C_out))
@@ -215,13 +221,13 @@ class InvertedResidual(nn.Module):
         hidden = C_in * options.ir_expansion
         self.body = nn.Sequential(
             nn.Conv2d(C_in, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden, affine=affine),
+            BatchNorm2d(hidden, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden, affine=affine),
+            BatchNorm2d(hidden, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(hidden, C_out, 1, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
         self.use_shortcut = stride == 1 and C_in == C_out
 

@@ -8,6 +8,7 @@ from typing import Any, Iterator, TypeVar
 
 import torch
 
+from .batchnorm import use_wide_batchnorm
 from .runs import RunDirectory
 
 __all__ = ["autocast", "configure_torch", "fit_run", "log", "log_memory", "open_writer", "place_model", "resume_config", "start_run"]
@@ -15,18 +16,20 @@ __all__ = ["autocast", "configure_torch", "fit_run", "log", "log_memory", "open_
 # Run-time settings that may change when a run is resumed.
 # The exact speed options are among them (`skip_none` is not: it changes the checkpoint layout).
 RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum",
-                "recompute_cells"}
+                "recompute_cells", "fast_batchnorm"}
 
 C = TypeVar("C")
 M = TypeVar("M", bound=torch.nn.Module)
 
 
 def place_model(model: M, config: Any, device: torch.device) -> M:
-    """Move a new model to `device` and apply the run's layout switches (channels_last, recomputation)."""
+    """Move a new model to `device` and apply the run's layout and kernel switches
+    (channels_last, recomputation, wide-view batch norm)."""
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.recompute_cells = config.recompute_cells
+    use_wide_batchnorm(model, config.fast_batchnorm)
     return model
 
 

@@ -1,0 +1,146 @@
+"""Batch norm that stays fast on channels-last CPU tensors whose channel count is not a multiple of 16.
+
+On the CPU, torch's channels-last batch-norm kernels are fast when the channel count is a
+multiple of 16 and several times slower otherwise (C = 36 and 72 of the DARTS retraining network,
+C = 8 of a narrow sandglass block; see ``benchmarks/bench_kernels.py``). A channels-last tensor is
+an ``(N*H*W, C)`` matrix in memory, so it can be viewed, without a copy, as an ``(N*H*W/k, k*C)``
+matrix whose width is a multiple of 16. On that wide view the native kernels run at full speed;
+the statistics of its ``k*C`` columns are merged into those of the ``C`` channels, and the
+normalisation and the gradient are elementwise passes with per-column factors. The result is the
+same batch norm (same outputs, gradients and running statistics, up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BatchNorm2d", "use_wide_batchnorm", "wide_factor"]
+
+_VECTOR_WIDTH = 16
+
+
+def wide_factor(x: torch.Tensor) -> int:
+    """How many pixels one row of the wide view holds (1: use the native kernel as it is)."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
+        return 1
+    n, c, h, w = x.shape
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return 1
+    k = _VECTOR_WIDTH // math.gcd(c, _VECTOR_WIDTH)
+    return k if (n * h * w) % k == 0 else 1
+
+
+def _wide(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The channels-last tensor `x` as an (N*H*W/k, k*C) matrix (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, k * x.shape[1])
+
+
+def _unwide(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_wide`: a channels-last (N, C, H, W) view of the matrix `m`."""
+    n, c, h, w = like.shape
+    return m.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _WideBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm computed on the wide view; also returns the batch mean and biased variance."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, k: int, eps: float):
+        C = x.shape[1]
+        xw = _wide(x, k)
+        _, mean_cols, invstd_cols = torch.ops.aten.native_batch_norm(xw, None, None, None, None, True, 0.0, eps)
+        mean_cols = mean_cols.view(k, C)
+        var_cols = (invstd_cols.view(k, C).pow(-2) - eps).clamp_min(0.0)
+        mean = mean_cols.mean(0)
+        var = var_cols.mean(0) + (mean_cols - mean).pow(2).mean(0)  # every column has N*H*W/k rows
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        out = _unwide(torch.addcmul(shift.repeat(k), xw, scale.repeat(k)), x)
+        ctx.k, ctx.eps = k, eps
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        k, C, eps = ctx.k, x.shape[1], ctx.eps
+        if torch.is_grad_enabled():  # create_graph=True: differentiate torch's own batch norm instead
+            return _differentiable_grads(ctx, grad_out, x, weight, bias, eps)
+        count = x.numel() // C
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        gw, xw = _wide(grad_out, k), _wide(x, k)
+        ones = torch.ones(k * C, dtype=x.dtype)
+        # sum(g * xhat) and sum(g) per column, by the native kernel
+        _, dot_cols, sum_cols = torch.ops.aten.native_batch_norm_backward(
+            gw, xw, ones, None, None, mean.repeat(k), invstd.repeat(k), True, eps, [False, True, True]
+        )
+        dot, total = dot_cols.view(k, C).sum(0), sum_cols.view(k, C).sum(0)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = a * (g - mean(g) - xhat * mean(g * xhat)) = a*g + b*x + c
+            a = invstd if weight is None else invstd * weight
+            b = -a * invstd * dot / count
+            c = -a * total / count - b * mean
+            grad_x = _unwide(torch.addcmul(c.repeat(k), gw, a.repeat(k)).addcmul_(xw, b.repeat(k)), x)
+        grad_weight = dot if ctx.needs_input_grad[1] else None
+        grad_bias = total if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def _differentiable_grads(ctx, grad_out, x, weight, bias, eps):
+    """The gradients as a graph of their own (for higher derivatives), through F.batch_norm."""
+    wanted = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3]) if need]
+    out = F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and results) with the wide-view CPU path.
+
+    ``wide_kernels`` switches the path off (``--native-batchnorm``); it is used only where
+    `wide_factor` finds a channels-last CPU tensor whose channel count is not a multiple of 16.
+    """
+
+    wide_kernels: bool = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = wide_factor(x) if self.wide_kernels else 1
+        if k == 1:
+            return super().forward(x)
+        self._check_input_dim(x)
+        use_batch_stats = self.training or self.running_mean is None
+        if not use_batch_stats:
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            shift = -self.running_mean * scale
+            if self.bias is not None:
+                shift = shift + self.bias
+            return _unwide(torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k)), x)
+        out, mean, var = _WideBatchNorm.apply(x, self.weight, self.bias, k, self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """As nn.BatchNorm2d does: momentum (or the cumulative average) and the unbiased variance."""
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+
+
+def use_wide_batchnorm(model: nn.Module, enabled: bool) -> None:
+    """Switch the wide-view path of every BatchNorm2d in `model` on or off."""
+    for module in model.modules():
+        if isinstance(module, BatchNorm2d):
+            module.wide_kernels = enabled

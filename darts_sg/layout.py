@@ -1,0 +1,60 @@
+"""Ops whose gradient keeps the memory layout of their input.
+
+torch's backward of a slice (``x[:, :, 1:, 1:]``) and of adaptive average pooling returns an
+NCHW gradient even for a channels-last input. Every kernel behind it in the backward pass then
+gets mixed layouts and runs several times slower (batch norm backward 3x, ReLU backward 5-20x on
+this CPU). These give the same values and gradients, in the input's layout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["global_avg_pool", "stride2_samples", "subsample"]
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _Subsample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: int, offsets: tuple[int, ...]):
+        ctx.input_shape, ctx.layout, ctx.step, ctx.offsets = x.shape, _layout(x), step, offsets
+        return tuple(x[:, :, o::step, o::step].contiguous(memory_format=ctx.layout) for o in offsets)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        grad = torch.empty(ctx.input_shape, dtype=grads[0].dtype, device=grads[0].device, memory_format=ctx.layout).zero_()
+        for o, g in zip(ctx.offsets, grads):
+            grad[:, :, o :: ctx.step, o :: ctx.step] = g
+        return grad, None, None
+
+
+def subsample(x: torch.Tensor, step: int, offsets: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, ...]:
+    """x[:, :, o::step, o::step] for each offset o, as tensors in x's layout (as is their gradient)."""
+    return _Subsample.apply(x, step, tuple(offsets))
+
+
+def stride2_samples(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]): the pixels a stride-2 1x1 conv reads on x and on x[:, :, 1:, 1:]."""
+    return subsample(x, 2, (0, 1))
+
+
+class _GlobalAvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        ctx.input_shape, ctx.layout = x.shape, _layout(x)
+        return x.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n, c, h, w = ctx.input_shape
+        return (grad / (h * w))[:, :, None, None].expand(n, c, h, w).contiguous(memory_format=ctx.layout)
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the spatial dimensions: (N, C, H, W) -> (N, C)."""
+    return _GlobalAvgPool.apply(x)
