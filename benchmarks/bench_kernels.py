@@ -1,13 +1,17 @@
-"""Two kernel-level measurements behind the choices in benchmarks/results.md.
+"""Kernel-level measurements behind the choices in benchmarks/results.md.
 
 1. Depthwise convolutions (channels-last, batch 64, 2 threads): forward, input gradient and
    weight gradient apart, for 3x3 and 5x5 kernels at the supernet's three resolutions; for 5x5
    also the weight gradient computed as two 5x3 ones (columns 0-2 and 2-4) on shifted inputs.
-2. torch.compile on one mixed op (C=16, 32x32, batch 64, the default edge options): forward +
+2. Batch norm in training mode (channels-last, 2 threads), forward and backward: torch's
+   kernel against darts_sg's wide-view path (`--fast-batchnorm`), at the channel counts of the
+   retraining network (36, 72, 144) and the supernet (16; 8 for a narrow sandglass block).
+3. torch.compile on one mixed op (C=16, 32x32, batch 64, the default edge options): forward +
    backward time eager vs compiled, and the compile time.
 
-    python benchmarks/bench_kernels.py            # both (~3 min)
+    python benchmarks/bench_kernels.py            # all three (~3 min)
     python benchmarks/bench_kernels.py --skip-compile
+    python benchmarks/bench_kernels.py --only batchnorm
 """
 
 from __future__ import annotations
@@ -58,6 +62,25 @@ def depthwise_table() -> None:
             print(f"| {C} | {H} | {k}x{k} | {forward:.2f} | {grad_in:.2f} | {grad_w:.2f} | {split} |", flush=True)
 
 
+def batchnorm_table() -> None:
+    from darts_sg.batchnorm import BatchNorm2d, use_wide_batchnorm
+
+    print("\n| batch | C | H=W | torch forward (ms) | torch backward (ms) | wide forward (ms) | wide backward (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, C, H in [(96, 36, 32), (96, 72, 16), (96, 144, 8), (64, 16, 32), (64, 8, 32)]:
+        x = torch.randn(n, C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn_like(x)
+        cells, outputs = [], []
+        for wide in (False, True):
+            bn = BatchNorm2d(C)
+            use_wide_batchnorm(bn, wide)
+            outputs.append(bn(x))
+            cells.append(_ms(lambda: bn(x)))
+            cells.append(_ms(lambda: torch.autograd.grad(bn(x), x, g)) - cells[-1])
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-4)
+        print(f"| {n} | {C} | {H} | " + " | ".join(f"{v:.2f}" for v in cells) + " |", flush=True)
+
+
 def compile_row() -> None:
     from darts_sg.cells import MixedOp
     from darts_sg.ops import OpOptions, resolve_space
@@ -85,10 +108,14 @@ def compile_row() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--only", choices=["depthwise", "batchnorm", "compile"], help="run one measurement")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    depthwise_table()
-    if not args.skip_compile:
+    if args.only in (None, "depthwise"):
+        depthwise_table()
+    if args.only in (None, "batchnorm"):
+        batchnorm_table()
+    if args.only == "compile" or (args.only is None and not args.skip_compile):
         compile_row()
 
 

@@ -2,8 +2,8 @@
 
 torch's backward of a slice (``x[:, :, 1:, 1:]``) and of adaptive average pooling returns an
 NCHW gradient even for a channels-last input. Every kernel behind it in the backward pass then
-gets mixed layouts and runs several times slower (batch norm backward 3x, ReLU backward 5-20x on
-this CPU). These give the same values and gradients, in the input's layout.
+gets mixed layouts and runs several times slower on the CPU (batch norm and ReLU backward among
+them). These give the same values and gradients, in the input's layout.
 """
 
 from __future__ import annotations
