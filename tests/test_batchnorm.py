@@ -106,3 +106,15 @@ def test_second_derivatives_match_torch():
         results.append(torch.autograd.grad((g * g).sum(), [xi, module.weight]))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_run_setting_reaches_every_batch_norm(enabled):
+    import darts_sg
+    from darts_sg.config import RunConfig
+    from darts_sg.setup import place_model
+
+    model = darts_sg.build_supernet("darts", C=4, layers=3, num_classes=10, steps=2)
+    model = place_model(model, RunConfig(fast_batchnorm=enabled), torch.device("cpu"))
+    flags = {m.wide_kernels for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert flags == {enabled}
