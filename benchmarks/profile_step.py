@@ -12,9 +12,8 @@ counted as in darts_sg.flops) in 1x1 dense, depthwise and other convolutions.
 from __future__ import annotations
 
 import argparse
-import time
-
 import collections
+import time
 
 import torch
 
