@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -87,11 +88,16 @@ def test_second_order_alpha_gradients_use_the_virtual_weights():
         assert a.abs().sum() > 0 and torch.equal(a, b)
 
 
-def test_retraining_with_drop_path_and_auxiliary_head_is_unchanged():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_retraining_with_drop_path_and_auxiliary_head_is_unchanged(channels_last):
+    # channels-last also takes the wide-view batch norm (C = 4, 8: not multiples of 16)
     torch.manual_seed(0)
     model = darts_sg.build_network("darts_v2", C=4, layers=5, auxiliary=True).double()
     model.drop_path_prob = 0.3
     x, y = _batch(size=32)  # the auxiliary head needs 8x8 maps after the second reduction
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def loss_fn(m):
         torch.manual_seed(7)  # the same drop-path masks in both runs
