@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import is_channels_last
+
 __all__ = ["BatchNorm2d", "use_wide_batchnorm", "wide_factor"]
 
 _VECTOR_WIDTH = 16
@@ -28,7 +30,7 @@ def wide_factor(x: torch.Tensor) -> int:
     if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64):
         return 1
     n, c, h, w = x.shape
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+    if not is_channels_last(x):
         return 1
     k = _VECTOR_WIDTH // math.gcd(c, _VECTOR_WIDTH)
     return k if (n * h * w) % k == 0 else 1

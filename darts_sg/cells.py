@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batchnorm import BatchNorm2d
+from .layout import is_channels_last
 from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
 
 __all__ = ["Cell", "EdgeOptions", "MixedOp", "WeightedSum", "drop_path"]
@@ -53,7 +54,7 @@ def _flat_view(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tenso
     With `like`, the elements are ordered as in `_flat_view(like)`, copying only if the layouts differ.
     """
     layout = like if like is not None else t
-    if t.dim() == 4 and not layout.is_contiguous() and layout.is_contiguous(memory_format=torch.channels_last):
+    if t.dim() == 4 and is_channels_last(layout):
         return t.permute(0, 2, 3, 1).reshape(-1)
     return t.reshape(-1)
 

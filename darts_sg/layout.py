@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["global_avg_pool", "stride2_samples", "subsample"]
+__all__ = ["global_avg_pool", "is_channels_last", "stride2_samples", "subsample"]
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor laid out channels-last (and not also NCHW, as with C = 1 or H = W = 1)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
 class _Subsample(torch.autograd.Function):
