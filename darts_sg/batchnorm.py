@@ -47,6 +47,13 @@ def _unwide(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return m.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def _normalized(x: torch.Tensor, k: int, mean, invstd, weight, bias) -> torch.Tensor:
+    """(x - mean) * invstd * weight + bias per channel, as one pass over the wide view of `x`."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return _unwide(torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k)), x)
+
+
 class _WideBatchNorm(torch.autograd.Function):
     """Training-mode batch norm computed on the wide view; also returns the batch mean and biased variance."""
 
@@ -60,9 +67,7 @@ class _WideBatchNorm(torch.autograd.Function):
         mean = mean_cols.mean(0)
         var = var_cols.mean(0) + (mean_cols - mean).pow(2).mean(0)  # every column has N*H*W/k rows
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        out = _unwide(torch.addcmul(shift.repeat(k), xw, scale.repeat(k)), x)
+        out = _normalized(x, k, mean, invstd, weight, bias)
         ctx.k, ctx.eps = k, eps
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.mark_non_differentiable(mean, var)
@@ -119,13 +124,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         self._check_input_dim(x)
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats:
-            scale = torch.rsqrt(self.running_var + self.eps)
-            if self.weight is not None:
-                scale = scale * self.weight
-            shift = -self.running_mean * scale
-            if self.bias is not None:
-                shift = shift + self.bias
-            return _unwide(torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k)), x)
+            invstd = torch.rsqrt(self.running_var + self.eps)
+            return _normalized(x, k, self.running_mean, invstd, self.weight, self.bias)
         out, mean, var = _WideBatchNorm.apply(x, self.weight, self.bias, k, self.eps)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, x.numel() // x.shape[1])
