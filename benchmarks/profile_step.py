@@ -24,7 +24,7 @@ def conv_flop_shares(step) -> dict[str, float]:
     """Shares of one step's convolution FLOPs by kind: '1x1', 'depthwise', 'other'."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from darts_sg.flops import conv_forward_flops
+    from darts_sg.flops import conv_backward_flops, conv_forward_flops
 
     totals: collections.Counter = collections.Counter()
 
@@ -32,13 +32,15 @@ def conv_flop_shares(step) -> dict[str, float]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if func is torch.ops.aten.convolution.default:
-                x, w, groups, y, passes = args[0], args[1], args[8], out, 1
+                w, groups = args[1], args[8]
+                flops = conv_forward_flops(args[0].shape, w.shape, out.shape, args[6])
             elif func is torch.ops.aten.convolution_backward.default:
-                y, x, w, groups, passes = args[0], args[1], args[2], args[9], sum(map(bool, args[10][:2]))
+                w, groups = args[2], args[9]
+                flops = conv_backward_flops(args[0].shape, args[1].shape, w.shape, *args[3:11], out_shape=None)
             else:
                 return out
             kind = "depthwise" if groups > 1 else "1x1" if tuple(w.shape[2:]) == (1, 1) else "other"
-            totals[kind] += passes * conv_forward_flops(x.shape, w.shape, y.shape)
+            totals[kind] += flops
             return out
 
     with Count():
