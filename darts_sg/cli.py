@@ -159,34 +159,42 @@ def plot(genotype, output, fmt) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--spaces", default="darts,invres,sgblock", show_default=True, help="Comma-separated search spaces to compare.")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each space is searched and retrained once per seed.")
-@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="quick", show_default=True,
-              help="Scale: `quick` = the quick presets with 4-epoch searches on 640 + 640 images and 2-epoch retrainings on 6,000 images (about 2 h for 9 pairs on 2 cores); `paper` = the papers' settings.")
+@click.option("--seeds", default=None, help="Comma-separated search seeds per space [default: the preset's; medium 0,1,2,3, else 0,1,2].")
+@click.option("--random", "random_count", type=NON_NEGATIVE, default=None,
+              help="Random genotypes per space, retrained under the same protocol (Li & Talwalkar 2019) [default: the preset's; medium 3, else 0].")
+@click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 [default: the preset's; medium darts_v2].")
+@click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
+              help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 8-epoch retrainings at C=16, 8 cells on all 50k images, "
+                   "4 seeds, 3 random genotypes per space and DARTS_V2 (about 19 h on 2 cores); `quick` = a 2-hour smoke test of the "
+                   "pipeline; `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
 @click.option("--train-opt", multiple=True, metavar="KEY=VALUE", help="Override a retraining setting, e.g. --train-opt layers=8 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
+@click.option("--report-only", is_flag=True, help="Rebuild the report from the finished units without running anything.")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs.")
-def compare(spaces, seeds, preset, search_opt, train_opt, data_root, out, progress) -> None:
-    """Search and retrain in several spaces with several seeds, and write a comparison report."""
+def compare(spaces, seeds, random_count, references, preset, search_opt, train_opt, data_root, out, report_only, progress) -> None:
+    """Search and retrain in several spaces with several seeds, beside random and published genotypes, and report."""
     from .compare import CompareSpec, parse_overrides, run_compare
     from .search import SearchConfig
     from .train import TrainConfig
 
     try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
     except ValueError:
         raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
-    spec = CompareSpec(
+    spec = CompareSpec.for_preset(
+        preset,
         spaces=[s.strip() for s in spaces.split(",") if s.strip()],
         seeds=seed_list,
-        preset=preset,
+        random=random_count,
+        references=[r.strip() for r in references.split(",") if r.strip()] if references is not None else None,
         search_overrides=parse_overrides(search_opt, SearchConfig),
         train_overrides=parse_overrides(train_opt, TrainConfig),
         data_root=data_root,
     )
-    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True))
-    click.echo(f"{len(rows)} pairs finished; report: {out}/report.md")
+    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only)
+    click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished; report: {out}/report.md")
 
 
 def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | None = None) -> None:

@@ -1,256 +1,130 @@
-"""The search-space comparison: search and retrain in each space with each seed, then report.
+"""Running the search-space comparison (see compare_plan.py for its units and scales).
 
-Every (space, seed) pair has a search run and a retraining run under the output folder. The
-experiment resumes: finished pairs are skipped, interrupted runs continue from their
-checkpoints. The report (Markdown, JSON, CSV, a PNG plot and the cell diagrams) is rebuilt from
-whatever has finished, after every pair.
+Units run in an interleaved order (the references, then seed 0 of every space, random genotype 0
+of every space, seed 1, ...) so that a partly finished experiment is balanced. The experiment
+resumes unit by unit: finished units are skipped, an interrupted run continues from its
+checkpoint, and a run folder left without a checkpoint (a copy of committed results) starts
+again. The report (compare_report.py) is rebuilt from whatever has finished after every unit.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import statistics
-from dataclasses import dataclass, fields
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from .compare_plan import (
+    COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, train_settings,
+    units_of,
+)  # fmt: skip
+from .compare_report import unit_row, write_report
 from .errors import UserError
-from .genotype import load_genotype
-from .io import atomic_write_bytes, atomic_write_text
+from .genotype import load_genotype, random_genotype
+from .io import atomic_write_text
 from .ops import resolve_space
 from .runs import RunDirectory
-from .search import SEARCH_PRESETS, SearchConfig, run_search
-from .train import TRAIN_PRESETS, TrainConfig, run_training
+from .search import run_search
+from .train import TrainConfig, run_training
 
-__all__ = ["COMPARE_SCALES", "CompareSpec", "parse_overrides", "run_compare", "search_settings", "train_settings", "write_report"]
-
-PAPER_CLAIM = (
-    "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
-    "about 25% fewer parameters and higher CIFAR-10 accuracy (+0.13% top-1), while adding the inverted residual "
-    "block lowers accuracy."
-)
+__all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "parse_overrides", "run_compare", "run_unit", "search_settings",
+           "train_settings", "units_of"]  # fmt: skip
 
 
-@dataclass
-class CompareSpec:
-    """What to compare and at which scale."""
-
-    spaces: list[str]
-    seeds: list[int]
-    preset: str = "quick"
-    search_overrides: dict[str, Any] | None = None
-    train_overrides: dict[str, Any] | None = None
-    data_root: str | None = None
+def _restartable(run: RunDirectory) -> bool:
+    """True when `run` exists but cannot be resumed (no checkpoint: e.g. a copy of committed results)."""
+    return run.exists() and not run.checkpoint_path.exists()
 
 
-def parse_overrides(items: tuple[str, ...] | list[str], cls) -> dict[str, Any]:
-    """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or TrainConfig)."""
-    types = {f.name: f.type for f in fields(cls)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in types:
-            raise UserError(f"bad override {item!r}: use KEY=VALUE with KEY one of {', '.join(sorted(types))}")
-        kind = str(types[key])
-        try:
-            if "bool" in kind:
-                out[key] = value.lower() in ("1", "true", "yes", "on")
-            elif "int" in kind:
-                out[key] = int(value)
-            elif "float" in kind:
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except ValueError:
-            raise UserError(f"bad override {item!r}: {value!r} is not a valid {kind}") from None
-    return out
+def _run_search(spec: CompareSpec, out: Path, unit: Unit, progress: bool) -> None:
+    run = RunDirectory(out / "search" / unit.name)
+    config = search_config(spec, unit.space, unit.seed)
+    if (run.path / "genotype.json").exists() and len(run.read_metrics()) >= config.epochs:
+        return
+    if _restartable(run):
+        shutil.rmtree(run.path)
+    run_search(config, str(run.path), resume=run.exists(), progress=progress)
 
 
-# What each preset changes for a comparison, on top of the search and retraining presets: the
-# quick comparison (9 pairs) is scaled to about two hours on a 2-core CPU.
-COMPARE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"search": {}, "train": {}},
-    "quick": {"search": {"epochs": 4, "subset": 640}, "train": {"epochs": 2, "train_subset": 6000}},
-    "smoke": {"search": {}, "train": {}},
-}
+def _write_unit_genotype(spec: CompareSpec, out: Path, unit: Unit) -> None:
+    if unit.kind == "random":
+        steps = search_settings(spec).get("nodes", 4)
+        genotype = random_genotype(resolve_space(unit.space), steps, seed=f"{unit.space}-{unit.seed}")
+    else:
+        genotype = load_genotype(unit.space)
+    path = genotype_path(out, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, genotype.to_json() + "\n")
 
 
-def search_settings(spec: CompareSpec) -> dict[str, Any]:
-    """The search settings of every pair: preset, then the comparison's scale, then the overrides."""
-    return {**SEARCH_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["search"], **(spec.search_overrides or {})}
+def run_unit(spec: CompareSpec, out: Path, unit: Unit, progress: bool = False) -> None:
+    """Search (searched units) and retrain one unit, resuming whatever was started."""
+    if unit.kind == "searched":
+        _run_search(spec, out, unit, progress)
+    else:
+        _write_unit_genotype(spec, out, unit)
+    run = RunDirectory(out / "augment" / unit.name)
+    if (run.path / "summary.json").exists():
+        return
+    if _restartable(run):
+        shutil.rmtree(run.path)
+    config = TrainConfig(**{**train_settings(spec), "genotype": str(genotype_path(out, unit)), "seed": unit.seed},
+                         data_root=spec.data_root)  # fmt: skip
+    run_training(config, str(run.path), resume=run.exists(), progress=progress)
 
 
-def train_settings(spec: CompareSpec) -> dict[str, Any]:
-    """The retraining settings of every pair: preset, then the comparison's scale, then the overrides."""
-    return {**TRAIN_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["train"], **(spec.train_overrides or {})}
+def unit_finished(out: Path, unit: Unit) -> bool:
+    return (out / "augment" / unit.name / "summary.json").exists()
 
 
-def _search_config(spec: CompareSpec, space: str, seed: int) -> SearchConfig:
-    return SearchConfig(**{**search_settings(spec), "ops": space, "seed": seed}, data_root=spec.data_root)
+def _spec_record(spec: CompareSpec) -> dict[str, Any]:
+    record = asdict(spec)
+    record.pop("data_root")
+    record.update(search=search_settings(spec), train=train_settings(spec))
+    return record
 
 
-def _train_config(spec: CompareSpec, genotype_path: Path, seed: int) -> TrainConfig:
-    return TrainConfig(**{**train_settings(spec), "genotype": str(genotype_path), "seed": seed}, data_root=spec.data_root)
+def _check_settings(path: Path, now: dict[str, Any]) -> None:
+    """Refuse to continue an experiment whose recorded settings differ from the ones asked for now."""
+    stored = json.loads(path.read_text())
+    for key in ("search", "train"):
+        before, after = stored.get(key, {}), now[key]
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            raise UserError(f"{path.parent} holds a comparison with other {key} settings ({', '.join(changed)}); use another --out")
 
 
-def _completed_epochs(run: RunDirectory) -> int:
-    return len(run.read_metrics())
+def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log: Callable[[str], None] = print,
+                report_only: bool = False) -> list[dict | None]:
+    """Run every unit (resuming), rewriting the report after each; return the rows (None: unit not finished).
 
-
-def run_pair(spec: CompareSpec, out: Path, space: str, seed: int, progress: bool = False) -> dict[str, Any]:
-    """Search and retrain one (space, seed) pair, resuming whatever was started; return its row."""
-    name = f"{space}-s{seed}"
-    search_run = RunDirectory(out / "search" / name)
-    search_config = _search_config(spec, space, seed)
-    if not search_run.exists():
-        run_search(search_config, str(search_run.path), progress=progress)
-    elif _completed_epochs(search_run) < search_config.epochs or not (search_run.path / "genotype.json").exists():
-        run_search(search_config, str(search_run.path), resume=True, progress=progress)
-    genotype_path = search_run.path / "genotype.json"
-    train_run = RunDirectory(out / "augment" / name)
-    train_config = _train_config(spec, genotype_path, seed)
-    summary_path = train_run.path / "summary.json"
-    if not summary_path.exists():
-        run_training(train_config, str(train_run.path), resume=train_run.exists(), progress=progress)
-    return pair_row(out, space, seed)
-
-
-def pair_row(out: Path, space: str, seed: int) -> dict[str, Any] | None:
-    """The report row of a finished pair (None if it has not finished)."""
-    name = f"{space}-s{seed}"
-    search_run = RunDirectory(out / "search" / name)
-    summary_path = out / "augment" / name / "summary.json"
-    if not summary_path.exists():
-        return None
-    summary = json.loads(summary_path.read_text())
-    search_metrics = search_run.read_metrics()
-    genotype = load_genotype(str(search_run.path / "genotype.json"))
-    return {
-        "space": space,
-        "seed": seed,
-        "search_val_acc": search_metrics[-1]["val_acc"],
-        "params": summary["params"],
-        "flops": summary["flops"],
-        "test_acc": summary["test_acc"],
-        "search_seconds": sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in search_metrics),
-        "train_seconds": summary["train_seconds"],
-        "sg_block_edges": genotype.count_op("sg_block"),
-        "inv_res_edges": genotype.count_op("inv_res"),
-        "genotype": genotype.to_dict(),
-    }
-
-
-def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every (space, seed) pair (resuming), rewriting the report after each; return the rows."""
+    With `report_only`, nothing runs: the report is rebuilt from the units that have finished.
+    """
     for space in spec.spaces:
         resolve_space(space)
+    for name in spec.references:
+        load_genotype(name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "compare.json"
-    spec_record = {"spaces": spec.spaces, "seeds": spec.seeds, "preset": spec.preset,
-                   "search_overrides": spec.search_overrides or {}, "train_overrides": spec.train_overrides or {},
-                   "search": search_settings(spec), "train": train_settings(spec)}  # fmt: skip
+    record = _spec_record(spec)
     if spec_path.exists():
-        stored = json.loads(spec_path.read_text())
-        stored_spec = CompareSpec(stored["spaces"], stored["seeds"], stored["preset"], stored.get("search_overrides"),
-                                  stored.get("train_overrides"))  # fmt: skip
-        for key, settings in (("search", search_settings), ("train", train_settings)):
-            before, now = settings(stored_spec), spec_record[key]
-            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-            if changed:
-                raise UserError(f"{out} holds a comparison with other {key} settings ({', '.join(changed)}); use another --out")
-    atomic_write_text(spec_path, json.dumps(spec_record, indent=2) + "\n")
-    rows = []
-    for seed in spec.seeds:
-        for space in spec.spaces:
-            row = pair_row(out, space, seed)
-            if row is None:
-                log(f"compare: {space} seed {seed}: search and retrain")
-                row = run_pair(spec, out, space, seed, progress)
-            else:
-                log(f"compare: {space} seed {seed}: finished earlier")
-            rows.append(row)
-            write_report(out, rows, spec)
+        _check_settings(spec_path, record)
+    atomic_write_text(spec_path, json.dumps(record, indent=2) + "\n")
+    units = units_of(spec)
+    rows: list[dict | None] = []
+    for k, unit in enumerate(units, 1):
+        if unit_finished(out, unit):
+            log(f"compare: unit {k}/{len(units)} {unit.name}: finished earlier")
+        elif report_only:
+            log(f"compare: unit {k}/{len(units)} {unit.name}: not finished")
+        else:
+            log(f"compare: unit {k}/{len(units)} {unit.name}: {'search and ' if unit.kind == 'searched' else ''}retrain")
+            run_unit(spec, out, unit, progress)
+        rows.append(unit_row(out, unit, spec))
+        if not report_only:
+            write_report(out, rows, spec, total_units=len(units))
+    if report_only:
+        write_report(out, rows, spec, total_units=len(units))
     return rows
-
-
-# ----------------------------------------------------------------------------------------- report
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per-space mean and standard deviation of the main figures."""
-    out = []
-    for space in dict.fromkeys(r["space"] for r in rows):
-        group = [r for r in rows if r["space"] == space]
-        entry = {"space": space, "pairs": len(group)}
-        for key in ("search_val_acc", "params", "flops", "test_acc", "search_seconds", "train_seconds"):
-            entry[key] = _mean_std([float(r[key]) for r in group])
-        out.append(entry)
-    return out
-
-
-def write_report(out: Path, rows: list[dict], spec: CompareSpec) -> None:
-    """Write report.md, rows.json, rows.csv, accuracy_vs_params.png and the cell diagrams."""
-    from .visualize import plot_genotype, scatter_plot
-
-    atomic_write_text(out / "rows.json", json.dumps(rows, indent=2) + "\n")
-    columns = ["space", "seed", "search_val_acc", "params", "flops", "test_acc", "search_seconds", "train_seconds",
-               "sg_block_edges", "inv_res_edges"]  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "rows.csv", buffer.getvalue())
-    for r in rows:
-        plot_genotype(load_genotype(json.dumps(r["genotype"])), out / "cells" / f"{r['space']}-s{r['seed']}", quiet=True)
-    png = scatter_plot(
-        {space: [(r["params"] / 1e6, 100 * r["test_acc"]) for r in rows if r["space"] == space] for space in spec.spaces},
-        x_label="params (M)", y_label="test accuracy (%)", title="CIFAR-10: test accuracy vs parameters",
-    )  # fmt: skip
-    atomic_write_bytes(out / "accuracy_vs_params.png", png)
-    atomic_write_text(out / "report.md", render_markdown(rows, spec))
-
-
-def render_markdown(rows: list[dict], spec: CompareSpec) -> str:
-    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), TrainConfig(**train_settings(spec))
-    lines = [
-        "# Search-space comparison: darts vs invres vs sgblock",
-        "",
-        f"Scale (preset `{spec.preset}`): search with {s_cfg.layers} cells, C={s_cfg.init_channels}, {s_cfg.nodes} nodes, "
-        f"{s_cfg.subset or 25000} images per half, batch {s_cfg.batch_size}, {s_cfg.epochs} epochs, order {s_cfg.order}; "
-        f"retraining with {t_cfg.layers} cells, C={t_cfg.init_channels}, {t_cfg.train_subset or 50000} training images, "
-        f"batch {t_cfg.batch_size}, {t_cfg.epochs} epochs, tested on {t_cfg.test_subset or 10000} test images.",
-        "",
-        "| space | seed | search val acc | params | MFLOPs | test acc | search s | retrain s | sg_block edges | inv_res edges |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['space']} | {r['seed']} | {100 * r['search_val_acc']:.2f}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
-            f"{100 * r['test_acc']:.2f}% | {r['search_seconds']:.0f} | {r['train_seconds']:.0f} | {r['sg_block_edges']} | {r['inv_res_edges']} |"
-        )
-    lines += ["", "Per space (mean ± std over seeds; the last two columns against the `darts` space's means):", "",
-              "| space | pairs | search val acc | params | MFLOPs | test acc | params vs darts | test acc vs darts |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    summary = summarise(rows)
-    base = next((e for e in summary if e["space"] == "darts"), None)
-    for e in summary:
-        va, pa, fl, ta = e["search_val_acc"], e["params"], e["flops"], e["test_acc"]
-        versus = (f"{100 * (pa[0] / base['params'][0] - 1):+.1f}% | {100 * (ta[0] - base['test_acc'][0]):+.2f} points"
-                  if base else "n/a | n/a")  # fmt: skip
-        lines.append(
-            f"| {e['space']} | {e['pairs']} | {100 * va[0]:.2f} ± {100 * va[1]:.2f}% | {pa[0] / 1e6:.3f} ± {pa[1] / 1e6:.3f} M | "
-            f"{fl[0] / 1e6:.1f} ± {fl[1] / 1e6:.1f} | {100 * ta[0]:.2f} ± {100 * ta[1]:.2f}% | {versus} |"
-        )
-    lines += ["", f"The paper's claim: {PAPER_CLAIM}", "", "![test accuracy against params](accuracy_vs_params.png)", ""]
-    return "\n".join(lines) + "\n"

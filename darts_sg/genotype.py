@@ -23,7 +23,7 @@ import torch
 from .errors import UserError
 from .ops import OP_FACTORIES
 
-__all__ = ["Genotype", "GenotypeError", "derive_genotype", "load_genotype", "parse_legacy", "genotype_dir"]
+__all__ = ["Genotype", "GenotypeError", "derive_genotype", "load_genotype", "parse_legacy", "genotype_dir", "random_genotype"]
 
 EDGES_PER_NODE = 2
 
@@ -270,6 +270,34 @@ def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str]
         return Genotype.from_dict(data, allowed_ops)
     except GenotypeError as exc:
         raise GenotypeError(f"genotype file {path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------- random baseline
+
+
+def random_genotype(primitives: Sequence[str], steps: int = 4, seed: int | str = 0) -> Genotype:
+    """A genotype drawn uniformly from a space: per node, 2 distinct earlier inputs, each with an op
+    drawn uniformly from `primitives` without `none` (the random baseline of Li & Talwalkar 2019).
+
+    The same (primitives, steps, seed) always give the same genotype (Python's own seeded RNG).
+    """
+    import random
+
+    ops = [name for name in primitives if name != "none"]
+    if not ops:
+        raise GenotypeError("a random genotype needs at least one op other than 'none'")
+    rng = random.Random(seed)
+
+    def cell() -> tuple[Edge, ...]:
+        edges: list[Edge] = []
+        for node in range(steps):
+            for source in sorted(rng.sample(range(node + 2), EDGES_PER_NODE)):
+                edges.append((rng.choice(ops), source))
+        return tuple(edges)
+
+    concat = tuple(range(2, 2 + steps))
+    normal = cell()
+    return Genotype(normal=normal, normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
 # ----------------------------------------------------------------------------------------- derivation

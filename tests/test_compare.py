@@ -1,57 +1,155 @@
 import json
+import math
+import shutil
 import struct
+from collections import Counter
 
-from darts_sg.compare import CompareSpec, parse_overrides, run_compare
+import pytest
+
+from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
+from darts_sg.compare_report import render_markdown, welch_interval
+from darts_sg.errors import UserError
+from darts_sg.genotype import random_genotype
+from darts_sg.ops import resolve_space
 from darts_sg.search import SearchConfig
 
 
-def test_compare_smoke_runs_reports_and_resumes(tmp_path, data_root):
-    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0], preset="smoke", data_root=str(data_root))
+def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resumes(tmp_path, data_root):
+    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0], preset="smoke", data_root=str(data_root), random=1,
+                       references=["darts_v2"])  # fmt: skip
     out = tmp_path / "cmp"
     rows = run_compare(spec, out, log=lambda m: None)
-    assert [(r["space"], r["seed"]) for r in rows] == [("darts", 0), ("sgblock", 0)]
-    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png"):
-        assert (out / name).exists()
+    assert [r["name"] for r in rows] == ["darts_v2", "darts-s0", "sgblock-s0", "darts-random0", "sgblock-random0"]
+    assert [r["kind"] for r in rows] == ["reference", "searched", "searched", "random", "random"]
+    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png", "cells/darts-random0_normal.gv"):
+        assert (out / name).exists(), name
     png = (out / "accuracy_vs_params.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (720, 480)
+    # the DARTS_V2 unit trained DARTS_V2; the random units trained the genotypes their seeds give
+    assert rows[0]["genotype"] == json.loads((out / "genotypes" / "darts_v2.json").read_text())
+    expected = random_genotype(resolve_space("sgblock"), 2, seed="sgblock-0")
+    assert rows[4]["genotype"] == expected.to_dict()
+    # paper-scale parameter count of DARTS_V2: the reference implementation's 3,349,342
+    assert rows[0]["paper_params"] == 3_349_342
+    assert rows[1]["alpha_steps"] == 2 and rows[1]["stable_since_epoch"] == 1
+    assert 0 < rows[1]["entropy_normal"] <= math.log(8) + 1e-9
     report = (out / "report.md").read_text()
-    assert "| darts | 0 |" in report and "| sgblock | 0 |" in report and "mean ± std" in report
-    assert rows[0]["inv_res_edges"] == 0
-    assert len((out / "rows.csv").read_text().splitlines()) == 3
-    # a second call finds both pairs finished and runs nothing again
+    assert "Status: 5 of 5 units finished" in report and "| darts_v2 | " in report and "| sgblock-random0 |" in report
+    assert len((out / "rows.csv").read_text().splitlines()) == 6
+    # a second call finds every unit finished and runs nothing again
     before = (out / "augment" / "darts-s0" / "checkpoint.pt").stat().st_mtime_ns
     messages = []
     run_compare(spec, out, log=messages.append)
-    assert all("finished earlier" in m for m in messages)
+    assert len(messages) == 5 and all("finished earlier" in m for m in messages)
     assert (out / "augment" / "darts-s0" / "checkpoint.pt").stat().st_mtime_ns == before
     assert json.loads((out / "rows.json").read_text()) == rows
+    # a unit folder copied without its checkpoint and summary (committed results) starts again cleanly
+    (out / "augment" / "darts-random0" / "checkpoint.pt").unlink()
+    (out / "augment" / "darts-random0" / "summary.json").unlink()
+    again = run_compare(spec, out, log=lambda m: None)
+    assert again[3]["test_acc"] == rows[3]["test_acc"] and again[3]["genotype"] == rows[3]["genotype"]
+
+
+def test_report_only_runs_nothing_and_reports_what_finished(tmp_path, data_root):
+    spec = CompareSpec(spaces=["darts"], seeds=[0, 1], preset="smoke", data_root=str(data_root))
+    out = tmp_path / "cmp"
+    run_compare(CompareSpec(spaces=["darts"], seeds=[0], preset="smoke", data_root=str(data_root)), out, log=lambda m: None)
+    shutil.rmtree(out / "search" / "darts-s0" / "tensorboard")
+    rows = run_compare(spec, out, log=lambda m: None, report_only=True)
+    assert rows[0] is not None and rows[1] is None and not (out / "search" / "darts-s1").exists()
+    assert "Status: 1 of 2 units finished" in (out / "report.md").read_text()
+
+
+def test_units_interleave_references_seeds_and_random_genotypes():
+    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], random=2, references=["darts_v2"])
+    names = [u.name for u in units_of(spec)]
+    assert names == ["darts_v2", "darts-s0", "sgblock-s0", "darts-random0", "sgblock-random0", "darts-s1", "sgblock-s1",
+                     "darts-random1", "sgblock-random1", "darts-s2", "sgblock-s2"]  # fmt: skip
+    assert Unit("random", "invres", 2).name == "invres-random2"
+
+
+def test_medium_scale_makes_over_a_thousand_alpha_steps_and_keeps_one_protocol():
+    from darts_sg.compare import search_settings, train_settings
+
+    spec = CompareSpec.for_preset("medium")
+    assert spec.seeds == [0, 1, 2, 3] and spec.random == 3 and spec.references == ["darts_v2"]
+    assert spec.spaces == ["darts", "invres", "sgblock"]
+    s = SearchConfig(**search_settings(spec))
+    s.validate()
+    assert s.subset // s.batch_size * s.epochs >= 1000
+    t = train_settings(spec)
+    assert (t["layers"], t["init_channels"], t["train_subset"]) == (8, 16, 0)
+    assert len(units_of(spec)) == 1 + 3 * 4 + 3 * 3
+    # explicit values win over the preset's
+    assert CompareSpec.for_preset("medium", seeds=[5], random=None).seeds == [5]
+
+
+def test_random_genotype_is_uniform_over_the_space_without_none_and_reproducible():
+    space = resolve_space("sgblock")
+    assert random_genotype(space, 4, seed=3) == random_genotype(space, 4, seed=3)
+    assert random_genotype(space, 4, seed=3) != random_genotype(space, 4, seed=4)
+    ops, inputs = Counter(), Counter()
+    for seed in range(300):
+        g = random_genotype(space, 4, seed=seed)
+        g.validate(space)
+        for cell in (g.normal, g.reduce):
+            for node in range(4):
+                (_, a), (_, b) = cell[2 * node : 2 * node + 2]
+                assert a != b and max(a, b) < node + 2
+                inputs[(node, a)] += 1
+                inputs[(node, b)] += 1
+            ops.update(op for op, _ in cell)
+    assert "none" not in ops and set(ops) == set(space) - {"none"}
+    # 300 genotypes x 16 edges over 8 ops: each op 600 times expected; a fair draw stays within ±20%
+    assert all(480 < n < 720 for n in ops.values()), ops
+    # node 3 picks 2 of its 5 inputs: each input 2/5 of 600 = 240 times expected
+    assert all(190 < inputs[(3, i)] < 290 for i in range(5))
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    a, b = [93.1, 92.4, 93.8, 92.9], [92.0, 92.6, 91.7]
+    result = welch_interval(a, b)
+    # Welch: se^2 = s_a^2/n_a + s_b^2/n_b; Satterthwaite df; t quantile from scipy
+    from statistics import fmean, variance
+
+    from scipy.stats import t
+
+    va, vb = variance(a) / 4, variance(b) / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    half = t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff = fmean(a) - fmean(b)
+    assert result["diff"] == pytest.approx(diff)
+    assert (result["low"], result["high"]) == (pytest.approx(diff - half), pytest.approx(diff + half))
+    assert result["p"] == pytest.approx(2 * t.sf(diff / math.sqrt(va + vb), df))
+    assert welch_interval([1.0], [2.0, 3.0]) is None
+
+
+def test_report_states_the_answer_with_its_interval():
+    def row(kind, space, seed, acc, paper_params):
+        return {"name": f"{space}-{kind}{seed}", "kind": kind, "space": space, "seed": seed, "test_acc": acc,
+                "params": 500_000, "flops": 8e7, "paper_params": paper_params, "paper_flops": 5e8, "sg_block_edges": 0,
+                "inv_res_edges": 0, "normal_skips": 1, "search_val_acc": 0.6, "alpha_steps": 1092,
+                "stable_since_epoch": 5, "entropy_normal": 2.0, "entropy_reduce": 2.1, "search_seconds": 900.0,
+                "train_seconds": 1500.0}  # fmt: skip
+
+    rows = [row("searched", "darts", s, 0.880 + 0.002 * s, 3.3e6) for s in range(3)]
+    rows += [row("searched", "sgblock", s, 0.881 + 0.002 * s, 2.5e6) for s in range(3)]
+    rows += [row("random", "sgblock", s, 0.870 + 0.004 * s, 2.8e6) for s in range(3)]
+    report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
+    assert "`sgblock` vs `darts`, searched cells: +0.10 points" in report and "contains 0: no difference" in report
+    assert "`sgblock`, searched vs random cells: +0.90 points, 95% CI [+0.07, +1.73]: higher" in report
+    assert "`sgblock` searched cells 2.50 M vs `darts` 3.30 M (-24%" in report
+    assert "Status: 9 of 20 units finished" in report and "= 1092 alpha steps" in report
 
 
 def test_overrides_are_typed_and_checked():
     assert parse_overrides(["epochs=3", "w-lr=0.1", "channels_last=false"], SearchConfig) == {
         "epochs": 3, "w_lr": 0.1, "channels_last": False,
     }  # fmt: skip
-    import pytest
-
-    from darts_sg.errors import UserError
-
     with pytest.raises(UserError, match="KEY=VALUE"):
         parse_overrides(["nonsense=1"], SearchConfig)
     with pytest.raises(UserError, match="not a valid"):
         parse_overrides(["epochs=many"], SearchConfig)
-
-
-def test_report_compares_each_space_with_darts():
-    from darts_sg.compare import render_markdown
-
-    def row(space, seed, params, test_acc):
-        return {"space": space, "seed": seed, "search_val_acc": 0.3, "params": params, "flops": 5e7, "test_acc": test_acc,
-                "search_seconds": 60.0, "train_seconds": 60.0, "sg_block_edges": 0, "inv_res_edges": 0}  # fmt: skip
-
-    rows = [row("darts", 0, 1_000_000, 0.50), row("darts", 1, 1_000_000, 0.54), row("sgblock", 0, 750_000, 0.54)]
-    report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1], preset="smoke"))
-    assert "| darts | 2 | 30.00 ± 0.00% | 1.000 ± 0.000 M | 50.0 ± 0.0 | 52.00 ± 2.83% | +0.0% | +0.00 points |" in report
-    assert "| sgblock | 1 |" in report and "| -25.0% | +2.00 points |" in report
 
 
 def test_quick_comparison_scale_and_overrides():
@@ -62,15 +160,26 @@ def test_quick_comparison_scale_and_overrides():
     assert (train_settings(spec)["epochs"], train_settings(spec)["train_subset"]) == (2, 6000)
     spec.search_overrides = {"epochs": 7}
     assert search_settings(spec)["epochs"] == 7
+    assert set(COMPARE_SCALES) == {"paper", "medium", "quick", "smoke"}
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    import pytest
-
-    from darts_sg.errors import UserError
-
-    stored = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {"epochs": 5}, "train_overrides": {}}
+    stored = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {"epochs": 5}, "train_overrides": {},
+              "search": {"epochs": 5, "subset": 640}, "train": {"epochs": 2}}  # fmt: skip
     (tmp_path / "compare.json").write_text(json.dumps(stored))
-    with pytest.raises(UserError, match=r"other search settings \(epochs\)"):
+    with pytest.raises(UserError, match=r"other search settings \(.*epochs"):
         run_compare(CompareSpec(spaces=["darts"], seeds=[0], preset="quick"), tmp_path, log=lambda m: None)
     assert json.loads((tmp_path / "compare.json").read_text()) == stored  # left as it was
+
+
+def test_settings_are_checked_against_what_the_folder_recorded_not_todays_presets(tmp_path):
+    """A folder whose recorded settings differ from what the same command gives today (say, a preset changed in
+    the code since) is refused, although its stored command line is the same."""
+    from darts_sg.compare import search_settings, train_settings
+
+    spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
+    recorded = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {}, "train_overrides": {},
+                "search": {**search_settings(spec), "alpha_lr": 1e-3}, "train": train_settings(spec)}  # fmt: skip
+    (tmp_path / "compare.json").write_text(json.dumps(recorded))
+    with pytest.raises(UserError, match=r"other search settings \(alpha_lr\)"):
+        run_compare(spec, tmp_path, log=lambda m: None)

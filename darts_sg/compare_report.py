@@ -1,0 +1,308 @@
+"""The comparison's report: one row per finished unit, statistics per space, figures, plain-words answer.
+
+Everything here reads finished run folders and writes the report files (report.md, rows.json,
+rows.csv, accuracy_vs_params.png, cells/); nothing trains. Differences between groups are
+given with 95% Welch confidence intervals (unequal variances, small samples), via SciPy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from .compare_plan import CompareSpec, Unit, search_settings, train_settings, units_of
+from .genotype import Genotype, load_genotype
+from .io import atomic_write_bytes, atomic_write_text
+from .ops import resolve_space
+from .runs import RunDirectory
+from .search import SearchConfig
+from .train import TrainConfig
+
+__all__ = ["PAPER_CLAIM", "unit_row", "welch_interval", "write_report", "render_markdown"]
+
+PAPER_CLAIM = (
+    "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
+    "about 25% fewer parameters and higher CIFAR-10 accuracy (+0.13% top-1; ~97.13% vs 97.00% at ~2.5M vs 3.3M "
+    "params, the last figures derived), while adding the inverted residual block lowers accuracy."
+)
+PAPER_SCALE = {"init_channels": 36, "layers": 20}  # the DARTS evaluation network
+CSV_COLUMNS = [
+    "name", "kind", "space", "seed", "test_acc", "params", "flops", "paper_params", "paper_flops", "sg_block_edges",
+    "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
+    "entropy_reduce", "search_seconds", "train_seconds",
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- rows
+
+
+def paper_scale_cost(genotype: Genotype, spec: CompareSpec) -> tuple[int, int]:
+    """Params (auxiliary head excluded) and forward FLOPs per image of `genotype` at C=36, 20 cells."""
+    import torch
+
+    from .network import Network, count_params
+    from .train import flops_per_image
+
+    options = TrainConfig(**train_settings(spec)).op_options()
+    torch.manual_seed(0)
+    net = Network(genotype, PAPER_SCALE["init_channels"], PAPER_SCALE["layers"], 10, auxiliary=False, options=options)
+    return count_params(net), flops_per_image(net, torch.device("cpu"))
+
+
+def _cached_paper_scale_cost(out: Path, unit: Unit, genotype: Genotype, spec: CompareSpec) -> tuple[int, int]:
+    path = out / "paper_scale" / f"{unit.name}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached["genotype"] == genotype.to_dict():
+            return cached["params"], cached["flops"]
+    params, flops = paper_scale_cost(genotype, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"genotype": genotype.to_dict(), "params": params, "flops": flops}) + "\n")
+    return params, flops
+
+
+def _entropy(weights: Sequence[Sequence[float]]) -> float:
+    """Mean entropy (nats) of the per-edge op distributions."""
+    return statistics.fmean(-sum(p * math.log(p) for p in edge if p > 0) for edge in weights)
+
+
+def search_dynamics(run: RunDirectory) -> dict[str, Any]:
+    """How a search's alphas settled: final entropies and the epoch from which the genotype no longer changed."""
+    alphas = [json.loads(line) for line in run.file("alphas.jsonl").read_text().splitlines() if line.strip()]
+    epochs = sorted(run.path.glob("genotypes/epoch_*.json"))
+    genotypes = [load_genotype(str(p)) for p in epochs]
+    stable = len(genotypes)
+    while stable > 1 and genotypes[stable - 2] == genotypes[-1]:
+        stable -= 1
+    metrics = run.read_metrics()
+    config = SearchConfig.from_dict(run.load_config())
+    return {
+        "search_val_acc": metrics[-1]["val_acc"],
+        "search_seconds": sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in metrics),
+        "alpha_steps": round(sum(m.get("images_per_s", 0) * m.get("train_seconds", 0) for m in metrics) / config.batch_size),
+        "stable_since_epoch": stable,
+        "entropy_normal": _entropy(alphas[-1]["normal"]),
+        "entropy_reduce": _entropy(alphas[-1]["reduce"]),
+        "entropy_per_epoch": [[_entropy(a["normal"]), _entropy(a["reduce"])] for a in alphas],
+    }
+
+
+def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
+    """The report row of a finished unit (None while it has not finished)."""
+    summary_path = out / "augment" / unit.name / "summary.json"
+    if not summary_path.exists():
+        return None
+    summary = json.loads(summary_path.read_text())
+    genotype = Genotype.from_dict(summary["genotype"])
+    paper_params, paper_flops = _cached_paper_scale_cost(out, unit, genotype, spec)
+    row: dict[str, Any] = {
+        "name": unit.name, "kind": unit.kind, "space": unit.space, "seed": unit.seed,
+        "test_acc": summary["test_acc"], "params": summary["params"], "flops": summary["flops"],
+        "paper_params": paper_params, "paper_flops": paper_flops,
+        "sg_block_edges": genotype.count_op("sg_block"), "inv_res_edges": genotype.count_op("inv_res"),
+        "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
+        "train_seconds": summary["train_seconds"],
+    }  # fmt: skip
+    if unit.kind == "searched":
+        row.update(search_dynamics(RunDirectory(out / "search" / unit.name)))
+    row["genotype"] = genotype.to_dict()
+    return row
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float] | None:
+    """Mean(a) - mean(b) with its Welch confidence interval and two-sided p-value; None below 2 values per group."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return {"diff": diff, "low": diff, "high": diff, "p": 0.0 if diff else 1.0}
+    result = stats.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(level)
+    return {"diff": diff, "low": float(interval.low), "high": float(interval.high), "p": float(result.pvalue)}
+
+
+def _group(rows: list[dict], kind: str, space: str, key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r["kind"] == kind and r["space"] == space]
+
+
+# ----------------------------------------------------------------------------------------- report files
+
+
+def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_units: int | None = None) -> None:
+    """Write report.md, rows.json, rows.csv, accuracy_vs_params.png and the cell diagrams of the finished rows."""
+    from .visualize import plot_genotype
+
+    done = [r for r in rows if r is not None]
+    atomic_write_text(out / "rows.json", json.dumps(done, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(done)
+    atomic_write_text(out / "rows.csv", buffer.getvalue())
+    for r in done:
+        plot_genotype(Genotype.from_dict(r["genotype"]), out / "cells" / r["name"], quiet=True)
+    atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
+    atomic_write_text(out / "report.md", render_markdown(done, spec, total_units or len(units_of(spec))))
+
+
+def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
+    """Test accuracy against params at the retraining scale: searched, random and reference genotypes,
+    with each space's searched mean ± std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.2, 4.8), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    colours = dict(zip(spaces, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]))
+    for space in spaces:
+        colour = colours[space]
+        for kind, marker, fill in (("searched", "o", colour), ("random", "s", "none")):
+            pts = [(r["params"] / 1e6, 100 * r["test_acc"]) for r in rows if r["kind"] == kind and r["space"] == space]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, facecolors=fill, edgecolors=colour, s=36, label=f"{space} {kind}")
+        searched = [(r["params"] / 1e6, 100 * r["test_acc"]) for r in rows if r["kind"] == "searched" and r["space"] == space]
+        if len(searched) > 1:
+            (px, ps), (ax_, as_) = mean_std([p for p, _ in searched]), mean_std([a for _, a in searched])
+            ax.errorbar(px, ax_, xerr=ps, yerr=as_, color=colour, capsize=4, lw=1.5, marker="D", ms=7, mfc="white")
+    for r in rows:
+        if r["kind"] == "reference":
+            ax.scatter([r["params"] / 1e6], [100 * r["test_acc"]], marker="*", s=160, color="black", label=r["name"].upper())
+    ax.set_xlabel("parameters at the retraining scale (M)")
+    ax.set_ylabel("CIFAR-10 test accuracy (%)")
+    ax.set_title("Searched (filled), random (hollow) and reference cells; diamonds: searched mean ± std")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8, loc="best")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f} (n={len(values)})"
+
+
+def _ci(result: dict[str, float] | None, scale: float = 100.0, unit: str = "") -> str:
+    if result is None:
+        return "– (needs 2+ per group)"
+    return f"{result['diff'] * scale:+.2f}{unit} [{result['low'] * scale:+.2f}, {result['high'] * scale:+.2f}], p={result['p']:.2f}"
+
+
+def _verdict(result: dict[str, float] | None, what: str) -> str:
+    if result is None:
+        return f"{what}: not enough finished units yet."
+    if result["low"] <= 0 <= result["high"]:
+        return (f"{what}: {result['diff'] * 100:+.2f} points, 95% CI [{result['low'] * 100:+.2f}, {result['high'] * 100:+.2f}] "
+                "contains 0: no difference this experiment can detect.")  # fmt: skip
+    sign = "higher" if result["diff"] > 0 else "lower"
+    return (f"{what}: {result['diff'] * 100:+.2f} points, 95% CI [{result['low'] * 100:+.2f}, {result['high'] * 100:+.2f}]: "
+            f"{sign}, beyond the seed-to-seed noise of this experiment (p={result['p']:.3f}; uncorrected for the "
+            "several comparisons made here).")  # fmt: skip
+
+
+def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> str:
+    """The report: status, answer, protocol, per-space tables, every unit, figures."""
+    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), TrainConfig(**train_settings(spec))
+    alpha_steps = (s_cfg.subset or 25000) // s_cfg.batch_size * s_cfg.epochs
+    acc = lambda kind, space: _group(rows, kind, space, "test_acc")  # noqa: E731
+    lines = [
+        "# Does the sandglass block make DARTS find better cells?",
+        "",
+        f"Status: {len(rows)} of {total_units} units finished (preset `{spec.preset}`).",
+        "",
+        "## Answer (from the finished units)",
+        "",
+    ]
+    for space in spec.spaces:
+        if space != "darts":
+            lines.append(f"- {_verdict(welch_interval(acc('searched', space), acc('searched', 'darts')), f'`{space}` vs `darts`, searched cells')}")
+    for space in spec.spaces:
+        if spec.random:
+            lines.append(f"- {_verdict(welch_interval(acc('searched', space), acc('random', space)), f'`{space}`, searched vs random cells')}")
+    for space in spec.spaces:
+        if space != "darts":
+            mine, base = _group(rows, "searched", space, "paper_params"), _group(rows, "searched", "darts", "paper_params")
+            if mine and base:
+                lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
+                             f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
+                             "the paper: about -25% for the sandglass space).")  # fmt: skip
+    lines += [
+        "",
+        f"The paper's claim: {PAPER_CLAIM}",
+        "",
+        "## Protocol",
+        "",
+        f"- Search ({'first' if s_cfg.order == 1 else 'second'}-order DARTS): {s_cfg.layers} cells, C={s_cfg.init_channels}, {s_cfg.nodes} nodes, "
+        f"{s_cfg.subset or 25000} + {s_cfg.subset or 25000} images (weights / alphas), batch {s_cfg.batch_size}, {s_cfg.epochs} epochs "
+        f"= {alpha_steps} alpha steps; weight lr {s_cfg.w_lr} cosine to {s_cfg.w_lr_min}, alpha lr {s_cfg.alpha_lr} (Adam), "
+        f"seeds {', '.join(map(str, spec.seeds))}.",
+        f"- Random baselines: {spec.random} genotypes per space, drawn uniformly (2 distinct inputs per node, ops without `none`).",
+        f"- References: {', '.join(n.upper() for n in spec.references) or 'none'}.",
+        f"- Retraining, the same for every genotype: {t_cfg.layers} cells, C={t_cfg.init_channels}, "
+        f"{t_cfg.train_subset or 50000} training images, batch {t_cfg.batch_size}, {t_cfg.epochs} epochs, SGD lr {t_cfg.lr} cosine to 0, "
+        f"cutout {t_cfg.cutout}, drop path {t_cfg.drop_path}, auxiliary weight {t_cfg.auxiliary_weight}; "
+        f"test accuracy on {t_cfg.test_subset or 10000} test images after the last epoch; seed = the search seed (random genotype r: seed r).",
+        "- Differences: mean difference in test accuracy (points) with its 95% Welch confidence interval and p-value.",
+        "",
+        "## Test accuracy per space (%)",
+        "",
+        "| space | searched | random | searched − random | searched − darts searched |",
+        "|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for space in spec.spaces:
+        versus = _ci(welch_interval(acc("searched", space), acc("searched", "darts"))) if space != "darts" else ""
+        lines.append(f"| {space} | {_pm(acc('searched', space), 100)} | {_pm(acc('random', space), 100)} | "
+                     f"{_ci(welch_interval(acc('searched', space), acc('random', space)))} | {versus} |")  # fmt: skip
+    for r in rows:
+        if r["kind"] == "reference":
+            lines.append(f"| {r['name'].upper()} (reference) | {100 * r['test_acc']:.2f} | | | |")
+    lines += ["", "## Parameters and FLOPs at the paper's scale (C=36, 20 cells, auxiliary head excluded)", "",
+              "| space | searched params (M) | random params (M) | searched MFLOPs | random MFLOPs |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for space in spec.spaces:
+        p = lambda kind, key: _group(rows, kind, space, key)  # noqa: E731
+        lines.append(f"| {space} | {_pm(p('searched', 'paper_params'), 1e-6)} | {_pm(p('random', 'paper_params'), 1e-6)} | "
+                     f"{_pm(p('searched', 'paper_flops'), 1e-6, 0)} | {_pm(p('random', 'paper_flops'), 1e-6, 0)} |")  # fmt: skip
+    for r in rows:
+        if r["kind"] == "reference":
+            lines.append(f"| {r['name'].upper()} | {r['paper_params'] / 1e6:.2f} | | {r['paper_flops'] / 1e6:.0f} | |")
+    lines += ["", "The paper: DARTS cells 3.3M params; sandglass cells about 25% fewer (~2.5M, derived).", "",
+              "## Every unit", "",
+              "| unit | test acc | params | MFLOPs | params C=36/20 | sg_block | inv_res | skips (normal) | search val acc | "
+              "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        search = (f"{100 * r['search_val_acc']:.2f}% | {r['alpha_steps']} | {r['stable_since_epoch']} | "
+                  f"{r['entropy_normal']:.3f} / {r['entropy_reduce']:.3f} | {r['search_seconds']:.0f}"
+                  if r["kind"] == "searched" else "| | | |")  # fmt: skip
+        lines.append(f"| {r['name']} | {100 * r['test_acc']:.2f}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
+                     f"{r['paper_params'] / 1e6:.2f} M | {r['sg_block_edges']} | {r['inv_res_edges']} | {r['normal_skips']} | "
+                     f"{search} | {r['train_seconds']:.0f} |")  # fmt: skip
+    maxima = ", ".join(f"{math.log(len(resolve_space(space))):.3f} for `{space}`" for space in spec.spaces)
+    lines += ["", "Entropy: mean over edges of the entropy (nats) of softmax(alpha) after the last epoch; uniform "
+              f"weights give the maximum, ln(number of ops): {maxima}. "
+              "Stable since: the first epoch from which the derived genotype no longer changed.", "",
+              "![test accuracy against params](accuracy_vs_params.png)", ""]  # fmt: skip
+    return "\n".join(lines) + "\n"
