@@ -43,11 +43,13 @@ def average_gradients(tensors) -> None:
 
 
 def identical_across_ranks(tensors) -> bool:
-    """True when `tensors` hold bit-identical values on every process (True when alone)."""
+    """True when `tensors` hold bit-identical values on every process (True when alone).
+
+    The comparison runs on the tensors' own device (NCCL gathers device tensors only)."""
     n = world()
     if n == 1:
         return True
-    flat = torch.cat([t.detach().reshape(-1).double().cpu() for t in tensors])
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
     gathered = [torch.empty_like(flat) for _ in range(n)]
     dist.all_gather(gathered, flat)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])

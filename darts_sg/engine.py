@@ -69,16 +69,21 @@ def is_main_process() -> bool:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a loader, in eval mode (summed over processes)."""
+    """Mean cross-entropy and accuracy over a loader, in eval mode (summed over processes).
+
+    The sums stay on the batches' device (no host sync per batch; NCCL reduces device tensors
+    only) and are read once at the end.
+    """
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = None
     for x, y in loader.iterate(0):
         logits = model(x)
-        totals += torch.tensor(
-            [torch.nn.functional.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(), y.numel()],
-            dtype=torch.float64,
-        )
+        batch = torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                             (logits.argmax(1) == y).sum().double(), torch.ones_like(y, dtype=torch.float64).sum()])  # fmt: skip
+        totals = batch if totals is None else totals + batch
+    if totals is None:
+        totals = torch.zeros(3, dtype=torch.float64, device=next(model.parameters()).device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     model.train(was_training)

@@ -66,3 +66,47 @@ def test_a_dying_rank_stops_the_job(tmp_path, data_root):
             proc.kill()
     assert proc.returncode != 0
     assert "failed" in stderr.lower() or "error" in stderr.lower()
+
+
+class _CollectiveSeen(Exception):
+    pass
+
+
+def _record_collectives(monkeypatch):
+    """Pretend to be one of 2 processes; record the device of every tensor handed to a collective, then stop."""
+    import torch.distributed as dist
+
+    seen = []
+
+    def collective(*tensors):
+        for t in tensors:
+            seen.extend(x.device.type for x in (t if isinstance(t, list) else [t]))
+        raise _CollectiveSeen
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: collective(t))
+    monkeypatch.setattr(dist, "all_gather", lambda out, t, *a, **k: collective(out, t))
+    return seen
+
+
+def test_collectives_get_tensors_on_the_models_device(monkeypatch):
+    """NCCL accepts only device tensors: evaluation sums and the alpha check must not move to the CPU.
+    `meta` stands in for a non-CPU device (shapes only); a `.cpu()` or `.item()` on the way would fail."""
+    import pytest
+    import torch
+
+    from darts_sg.distributed import identical_across_ranks
+    from darts_sg.engine import evaluate
+
+    class Loader:
+        def iterate(self, epoch):
+            yield torch.empty(4, 3, 8, 8, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).to("meta")
+    seen = _record_collectives(monkeypatch)
+    with pytest.raises(_CollectiveSeen):
+        evaluate(model, Loader())
+    with pytest.raises(_CollectiveSeen):
+        identical_across_ranks([torch.empty(14, 9, device="meta"), torch.empty(14, 9, device="meta")])
+    assert seen and set(seen) == {"meta"}
