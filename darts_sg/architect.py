@@ -20,7 +20,7 @@ from torch.func import functional_call
 from .distributed import average_gradients
 from .network import Supernet
 
-__all__ = ["Architect", "unrolled_alpha_grads", "weight_step"]
+__all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "unrolled_alpha_grads", "weight_step"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -115,17 +115,41 @@ def unrolled_alpha_grads(
     average_gradients(d_w)  # the same finite-difference direction on every process
 
     # 3. finite-difference Hessian-vector product at w +- eps * dL_val/dw'
-    eps = fd_radius / torch.sqrt(sum((g * g).sum() for g in d_w))
-    hessian = []
-    for sign in (1.0, -1.0):
-        with torch.no_grad():
-            shifted = {n: w + sign * eps * g for n, w, g in zip(names, weights, d_w)}
-        shifted.update(zip(alpha_names, alphas))
-        hessian.append(_grad(_loss(model, shifted, train_batch), alphas))
-    alpha_grads = [
-        da - xi * (hp - hm) / (2.0 * eps) for da, hp, hm in zip(d_alpha, hessian[0], hessian[1])
-    ]
+    hessian = finite_difference_hvp(model, d_w, train_batch, fd_radius)
+    alpha_grads = [da - xi * h for da, h in zip(d_alpha, hessian)]
     return alpha_grads, val_loss.detach()
+
+
+@contextmanager
+def exact_fp32(device_type: str):
+    """Plain fp32 inside: autocast off and TF32 off for CUDA matmuls and convolutions (restored after)."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def finite_difference_hvp(model: Supernet, direction: list[torch.Tensor], batch: Batch, fd_radius: float = 0.01) -> list[torch.Tensor]:
+    """d^2 L_train / (d alpha d w) . v by a central difference at w +- eps * v, eps = fd_radius / ||v||.
+
+    The two passes move each weight by ~1e-5 relative, below bf16/fp16 and TF32 resolution, so
+    they always run in plain fp32, whatever autocast or TF32 setting surrounds them.
+    """
+    names, weights = zip(*model.named_weights())
+    alpha_names, alphas = model.alpha_names(), model.alphas()
+    with exact_fp32(batch[0].device.type):
+        eps = fd_radius / torch.sqrt(sum((v * v).sum() for v in direction))
+        grads = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                shifted = {n: w + sign * eps * v for n, w, v in zip(names, weights, direction)}
+            shifted.update(zip(alpha_names, alphas))
+            grads.append(_grad(_loss(model, shifted, batch), alphas))
+        return [(gp - gm) / (2.0 * eps) for gp, gm in zip(*grads)]
 
 
 class Architect:

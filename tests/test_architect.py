@@ -55,3 +55,29 @@ def test_architect_steps_move_only_their_parameters():
         weight_step(model, opt, train, 5.0, frozen_params=model.alphas())
         assert all(torch.equal(a, b) for a, b in zip(alphas, model.alphas()))
         assert any(not torch.equal(w, b) for w, b in zip(weights, model.weights()))
+
+
+def test_finite_difference_runs_in_fp32_under_autocast(monkeypatch):
+    """The Hessian term moves each weight by ~1e-5 relative: under bf16 autocast it must still be the fp32 one."""
+    import contextlib
+
+    import darts_sg.architect as architect
+
+    torch.manual_seed(0)
+    model = darts_sg.build_supernet("sgblock", C=4, layers=3, num_classes=10, steps=2)
+    batch = (torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,)))
+    direction = [torch.randn_like(w) for w in model.weights()]
+    reference = architect.finite_difference_hvp(model, direction, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        guarded = architect.finite_difference_hvp(model, direction, batch)
+    for g, r in zip(guarded, reference):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9)
+
+    def relative_error(hvp):
+        return max(((h - r).norm() / r.norm()).item() for h, r in zip(hvp, reference))
+
+    # without the guard, bf16 autocast ruins the term (this is what the guard is for)
+    monkeypatch.setattr(architect, "exact_fp32", lambda device_type: contextlib.nullcontext())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        unguarded = architect.finite_difference_hvp(model, direction, batch)
+    assert relative_error(unguarded) > 0.05
