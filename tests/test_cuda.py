@@ -1,0 +1,167 @@
+"""CUDA checks: run with `pytest -m cuda` on a machine with a GPU; skipped (never faked) without one.
+
+Each test compares what runs on the GPU with the same computation on the CPU, or runs a whole
+job there (search, kill and resume, torchrun with NCCL).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import darts_sg
+from darts_sg.architect import Architect, unrolled_alpha_grads, weight_step
+from darts_sg.io import load_checkpoint
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["--preset", "smoke", "--epochs", "2", "--subset", "128", "--batch-size", "32", "--no-progress", "--device", "cuda"]
+
+
+@pytest.fixture(autouse=True)
+def _exact_cuda():
+    """fp32 without TF32, as the CPU computes, for the CPU-vs-GPU comparisons."""
+    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def _pair(build):
+    """The same freshly built model on the CPU and on the GPU."""
+    torch.manual_seed(0)
+    cpu = build()
+    gpu = build()
+    gpu.load_state_dict(cpu.state_dict())
+    return cpu, gpu.cuda()
+
+
+def _batch(n=16, size=16):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _to(batch, device):
+    return tuple(t.to(device) for t in batch)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_search_step_agrees_with_the_cpu(order):
+    cpu, gpu = _pair(lambda: darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10))
+    train, val = _batch(), _batch()
+    results = []
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4)
+        architect = Architect(model, lr=3e-3, order=order)
+        architect.step(_to(train, device), _to(val, device), w_opt, 0.025)
+        loss, _ = weight_step(model, w_opt, _to(train, device), 5.0, frozen_params=model.alphas())
+        results.append((loss.item(), [a.detach().cpu() for a in model.alphas()], [w.detach().cpu() for w in model.weights()]))
+    (loss_c, alphas_c, weights_c), (loss_g, alphas_g, weights_g) = results
+    assert loss_g == pytest.approx(loss_c, rel=1e-4)
+    for a, b in zip(alphas_c, alphas_g):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-6)
+    for a, b in zip(weights_c, weights_g):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+def test_retraining_step_agrees_with_the_cpu():
+    def build():
+        net = darts_sg.build_network("darts_v2", C=8, layers=5, num_classes=10, auxiliary=True)
+        net.drop_path_prob = 0.0
+        return net
+
+    cpu, gpu = _pair(build)
+    batch = _batch(size=32)
+
+    def loss_fn(output, y):
+        return F.cross_entropy(output[0], y) + 0.4 * F.cross_entropy(output[1], y)
+
+    losses, weights = [], []
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+        loss, _ = weight_step(model.forward_with_aux, opt, _to(batch, device), 5.0, loss_fn)
+        losses.append(loss.item())
+        weights.append([p.detach().cpu() for p in model.parameters()])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for a, b in zip(*weights):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+def test_second_order_gradient_matches_autograd_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x))
+    monkeypatch.setattr(torch.nn.ReLU6, "forward", lambda self, x: F.softplus(x))
+    torch.manual_seed(0)
+    space = "none,avg_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3,sg_block,inv_res"
+    model = darts_sg.build_supernet(space, C=4, layers=3, num_classes=10, steps=2).double().cuda()
+    opt = torch.optim.SGD(model.weights(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    train = tuple(t.cuda() for t in (torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))))
+    val = tuple(t.cuda() for t in (torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))))
+    F.cross_entropy(model(train[0]), train[1]).backward()
+    opt.step()
+    opt.zero_grad()
+    xi = 0.1
+    approx, _ = unrolled_alpha_grads(model, opt, train, val, xi, fd_radius=1e-5)
+    names, weights = zip(*model.named_weights())
+    grads = torch.autograd.grad(F.cross_entropy(model(train[0]), train[1]), weights, create_graph=True)
+    unrolled = {n: w - xi * (0.9 * opt.state[w]["momentum_buffer"] + g + 3e-4 * w) for n, w, g in zip(names, weights, grads)}
+    unrolled.update(zip(model.alpha_names(), model.alphas()))
+    exact = torch.autograd.grad(F.cross_entropy(functional_call(model, unrolled, (val[0],)), val[1]), model.alphas())
+    for a, e in zip(approx, exact):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+
+
+def test_bf16_search_step_is_finite_on_cuda():
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    model = darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10).cuda()
+    w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9)
+    architect = Architect(model, lr=3e-3, order=2)
+    train, val = _to(_batch(), "cuda"), _to(_batch(), "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        val_loss = architect.step(train, val, w_opt, 0.025)
+        loss, _ = weight_step(model, w_opt, train, 5.0, frozen_params=model.alphas())
+    assert torch.isfinite(val_loss) and torch.isfinite(loss)
+    assert all(torch.isfinite(a).all() for a in model.alphas())
+
+
+def _run(args, timeout=600):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_search_job_runs_and_resumes_after_a_kill_on_cuda(tmp_path, data_root):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "search.py"), *SMOKE, "--checkpoint-every", "1", "--data-root", str(data_root),
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = _run([str(ROOT / "search.py"), "--resume", str(out), "--data-root", str(data_root), "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["device"] == "cuda"
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_one_process_torchrun_search_with_nccl(tmp_path, data_root):
+    out = tmp_path / "run"
+    env = {**os.environ, "TORCH_DISTRIBUTED_DEBUG": "DETAIL"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "search.py", *SMOKE,
+           "--data-root", str(data_root), "--out", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["alphas_identical_across_ranks"] for m in metrics)
