@@ -17,13 +17,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from .augment import AUGMENT_PRESETS, AugmentConfig, run_augment
 from .errors import UserError
 from .genotype import load_genotype
 from .io import atomic_write_bytes, atomic_write_text
 from .ops import resolve_space
 from .runs import RunDirectory
 from .search import SEARCH_PRESETS, SearchConfig, run_search
-from .train import TRAIN_PRESETS, TrainConfig, run_training
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "parse_overrides", "run_compare", "search_settings", "train_settings", "write_report"]
 
@@ -47,7 +47,7 @@ class CompareSpec:
 
 
 def parse_overrides(items: tuple[str, ...] | list[str], cls) -> dict[str, Any]:
-    """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or TrainConfig)."""
+    """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or AugmentConfig)."""
     types = {f.name: f.type for f in fields(cls)}
     out: dict[str, Any] = {}
     for item in items:
@@ -86,15 +86,15 @@ def search_settings(spec: CompareSpec) -> dict[str, Any]:
 
 def train_settings(spec: CompareSpec) -> dict[str, Any]:
     """The retraining settings of every pair: preset, then the comparison's scale, then the overrides."""
-    return {**TRAIN_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["train"], **(spec.train_overrides or {})}
+    return {**AUGMENT_PRESETS[spec.preset], **COMPARE_SCALES[spec.preset]["train"], **(spec.train_overrides or {})}
 
 
 def _search_config(spec: CompareSpec, space: str, seed: int) -> SearchConfig:
     return SearchConfig(**{**search_settings(spec), "ops": space, "seed": seed}, data_root=spec.data_root)
 
 
-def _train_config(spec: CompareSpec, genotype_path: Path, seed: int) -> TrainConfig:
-    return TrainConfig(**{**train_settings(spec), "genotype": str(genotype_path), "seed": seed}, data_root=spec.data_root)
+def _train_config(spec: CompareSpec, genotype_path: Path, seed: int) -> AugmentConfig:
+    return AugmentConfig(**{**train_settings(spec), "genotype": str(genotype_path), "seed": seed}, data_root=spec.data_root)
 
 
 def _completed_epochs(run: RunDirectory) -> int:
@@ -115,7 +115,7 @@ def run_pair(spec: CompareSpec, out: Path, space: str, seed: int, progress: bool
     train_config = _train_config(spec, genotype_path, seed)
     summary_path = train_run.path / "summary.json"
     if not summary_path.exists():
-        run_training(train_config, str(train_run.path), resume=train_run.exists(), progress=progress)
+        run_augment(train_config, str(train_run.path), resume=train_run.exists(), progress=progress)
     return pair_row(out, space, seed)
 
 
@@ -222,7 +222,7 @@ def write_report(out: Path, rows: list[dict], spec: CompareSpec) -> None:
 
 
 def render_markdown(rows: list[dict], spec: CompareSpec) -> str:
-    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), TrainConfig(**train_settings(spec))
+    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), AugmentConfig(**train_settings(spec))
     lines = [
         "# Search-space comparison: darts vs invres vs sgblock",
         "",
