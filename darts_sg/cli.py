@@ -14,9 +14,9 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
-from .augment import AUGMENT_PRESETS, AugmentConfig
+from .augment import AUGMENT_PRESETS, AugmentConfig, run_augment
 from .errors import UserError
-from .search import SEARCH_PRESETS, SearchConfig
+from .search import SEARCH_PRESETS, SearchConfig, run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
 
@@ -141,8 +141,6 @@ def cli() -> None:
 @_apply(common_options(SearchConfig, SEARCH_PRESETS))
 def search(preset, out, resume, progress, **params) -> None:
     """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
-    from .search import run_search
-
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "search")
     genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress)
@@ -164,8 +162,6 @@ def search(preset, out, resume, progress, **params) -> None:
 @_apply(common_options(AugmentConfig, AUGMENT_PRESETS))
 def augment(preset, out, resume, progress, **params) -> None:
     """Augment: retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
-    from .augment import run_augment
-
     config, explicit = _config(AugmentConfig, AUGMENT_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:

@@ -186,9 +186,9 @@ class BatchLoader:
         world_size: int = 1,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
+            raise UserError(f"--batch-size must be positive, got {batch_size}")
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+            raise UserError(f"--batch-size {batch_size} must be divisible by the number of processes ({world_size}); change one of them")
         self.data = data
         self.batch_size = batch_size
         self.augmentation = augmentation

@@ -19,7 +19,7 @@ __all__ = ["RUNTIME_KEYS", "fit_run", "log", "log_memory", "open_writer", "resum
 
 # Run-time settings that may change when a run is resumed: where it runs and the exact speed
 # switches (`skip_none` is not among them: it changes the checkpoint layout).
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "share_relu", "fused_sum", *FLAGS}
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", *FLAGS}
 
 C = TypeVar("C")
 

@@ -154,3 +154,26 @@ def test_recomputed_cells_give_the_same_run(tmp_path, data_root):
     run_search(smoke_config(data_root, deterministic=True, subset=64, batch_size=32, recompute_cells=True), tmp_path / "recomputed", progress=False)
     assert json.loads((tmp_path / "recomputed" / "config.json").read_text())["recompute_cells"] is True
     assert_same_run(tmp_path / "stored", tmp_path / "recomputed")
+
+
+@pytest.mark.parametrize("command, cls", [("search", "SearchConfig"), ("augment", "AugmentConfig")])
+def test_help_defaults_come_from_the_config_dataclasses(command, cls):
+    import dataclasses
+
+    import darts_sg.augment
+    from darts_sg import cli
+    from darts_sg.accelerate import FLAGS
+
+    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.augment, cls)
+    helps = {p.name: p.help for p in getattr(cli, command).params}
+    checked = 0
+    for field in dataclasses.fields(config_cls):
+        if field.name not in helps or field.default is None:
+            continue
+        default = {True: "on", False: "off"}.get(field.default, field.default) if isinstance(field.default, bool) else field.default
+        assert f"[default: {default}" in helps[field.name], field.name
+        checked += 1
+    assert checked > 20
+    assert all("[default: auto" in helps[name] for name in FLAGS if name in helps)
+    source = (ROOT / "darts_sg" / "cli.py").read_text()
+    assert source.count("[default:") == 2  # the two f-strings of help_with_default; none typed by hand
