@@ -63,7 +63,7 @@ def depthwise_table() -> None:
 
 
 def batchnorm_table() -> None:
-    from darts_sg.batchnorm import BatchNorm2d, use_wide_batchnorm
+    from darts_sg.batchnorm import WideBatchNorm2d
 
     print("\n| batch | C | H=W | torch forward (ms) | torch backward (ms) | wide forward (ms) | wide backward (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -72,8 +72,7 @@ def batchnorm_table() -> None:
         g = torch.randn_like(x)
         cells, outputs = [], []
         for wide in (False, True):
-            bn = BatchNorm2d(C)
-            use_wide_batchnorm(bn, wide)
+            bn = WideBatchNorm2d(C) if wide else torch.nn.BatchNorm2d(C)
             outputs.append(bn(x))
             cells.append(_ms(lambda: bn(x)))
             cells.append(_ms(lambda: torch.autograd.grad(bn(x), x, g)) - cells[-1])
@@ -82,12 +81,13 @@ def batchnorm_table() -> None:
 
 
 def compile_row() -> None:
+    from darts_sg.accelerate import accelerate, device_policy
     from darts_sg.cells import MixedOp
     from darts_sg.ops import OpOptions, resolve_space
 
     primitives = resolve_space("darts")
     torch.manual_seed(0)
-    edge = MixedOp(16, 1, primitives, OpOptions()).to(memory_format=torch.channels_last)
+    edge = accelerate(MixedOp(16, 1, primitives, OpOptions()), torch.device("cpu"), device_policy("cpu"))
     x = torch.randn(64, 16, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
     weights = torch.softmax(torch.randn(len(primitives)), 0).requires_grad_()
     inputs = [x, weights, *edge.parameters()]

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
 FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
-        "fast_batchnorm": True, "foreach": True, "amp": False}  # fmt: skip
+        "fast_batchnorm": True, "keep_layout": True, "foreach": True, "amp": False}  # fmt: skip
 REFERENCE = {key: False for key in FAST}
 DEFAULTS = {**FAST, "foreach": False}
 
@@ -93,12 +93,15 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
     import torch
 
     import darts_sg
-    from darts_sg.architect import Architect, weight_step
-    from darts_sg.batchnorm import use_wide_batchnorm
-    from darts_sg.cells import EdgeOptions
-    from darts_sg.ops import OpOptions
+    from darts_sg.accelerate import Acceleration, accelerate
+    from darts_sg.architect import Architect, frozen
+    from darts_sg.engine import weight_step
 
-    options = OpOptions(fast_dilated=opts["fast_dilated"])
+    acceleration = Acceleration(
+        channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
+        keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
+        recompute_cells=opts.get("recompute_cells", False), amp=opts["amp"], cudnn_benchmark=False,
+    )  # fmt: skip
     memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts["amp"])
 
@@ -109,12 +112,9 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
     if kind.startswith("search"):
         images = batch_size or 64
         model = darts_sg.build_supernet(
-            space, C=16, layers=8, num_classes=10, options=options,
-            partial_channels=opts.get("partial_channels", 1),
-            edge_options=EdgeOptions(opts["skip_none"], opts["share_relu"], opts["fused_sum"]),
-        ).to(memory_format=memory_format)  # fmt: skip
-        model.recompute_cells = opts.get("recompute_cells", False)
-        use_wide_batchnorm(model, opts.get("fast_batchnorm", False))
+            space, C=16, layers=8, num_classes=10, partial_channels=opts.get("partial_channels", 1), skip_none=opts["skip_none"],
+        )  # fmt: skip
+        model = accelerate(model, torch.device("cpu"), acceleration)
         w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
         architect = Architect(model, order=2 if kind == "search-so" else 1)
         architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
@@ -123,15 +123,14 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
         def step():
             with autocast:
                 architect.step(train, val, w_opt, 0.025)
-                weight_step(model, w_opt, train, 5.0, frozen_params=model.alphas())
+                with frozen(model.alphas()):
+                    weight_step(model, w_opt, train, 5.0)
 
         return step, images
     images = batch_size or 96
-    model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True, options=options)
-    model = model.to(memory_format=memory_format)
+    model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
+    model = accelerate(model, torch.device("cpu"), acceleration)
     model.drop_path_prob = 0.2
-    model.recompute_cells = opts.get("recompute_cells", False)
-    use_wide_batchnorm(model, opts.get("fast_batchnorm", False))
     model.train()
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
     data = batch(images)
@@ -176,10 +175,10 @@ def _gemm_worker(n: int = 2048, repeats: int = 20) -> dict:
 
 
 def _data_worker(spec: dict) -> dict:
-    from darts_sg.data import Augment, BatchLoader, load_cifar10
+    from darts_sg.data import DataAugmentation, BatchLoader, load_cifar10
 
     data = load_cifar10(spec.get("data_root"))
-    loader = BatchLoader(data, 96, Augment(cutout=16), channels_last=True)
+    loader = BatchLoader(data, 96, DataAugmentation(cutout=16), channels_last=True)
     start, n = time.perf_counter(), 0
     for x, _ in loader.iterate(0):
         n += x.shape[0]

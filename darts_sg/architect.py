@@ -1,4 +1,5 @@
-"""The bilevel optimisation of DARTS: an architecture step and a weight step.
+"""The bilevel optimisation of DARTS: the architecture step (the weight step is the plain
+training step of ``darts_sg.engine``).
 
 First order: the alpha gradient is taken at the current weights on a validation batch.
 Second order (unrolled): the alpha gradient is taken at the weights after one virtual SGD step
@@ -11,16 +12,16 @@ difference. The virtual step never copies the model: w' is evaluated with
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from .distributed import average_gradients
+from .errors import UserError
 from .network import Supernet
 
-__all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "unrolled_alpha_grads", "weight_step"]
+__all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "frozen", "unrolled_alpha_grads"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -36,31 +37,6 @@ def frozen(params):
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-
-
-def weight_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    grad_clip: float,
-    loss_fn: Callable = F.cross_entropy,
-    frozen_params=(),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a training batch; returns the loss and the model output, detached."""
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    with frozen(frozen_params):
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    average_gradients([p.grad for p in params if p.grad is not None])
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    if isinstance(logits, tuple):
-        return loss.detach(), tuple(t.detach() if t is not None else None for t in logits)
-    return loss.detach(), logits.detach()
 
 
 def _grad(loss: torch.Tensor, inputs) -> list[torch.Tensor]:
@@ -164,7 +140,7 @@ class Architect:
         order: int = 1,
     ):
         if order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2, got {order}")
+            raise UserError(f"order must be 1 or 2, got {order}")
         self.model = model
         self.order = order
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay)

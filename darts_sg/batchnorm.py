@@ -20,7 +20,7 @@ from torch import nn
 
 from .layout import is_channels_last
 
-__all__ = ["BatchNorm2d", "use_wide_batchnorm", "wide_factor"]
+__all__ = ["WideBatchNorm2d", "wide_factor"]
 
 _VECTOR_WIDTH = 16
 
@@ -108,17 +108,16 @@ def _differentiable_grads(ctx, grad_out, x, weight, bias, eps):
     return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class WideBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same parameters, buffers and results) with the wide-view CPU path.
 
-    ``wide_kernels`` switches the path off (``--native-batchnorm``); it is used only where
-    `wide_factor` finds a channels-last CPU tensor whose channel count is not a multiple of 16.
+    The wide view is used only where `wide_factor` finds a channels-last CPU tensor whose channel
+    count is not a multiple of 16; elsewhere this is torch's batch norm. ``darts_sg.accelerate``
+    swaps it in for ``nn.BatchNorm2d`` (``--fast-batchnorm``).
     """
 
-    wide_kernels: bool = True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = wide_factor(x) if self.wide_kernels else 1
+        k = wide_factor(x)
         if k == 1:
             return super().forward(x)
         self._check_input_dim(x)
@@ -139,10 +138,3 @@ class BatchNorm2d(nn.BatchNorm2d):
         unbiased = var * (count / max(count - 1, 1))
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-
-
-def use_wide_batchnorm(model: nn.Module, enabled: bool) -> None:
-    """Switch the wide-view path of every BatchNorm2d in `model` on or off."""
-    for module in model.modules():
-        if isinstance(module, BatchNorm2d):
-            module.wide_kernels = enabled

@@ -6,13 +6,17 @@ as one line on stderr with exit code 2; a run stopped by a signal exits with 128
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any, Callable
 
 import click
 
+from .accelerate import FLAGS, device_policy
+from .augment import AUGMENT_PRESETS, AugmentConfig, run_augment
 from .errors import UserError
+from .search import SEARCH_PRESETS, SearchConfig, run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
 
@@ -26,38 +30,73 @@ def _apply(decorators: list[Callable]) -> Callable:
     return wrap
 
 
+def _show(value: Any) -> str:
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
+def _auto_default(name: str) -> str:
+    """What an acceleration flag left on auto means, from the per-device policy."""
+    cpu, cuda = (getattr(device_policy(kind), name) for kind in ("cpu", "cuda"))
+    return f"auto = {_show(cpu)}" if cpu == cuda else f"auto = {_show(cpu)} on CPU, {_show(cuda)} on CUDA"
+
+
+def help_with_default(cls: type, presets: dict[str, dict[str, Any]], name: str, text: str) -> str:
+    """`text` followed by the default of the config field `name` of `cls`, and of each preset that changes it."""
+    if name in FLAGS:
+        return f"{text} [default: {_auto_default(name)}]"
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    by_preset = [f"{preset} {_show(values[name])}" for preset, values in presets.items() if values.get(name, default) != default]
+    return f"{text} [default: {'; '.join([_show(default), *by_preset])}]"
+
+
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 NON_NEGATIVE_FLOAT = click.FloatRange(min=0.0)
 
-# Options shared by search and augment (same names, same meaning).
-COMMON_OPTIONS = [
-    click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="paper", show_default=True, help=PRESET_HELP),
-    click.option("--epochs", type=POSITIVE, help="Training epochs."),
-    click.option("--batch-size", type=POSITIVE, help="Global batch size (split across processes under torchrun)."),
-    click.option("--layers", type=POSITIVE, help="Number of cells."),
-    click.option("--init-channels", type=POSITIVE, help="Channels C of the first cells (doubled at each reduction)."),
-    click.option("--seed", type=NON_NEGATIVE, help="Random seed (weights, alphas, data order, augmentation)."),
-    click.option("--grad-clip", type=NON_NEGATIVE_FLOAT, help="Gradient-norm clip for the weights (0 = off)."),
-    click.option("--sg-ratio", type=POSITIVE_FLOAT, help="Sandglass reduction ratio t [default: 6]."),
-    click.option("--sg-identity", type=click.FloatRange(0.0, 1.0, min_open=True), help="Sandglass identity tensor multiplier [default: 1.0]."),
-    click.option("--sg-min-hidden", type=POSITIVE, help="Floor of the sandglass bottleneck width [default: 8]."),
-    click.option("--ir-expansion", type=POSITIVE, help="Inverted-residual expansion ratio t [default: 6]."),
-    click.option("--channels-last/--no-channels-last", default=None, help="NHWC memory format (faster on CPU) [default: on]."),
-    click.option("--fast-dilated/--native-dilated", default=None, help="Compute dilated depthwise convs as undilated ones on polyphase components (exact, faster on CPU) [default: fast]."),
-    click.option("--fast-batchnorm/--native-batchnorm", default=None, help="Batch norm of channels-last CPU tensors whose channel count is not a multiple of 16 on a wide view of the same memory (same results, several times faster there) [default: fast]."),
-    click.option("--recompute-cells/--no-recompute-cells", default=None, help="Keep only each cell's inputs in the forward pass and recompute its activations in the backward pass: exact, several times less peak memory, slower [default: off]."),
-    click.option("--amp/--no-amp", default=None, help="bf16 autocast (CPU and CUDA); off by default, see benchmarks/ [default: off]."),
-    click.option("--checkpoint-every", type=NON_NEGATIVE, help="Also checkpoint every N steps (0 = once per epoch)."),
-    click.option("--deterministic/--no-deterministic", default=None, help="Deterministic algorithms: a killed and resumed run ends bit-identical."),
-    click.option("--threads", type=NON_NEGATIVE, help="CPU threads for torch (0 = torch's default)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device: CUDA when present (auto), or forced [default: auto]."),
-    click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data]; downloaded there if absent."),
-    click.option("--out", type=click.Path(file_okay=False), help="Run directory to create [default: runs/<job>-<time>]."),
-    click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
-    click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
-]
+
+def common_options(cls: type, presets: dict[str, dict[str, Any]]) -> list[Callable]:
+    """The options shared by search and augment (same names, same meaning), with `cls`'s defaults."""
+
+    def option(decls: str, name: str, text: str, **kwargs) -> Callable:
+        return click.option(decls, help=help_with_default(cls, presets, name, text), **kwargs)
+
+    flag = dict(default=None)
+    return [
+        click.option("--preset", type=click.Choice(list(presets)), default="paper", show_default=True, help=PRESET_HELP),
+        option("--epochs", "epochs", "Training epochs.", type=POSITIVE),
+        option("--batch-size", "batch_size", "Global batch size (split across processes under torchrun).", type=POSITIVE),
+        option("--layers", "layers", "Number of cells.", type=POSITIVE),
+        option("--init-channels", "init_channels", "Channels C of the first cells (doubled at each reduction).", type=POSITIVE),
+        option("--seed", "seed", "Random seed (weights, alphas, data order, augmentation).", type=NON_NEGATIVE),
+        option("--grad-clip", "grad_clip", "Gradient-norm clip for the weights (0 = off).", type=NON_NEGATIVE_FLOAT),
+        option("--sg-ratio", "sg_ratio", "Sandglass reduction ratio t.", type=POSITIVE_FLOAT),
+        option("--sg-identity", "sg_identity", "Sandglass identity tensor multiplier.", type=click.FloatRange(0.0, 1.0, min_open=True)),
+        option("--sg-min-hidden", "sg_min_hidden", "Floor of the sandglass bottleneck width.", type=POSITIVE),
+        option("--ir-expansion", "ir_expansion", "Inverted-residual expansion ratio t.", type=POSITIVE),
+        option("--channels-last/--no-channels-last", "channels_last", "NHWC memory format (oneDNN's fast layout on CPU).", **flag),
+        option("--fast-dilated/--native-dilated", "fast_dilated", "Compute dilated depthwise convs as undilated ones on polyphase components (exact, faster on CPU).", **flag),
+        option("--fast-batchnorm/--native-batchnorm", "fast_batchnorm", "Batch norm of channels-last CPU tensors whose channel count is not a multiple of 16 on a wide view of the same memory (same results, several times faster there).", **flag),
+        option("--keep-layout/--native-layout", "keep_layout", "Factorized reduce and global pooling whose gradients keep the channels-last layout (exact, faster on CPU).", **flag),
+        option("--recompute-cells/--no-recompute-cells", "recompute_cells", "Keep only each cell's inputs in the forward pass and recompute its activations in the backward pass: exact, several times less peak memory, slower.", **flag),
+        option("--amp/--no-amp", "amp", "bf16 autocast (CPU and CUDA); see benchmarks/.", **flag),
+        option("--checkpoint-every", "checkpoint_every", "Also checkpoint every N steps (0 = once per epoch).", type=NON_NEGATIVE),
+        option("--deterministic/--no-deterministic", "deterministic", "Deterministic algorithms (and no cudnn.benchmark): a killed and resumed run ends bit-identical.", **flag),
+        option("--threads", "threads", "CPU threads for torch (0 = torch's default).", type=NON_NEGATIVE),
+        option("--device", "device", "Device: CUDA when present (auto), or forced; it decides the auto defaults of the speed flags.", type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data); downloaded there if absent."),
+        click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (when not given: runs/<job>-<time>)."),
+        click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
+        click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
+    ]  # fmt: skip
+
+
+def _search_option(decls: str, name: str, text: str, **kwargs) -> Callable:
+    return click.option(decls, help=help_with_default(SearchConfig, SEARCH_PRESETS, name, text), **kwargs)
+
+
+def _augment_option(decls: str, name: str, text: str, **kwargs) -> Callable:
+    return click.option(decls, help=help_with_default(AugmentConfig, AUGMENT_PRESETS, name, text), **kwargs)
 
 
 def _config(cls, presets: dict[str, dict], preset: str, params: dict[str, Any]) -> tuple[Any, set[str]]:
@@ -85,25 +124,23 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--ops", default=None, help="Search space (darts, sgblock, invres) or a comma-separated list of ops [default: sgblock].")
-@click.option("--order", type=click.IntRange(1, 2), help="1: first-order DARTS; 2: second order (unrolled) [default: 1].")
-@click.option("--nodes", type=POSITIVE, help="Intermediate nodes per cell [default: 4].")
-@click.option("--subset", type=NON_NEGATIVE, help="Use N images from each half of the training set (0 = all 25k).")
-@click.option("--w-lr", type=POSITIVE_FLOAT, help="Weight learning rate (cosine schedule) [default: 0.025].")
-@click.option("--w-lr-min", type=NON_NEGATIVE_FLOAT, help="Final weight learning rate [default: 0.001].")
-@click.option("--w-momentum", type=NON_NEGATIVE_FLOAT, help="Weight SGD momentum [default: 0.9].")
-@click.option("--w-weight-decay", type=NON_NEGATIVE_FLOAT, help="Weight decay of the weights [default: 3e-4].")
-@click.option("--alpha-lr", type=POSITIVE_FLOAT, help="Architecture (Adam) learning rate [default: 3e-4].")
-@click.option("--alpha-weight-decay", type=NON_NEGATIVE_FLOAT, help="Architecture weight decay [default: 1e-3].")
-@click.option("--partial-channels", type=POSITIVE, help="PC-DARTS: each mixed op sees 1/K of the channels, with edge normalisation (1 = off).")
-@click.option("--skip-none/--compute-none", default=None, help="Do not compute the zero `none` op (exact; fixed for a run) [default: skip].")
-@click.option("--share-relu/--no-share-relu", default=None, help="One ReLU per edge for its separable and dilated convs (exact, less memory) [default: on].")
-@click.option("--fused-sum/--no-fused-sum", default=None, help="Accumulate each edge's weighted sum in place (exact, faster) [default: on].")
-@_apply(COMMON_OPTIONS)
+@_search_option("--ops", "ops", "Search space (darts, sgblock, invres) or a comma-separated list of ops.", default=None)
+@_search_option("--order", "order", "1: first-order DARTS; 2: second order (unrolled).", type=click.IntRange(1, 2))
+@_search_option("--nodes", "nodes", "Intermediate nodes per cell.", type=POSITIVE)
+@_search_option("--subset", "subset", "Use N images from each half of the training set (0 = all 25k).", type=NON_NEGATIVE)
+@_search_option("--w-lr", "w_lr", "Weight learning rate (cosine schedule).", type=POSITIVE_FLOAT)
+@_search_option("--w-lr-min", "w_lr_min", "Final weight learning rate.", type=NON_NEGATIVE_FLOAT)
+@_search_option("--w-momentum", "w_momentum", "Weight SGD momentum.", type=NON_NEGATIVE_FLOAT)
+@_search_option("--w-weight-decay", "w_weight_decay", "Weight decay of the weights.", type=NON_NEGATIVE_FLOAT)
+@_search_option("--alpha-lr", "alpha_lr", "Architecture (Adam) learning rate.", type=POSITIVE_FLOAT)
+@_search_option("--alpha-weight-decay", "alpha_weight_decay", "Architecture weight decay.", type=NON_NEGATIVE_FLOAT)
+@_search_option("--partial-channels", "partial_channels", "PC-DARTS: each mixed op sees 1/K of the channels, with edge normalisation (1 = off).", type=POSITIVE)
+@_search_option("--skip-none/--compute-none", "skip_none", "Do not compute the zero `none` op (exact; fixed for a run).", default=None)
+@_search_option("--share-relu/--no-share-relu", "share_relu", "One ReLU per edge for its separable and dilated convs (exact, less memory).", default=None)
+@_search_option("--fused-sum/--no-fused-sum", "fused_sum", "Accumulate each edge's weighted sum in place (exact, less memory).", default=None)
+@_apply(common_options(SearchConfig, SEARCH_PRESETS))
 def search(preset, out, resume, progress, **params) -> None:
     """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
-    from .search import SEARCH_PRESETS, SearchConfig, run_search
-
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "search")
     genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress)
@@ -112,26 +149,24 @@ def search(preset, out, resume, progress, **params) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--genotype", "genotype", default=None, help="Genotype: JSON file, name in genotypes/ (e.g. darts_v2), or a legacy Genotype(...) string [required unless --resume].")
-@click.option("--lr", type=POSITIVE_FLOAT, help="SGD learning rate (cosine to 0) [default: 0.025].")
-@click.option("--momentum", type=NON_NEGATIVE_FLOAT, help="SGD momentum [default: 0.9].")
-@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, help="Weight decay [default: 3e-4].")
-@click.option("--auxiliary-weight", type=NON_NEGATIVE_FLOAT, help="Loss weight of the auxiliary head (0 = no head) [default: 0.4].")
-@click.option("--drop-path", type=click.FloatRange(0.0, 1.0, max_open=True), help="Final drop-path probability, ramped linearly over epochs [default: 0.2].")
-@click.option("--cutout", type=NON_NEGATIVE, help="Cutout square side in pixels (0 = off) [default: 16].")
-@click.option("--train-subset", type=NON_NEGATIVE, help="Train on the first N training images (0 = all 50k).")
-@click.option("--test-subset", type=NON_NEGATIVE, help="Evaluate on the first N test images (0 = all 10k).")
+@click.option("--genotype", "genotype", default=None, help="Genotype: JSON file, name in genotypes/ (e.g. darts_v2), or a legacy Genotype(...) string (required unless --resume).")
+@_augment_option("--lr", "lr", "SGD learning rate (cosine to 0).", type=POSITIVE_FLOAT)
+@_augment_option("--momentum", "momentum", "SGD momentum.", type=NON_NEGATIVE_FLOAT)
+@_augment_option("--weight-decay", "weight_decay", "Weight decay.", type=NON_NEGATIVE_FLOAT)
+@_augment_option("--auxiliary-weight", "auxiliary_weight", "Loss weight of the auxiliary head (0 = no head).", type=NON_NEGATIVE_FLOAT)
+@_augment_option("--drop-path", "drop_path", "Final drop-path probability, ramped linearly over epochs.", type=click.FloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--cutout", "cutout", "Cutout square side in pixels (0 = off).", type=NON_NEGATIVE)
+@_augment_option("--train-subset", "train_subset", "Train on the first N training images (0 = all 50k).", type=NON_NEGATIVE)
+@_augment_option("--test-subset", "test_subset", "Evaluate on the first N test images (0 = all 10k).", type=NON_NEGATIVE)
 @click.option("--space", default=None, help="Refuse genotypes with ops outside this space (darts, sgblock, invres or an op list).")
-@_apply(COMMON_OPTIONS)
+@_apply(common_options(AugmentConfig, AUGMENT_PRESETS))
 def augment(preset, out, resume, progress, **params) -> None:
-    """Retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
-    from .train import TRAIN_PRESETS, TrainConfig, run_training
-
-    config, explicit = _config(TrainConfig, TRAIN_PRESETS, preset, params)
+    """Augment: retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
+    config, explicit = _config(AugmentConfig, AUGMENT_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:
         raise click.UsageError("--genotype is required (a JSON file, a name such as darts_v2, or a Genotype(...) string)")
-    summary = run_training(config, out, resume=resuming, explicit=explicit, progress=progress)
+    summary = run_augment(config, out, resume=resuming, explicit=explicit, progress=progress)
     click.echo(
         f"test accuracy {summary['test_acc']:.4f} | params {summary['params']:,} | "
         f"{summary['flops'] / 1e6:.1f} MFLOPs/image | CPU latency {summary['latency_ms']:.2f} ms/image"
@@ -141,7 +176,7 @@ def augment(preset, out, resume, progress, **params) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("genotype")
-@click.option("-o", "--output", default=None, help="Output prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT [default: the genotype's name].")
+@click.option("-o", "--output", default=None, help="Output prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT (when not given: the genotype's name).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
 def plot(genotype, output, fmt) -> None:
     """Draw the normal and reduction cells of GENOTYPE (file, name, or legacy string)."""
@@ -168,16 +203,14 @@ def plot(genotype, output, fmt) -> None:
                    "4 seeds, 3 random genotypes per space and DARTS_V2 (about 19 h on 2 cores); `quick` = a 2-hour smoke test of the "
                    "pipeline; `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
-@click.option("--train-opt", multiple=True, metavar="KEY=VALUE", help="Override a retraining setting, e.g. --train-opt layers=8 (repeatable).")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data].")
+@click.option("--augment-opt", multiple=True, metavar="KEY=VALUE", help="Override an augment (retraining) setting, e.g. --augment-opt layers=8 (repeatable).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
 @click.option("--report-only", is_flag=True, help="Rebuild the report from the finished units without running anything.")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs.")
-def compare(spaces, seeds, random_count, references, preset, search_opt, train_opt, data_root, out, report_only, progress) -> None:
-    """Search and retrain in several spaces with several seeds, beside random and published genotypes, and report."""
+def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress) -> None:
+    """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
     from .compare import CompareSpec, parse_overrides, run_compare
-    from .search import SearchConfig
-    from .train import TrainConfig
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
@@ -190,7 +223,7 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, train_o
         random=random_count,
         references=[r.strip() for r in references.split(",") if r.strip()] if references is not None else None,
         search_overrides=parse_overrides(search_opt, SearchConfig),
-        train_overrides=parse_overrides(train_opt, TrainConfig),
+        augment_overrides=parse_overrides(augment_opt, AugmentConfig),
         data_root=data_root,
     )
     rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only)

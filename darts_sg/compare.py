@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .compare_plan import (
-    COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, train_settings,
+    COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, augment_settings,
     units_of,
 )  # fmt: skip
 from .compare_report import unit_row, write_report
@@ -26,10 +26,10 @@ from .io import atomic_write_text
 from .ops import resolve_space
 from .runs import RunDirectory
 from .search import run_search
-from .train import TrainConfig, run_training
+from .augment import AugmentConfig, run_augment
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "parse_overrides", "run_compare", "run_unit", "search_settings",
-           "train_settings", "units_of"]  # fmt: skip
+           "augment_settings", "units_of"]  # fmt: skip
 
 
 def _restartable(run: RunDirectory) -> bool:
@@ -69,9 +69,9 @@ def run_unit(spec: CompareSpec, out: Path, unit: Unit, progress: bool = False) -
         return
     if _restartable(run):
         shutil.rmtree(run.path)
-    config = TrainConfig(**{**train_settings(spec), "genotype": str(genotype_path(out, unit)), "seed": unit.seed},
+    config = AugmentConfig(**{**augment_settings(spec), "genotype": str(genotype_path(out, unit)), "seed": unit.seed},
                          data_root=spec.data_root)  # fmt: skip
-    run_training(config, str(run.path), resume=run.exists(), progress=progress)
+    run_augment(config, str(run.path), resume=run.exists(), progress=progress)
 
 
 def unit_finished(out: Path, unit: Unit) -> bool:
@@ -81,14 +81,14 @@ def unit_finished(out: Path, unit: Unit) -> bool:
 def _spec_record(spec: CompareSpec) -> dict[str, Any]:
     record = asdict(spec)
     record.pop("data_root")
-    record.update(search=search_settings(spec), train=train_settings(spec))
+    record.update(search=search_settings(spec), augment=augment_settings(spec))
     return record
 
 
 def _check_settings(path: Path, now: dict[str, Any]) -> None:
     """Refuse to continue an experiment whose recorded settings differ from the ones asked for now."""
     stored = json.loads(path.read_text())
-    for key in ("search", "train"):
+    for key in ("search", "augment"):
         before, after = stored.get(key, {}), now[key]
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         if changed:

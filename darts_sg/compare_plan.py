@@ -15,17 +15,17 @@ from typing import Any
 
 from .errors import UserError
 from .search import SEARCH_PRESETS, SearchConfig
-from .train import TRAIN_PRESETS
+from .augment import AUGMENT_PRESETS
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "genotype_path", "parse_overrides", "search_config", "search_settings",
-           "train_settings", "units_of"]  # fmt: skip
+           "augment_settings", "units_of"]  # fmt: skip
 
 
 # What each scale sets on top of the search and retraining presets of the same name.
 COMPARE_SCALES: dict[str, dict[str, Any]] = {
-    "paper": {"search": {}, "train": {}},
+    "paper": {"search": {}, "augment": {}},
     # The pipeline's smoke test at about two hours for 9 pairs on a 2-core CPU (results/compare-quick).
-    "quick": {"search": {"epochs": 4, "subset": 640}, "train": {"epochs": 2, "train_subset": 6000}},
+    "quick": {"search": {"epochs": 4, "subset": 640}, "augment": {"epochs": 2, "train_subset": 6000}},
     # The comparison that fits about 15 hours of a 2-core CPU (results/compare-medium; README).
     # Search: 5 cells, C=8, 4 nodes, 5,000 + 5,000 images, batch 32, 7 epochs = 1,092 alpha steps.
     # DARTS makes ~19,500 Adam steps at lr 3e-4 (a budget of lr x steps = 5.9) and PC-DARTS ~3,400
@@ -38,11 +38,11 @@ COMPARE_SCALES: dict[str, dict[str, Any]] = {
     "medium": {
         "search": {"layers": 5, "init_channels": 8, "nodes": 4, "subset": 5000, "batch_size": 32, "epochs": 7,
                    "alpha_lr": 3e-3, "order": 1},
-        "train": {"layers": 8, "init_channels": 16, "batch_size": 96, "epochs": 8, "lr": 0.05, "cutout": 0,
+        "augment": {"layers": 8, "init_channels": 16, "batch_size": 96, "epochs": 8, "lr": 0.05, "cutout": 0,
                   "drop_path": 0.0, "auxiliary_weight": 0.4, "train_subset": 0, "test_subset": 0},
         "seeds": [0, 1, 2, 3], "random": 3, "references": ["darts_v2"],
     },  # fmt: skip
-    "smoke": {"search": {}, "train": {}},
+    "smoke": {"search": {}, "augment": {}},
 }
 
 
@@ -54,7 +54,7 @@ class CompareSpec:
     seeds: list[int]
     preset: str = "quick"
     search_overrides: dict[str, Any] | None = None
-    train_overrides: dict[str, Any] | None = None
+    augment_overrides: dict[str, Any] | None = None
     data_root: str | None = None
     random: int = 0  # random genotypes per space
     references: list[str] = field(default_factory=list)  # published genotypes retrained beside them
@@ -94,7 +94,7 @@ def units_of(spec: CompareSpec) -> list[Unit]:
 
 
 def parse_overrides(items: tuple[str, ...] | list[str], cls) -> dict[str, Any]:
-    """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or TrainConfig)."""
+    """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or AugmentConfig)."""
     types = {f.name: f.type for f in fields(cls)}
     out: dict[str, Any] = {}
     for item in items:
@@ -122,9 +122,9 @@ def search_settings(spec: CompareSpec) -> dict[str, Any]:
     return {**SEARCH_PRESETS.get(spec.preset, {}), **COMPARE_SCALES[spec.preset]["search"], **(spec.search_overrides or {})}
 
 
-def train_settings(spec: CompareSpec) -> dict[str, Any]:
+def augment_settings(spec: CompareSpec) -> dict[str, Any]:
     """The retraining settings of every unit: preset, then the comparison's scale, then the overrides."""
-    return {**TRAIN_PRESETS.get(spec.preset, {}), **COMPARE_SCALES[spec.preset]["train"], **(spec.train_overrides or {})}
+    return {**AUGMENT_PRESETS.get(spec.preset, {}), **COMPARE_SCALES[spec.preset]["augment"], **(spec.augment_overrides or {})}
 
 
 def search_config(spec: CompareSpec, space: str, seed: int) -> SearchConfig:

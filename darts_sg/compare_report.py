@@ -15,13 +15,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .compare_plan import CompareSpec, Unit, search_settings, train_settings, units_of
+from .compare_plan import CompareSpec, Unit, search_settings, augment_settings, units_of
 from .genotype import Genotype, load_genotype
 from .io import atomic_write_bytes, atomic_write_text
 from .ops import resolve_space
 from .runs import RunDirectory
 from .search import SearchConfig
-from .train import TrainConfig
+from .augment import AugmentConfig
 
 __all__ = ["PAPER_CLAIM", "unit_row", "welch_interval", "write_report", "render_markdown"]
 
@@ -46,9 +46,9 @@ def paper_scale_cost(genotype: Genotype, spec: CompareSpec) -> tuple[int, int]:
     import torch
 
     from .network import Network, count_params
-    from .train import flops_per_image
+    from .augment import flops_per_image
 
-    options = TrainConfig(**train_settings(spec)).op_options()
+    options = AugmentConfig(**augment_settings(spec)).op_options()
     torch.manual_seed(0)
     net = Network(genotype, PAPER_SCALE["init_channels"], PAPER_SCALE["layers"], 10, auxiliary=False, options=options)
     return count_params(net), flops_per_image(net, torch.device("cpu"))
@@ -225,7 +225,7 @@ def _verdict(result: dict[str, float] | None, what: str) -> str:
 
 def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> str:
     """The report: status, answer, protocol, per-space tables, every unit, figures."""
-    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), TrainConfig(**train_settings(spec))
+    s_cfg, t_cfg = SearchConfig(**search_settings(spec)), AugmentConfig(**augment_settings(spec))
     alpha_steps = (s_cfg.subset or 25000) // s_cfg.batch_size * s_cfg.epochs
     acc = lambda kind, space: _group(rows, kind, space, "test_acc")  # noqa: E731
     lines = [

@@ -1,4 +1,4 @@
-"""Settings shared by every run kind (search, retraining): sizes, block options, run-time switches."""
+"""Settings shared by every run kind (search, augment): sizes, block options, run-time switches."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ C = TypeVar("C", bound="RunConfig")
 
 @dataclass
 class RunConfig:
-    """Fields and checks common to SearchConfig and TrainConfig (each sets its own defaults)."""
+    """Fields and checks common to SearchConfig and AugmentConfig (each sets its own defaults)."""
 
     epochs: int = 1
     batch_size: int = 64
@@ -27,11 +27,13 @@ class RunConfig:
     sg_identity: float = 1.0
     sg_min_hidden: int = 8
     ir_expansion: int = 6
-    channels_last: bool = True
-    fast_dilated: bool = True
-    fast_batchnorm: bool = True
-    recompute_cells: bool = False
-    amp: bool = False
+    # Exact speed switches and amp: None = auto, the device's policy (darts_sg.accelerate).
+    channels_last: bool | None = None
+    fast_dilated: bool | None = None
+    fast_batchnorm: bool | None = None
+    keep_layout: bool | None = None
+    recompute_cells: bool | None = None
+    amp: bool | None = None
     checkpoint_every: int = 0
     deterministic: bool = False
     threads: int = 0
@@ -51,7 +53,7 @@ class RunConfig:
         self.op_options()
 
     def op_options(self) -> OpOptions:
-        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion, self.fast_dilated)
+        return OpOptions(self.sg_ratio, self.sg_identity, self.sg_min_hidden, self.ir_expansion)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ __all__ = [
     "load_cifar10",
     "resolve_data_root",
     "BatchLoader",
-    "Augment",
+    "DataAugmentation",
     "CIFAR_MEAN",
     "CIFAR_STD",
 ]
@@ -146,7 +146,7 @@ def load_cifar10(
 
 
 @dataclass(frozen=True)
-class Augment:
+class DataAugmentation:
     """Training augmentation: random crop after zero padding, horizontal flip, cutout (0 = off)."""
 
     crop_padding: int = 4
@@ -154,7 +154,7 @@ class Augment:
     cutout: int = 0
 
 
-NO_AUGMENT = Augment(crop_padding=0, flip=False, cutout=0)
+NO_AUGMENTATION = DataAugmentation(crop_padding=0, flip=False, cutout=0)
 
 
 def epoch_seed(seed: int, stream: int, epoch: int) -> int:
@@ -175,7 +175,7 @@ class BatchLoader:
         self,
         data: CifarArrays,
         batch_size: int,
-        augment: Augment = NO_AUGMENT,
+        augmentation: DataAugmentation = NO_AUGMENTATION,
         shuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
@@ -186,19 +186,19 @@ class BatchLoader:
         world_size: int = 1,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
+            raise UserError(f"--batch-size must be positive, got {batch_size}")
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes {world_size}")
+            raise UserError(f"--batch-size {batch_size} must be divisible by the number of processes ({world_size}); change one of them")
         self.data = data
         self.batch_size = batch_size
-        self.augment = augment
+        self.augmentation = augmentation
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed, self.stream = seed, stream
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
-        pad = augment.crop_padding
+        pad = augmentation.crop_padding
         self._padded = (
             torch.nn.functional.pad(data.images, (pad, pad, pad, pad)) if pad else data.images
         )
@@ -213,7 +213,7 @@ class BatchLoader:
         n = len(self.data)
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.stream, epoch))
         draws = {"order": torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)}
-        aug = self.augment
+        aug = self.augmentation
         if aug.crop_padding:
             draws["offsets"] = torch.randint(0, 2 * aug.crop_padding + 1, (n, 2), generator=gen)
         if aug.flip:
@@ -248,7 +248,7 @@ class BatchLoader:
             images = torch.where(flip, images.flip(3), images)
         images = (images - self._mean) / self._std
         if "centres" in draws:
-            images = cutout(images, draws["centres"][part].to(self.device), self.augment.cutout)
+            images = cutout(images, draws["centres"][part].to(self.device), self.augmentation.cutout)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True)

@@ -1,4 +1,4 @@
-"""Data-parallel runs under torchrun: process-group set-up and gradient averaging."""
+"""Which process am I, and talking to the others: the process group under torchrun and its collectives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_environment", "world", "average_gradients"]
+__all__ = ["average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process", "world"]
 
 
 def init_from_environment(device: str = "auto") -> tuple[int, int]:
@@ -24,7 +24,13 @@ def init_from_environment(device: str = "auto") -> tuple[int, int]:
 
 
 def world() -> int:
+    """The number of processes (1 outside torchrun)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the process that writes logs, checkpoints and pictures (and when alone)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def average_gradients(tensors) -> None:

@@ -1,9 +1,10 @@
-"""The training loop shared by search and retraining.
+"""The training loop shared by search and augment, and the plain training step.
 
 ``fit`` runs a ``Job`` epoch by epoch: progress bar, NaN guard, metrics lines, TensorBoard
 scalars, atomic checkpoints (per epoch and every N steps), resume from any checkpoint, and a
 graceful stop on SIGINT/SIGTERM (finish the step, checkpoint, say how to resume). What a step
-*does* is the job's business (``SearchJob`` in search.py, ``TrainJob`` in train.py).
+*does* is the job's business (``SearchJob`` in search.py, ``AugmentJob`` in augment.py);
+``weight_step`` is the plain optimizer step both use for the network weights.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import click
 import torch
+import torch.nn.functional as F
 
+from .distributed import average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
 from .runs import RunDirectory, RunError
 
-__all__ = ["Job", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "resolve_device", "is_main_process"]
+__all__ = ["Job", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
 
 
 class Interrupted(Exception):
@@ -52,19 +55,28 @@ class Job(Protocol):
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise RunError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def is_main_process() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+def weight_step(
+    model: Callable,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    grad_clip: float,
+    loss_fn: Callable = F.cross_entropy,
+) -> tuple[torch.Tensor, Any]:
+    """One optimizer step on a training batch (gradients averaged over processes, norm clipped);
+    returns the loss and the model output, detached."""
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    output = model(x)
+    loss = loss_fn(output, y)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    average_gradients([p.grad for p in params if p.grad is not None])
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if isinstance(output, tuple):
+        return loss.detach(), tuple(t.detach() if t is not None else None for t in output)
+    return loss.detach(), output.detach()
 
 
 @torch.no_grad()

@@ -3,14 +3,27 @@
 torch's backward of a slice (``x[:, :, 1:, 1:]``) and of adaptive average pooling returns an
 NCHW gradient even for a channels-last input. Every kernel behind it in the backward pass then
 gets mixed layouts and runs several times slower on the CPU (batch norm and ReLU backward among
-them). These give the same values and gradients, in the input's layout.
+them). These give the same values and gradients, in the input's layout; the two modules at the
+end are the exact substitutes that ``darts_sg.accelerate`` swaps in for the plain factorized
+reduce and global pooling (``--keep-layout``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["global_avg_pool", "is_channels_last", "stride2_samples", "subsample"]
+from .ops import FactorizedReduce
+
+__all__ = [
+    "LayoutKeepingFactorizedReduce",
+    "LayoutKeepingGlobalPool",
+    "global_avg_pool",
+    "is_channels_last",
+    "stride2_samples",
+    "subsample",
+]
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -61,3 +74,18 @@ class _GlobalAvgPool(torch.autograd.Function):
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     """Mean over the spatial dimensions: (N, C, H, W) -> (N, C)."""
     return _GlobalAvgPool.apply(x)
+
+
+class LayoutKeepingFactorizedReduce(FactorizedReduce):
+    """``FactorizedReduce`` whose 1x1 convs run at stride 1 on the pixels a stride-2 conv reads."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        even, odd = stride2_samples(self.relu(x))
+        return self.bn(torch.cat([F.conv2d(even, self.conv_1.weight), F.conv2d(odd, self.conv_2.weight)], dim=1))
+
+
+class LayoutKeepingGlobalPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` computed by `global_avg_pool`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_avg_pool(x)[:, :, None, None]

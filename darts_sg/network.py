@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batchnorm import BatchNorm2d
-from .cells import Cell, EdgeOptions, MixedOp
+from .cells import Cell, DropPath, MixedOp
+from .errors import UserError
 from .genotype import Genotype, derive_genotype
-from .layout import global_avg_pool
 from .ops import OpOptions, build_op, resolve_space
 from .recompute import recomputed_call
 
@@ -35,9 +34,9 @@ def reduction_layers(layers: int) -> tuple[int, int]:
 def _check_sizes(C: int, layers: int, num_classes: int) -> None:
     for name, value in (("channels C", C), ("layers", layers), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
     if C % 2:
-        raise ValueError(f"channels C must be even (factorized reduce halves it), got {C}")
+        raise UserError(f"channels C must be even (factorized reduce halves it), got {C}")
 
 
 class AuxiliaryHead(nn.Module):
@@ -49,10 +48,10 @@ class AuxiliaryHead(nn.Module):
             nn.ReLU(inplace=False),
             nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
-            BatchNorm2d(128),
+            nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            BatchNorm2d(768),
+            nn.BatchNorm2d(768),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -77,7 +76,7 @@ class CellNetwork(nn.Module):
         _check_sizes(C, layers, num_classes)
         self.C, self.layers, self.num_classes = C, layers, num_classes
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
         reductions = reduction_layers(layers)
         self.aux_index = reductions[1]
@@ -95,6 +94,7 @@ class CellNetwork(nn.Module):
             if i == self.aux_index:
                 C_aux = C_p
         self.aux_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
         # Keep only each cell's inputs in the forward pass and recompute the rest in backward
         # (less memory, more time; see darts_sg.recompute). Not part of the state dict.
@@ -115,7 +115,7 @@ class CellNetwork(nn.Module):
             s0, s1 = s1, recomputed_call(cell, s0, s1, **kwargs) if recompute else cell(s0, s1, **kwargs)
             if i == self.aux_index and self.aux_head is not None and self.training:
                 logits_aux = self.aux_head(s1)
-        logits = self.classifier(global_avg_pool(s1))
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
         return logits, logits_aux
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,12 +144,12 @@ class Supernet(CellNetwork):
         options: OpOptions | None = None,
         partial_channels: int = 1,
         stem_multiplier: int = 3,
-        edge_options: EdgeOptions | None = None,
+        skip_none: bool = True,
     ):
         if steps < 1:
-            raise ValueError(f"steps must be positive, got {steps}")
+            raise UserError(f"steps must be positive, got {steps}")
         if partial_channels < 1:
-            raise ValueError(f"partial_channels must be positive, got {partial_channels}")
+            raise UserError(f"partial_channels must be positive, got {partial_channels}")
         self.primitives = tuple(primitives)
         self.steps = steps
         self.partial_channels = partial_channels
@@ -160,7 +160,7 @@ class Supernet(CellNetwork):
         def make_cell(C_pp, C_p, C_cell, reduction, reduction_prev):
             return Cell(
                 C_pp, C_p, C_cell, reduction, reduction_prev, edges, concat,
-                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, edge_options),
+                lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, skip_none),
                 affine=False,
             )  # fmt: skip
 
@@ -227,6 +227,8 @@ class Supernet(CellNetwork):
 class Network(CellNetwork):
     """The discrete network of a genotype, for retraining; drop path is set via `drop_path_prob`."""
 
+    _drop_path_prob = 0.0
+
     def __init__(
         self,
         genotype: Genotype,
@@ -240,7 +242,6 @@ class Network(CellNetwork):
         genotype.validate()
         self.genotype = genotype
         options = options or OpOptions()
-        self.drop_path_prob = 0.0
 
         def make_cell(C_pp, C_p, C_cell, reduction, reduction_prev):
             cell_edges = genotype.reduce if reduction else genotype.normal
@@ -255,9 +256,17 @@ class Network(CellNetwork):
 
         super().__init__(C, num_classes, layers, make_cell, auxiliary=auxiliary, stem_multiplier=stem_multiplier)
 
-    def cell_kwargs(self) -> tuple[dict, dict]:
-        kwargs = {"drop_prob": self.drop_path_prob}
-        return kwargs, kwargs
+    @property
+    def drop_path_prob(self) -> float:
+        """The drop-path probability of every droppable edge (0 = off)."""
+        return self._drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p: float) -> None:
+        self._drop_path_prob = p
+        for module in self.modules():
+            if isinstance(module, DropPath):
+                module.p = p
 
 
 def build_supernet(

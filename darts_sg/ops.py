@@ -5,7 +5,9 @@ that returns a module mapping ``(N, C, H, W)`` to ``(N, C, H / stride, W / strid
 The eight classic DARTS primitives follow the reference implementation exactly
 (ReLU-Conv-BN order, separable convolutions applied twice, factorized reduce for a
 stride-2 skip); ``sg_block`` is the MobileNeXt sandglass block and ``inv_res`` the
-MobileNetV2 inverted residual.
+MobileNetV2 inverted residual. Every module here is the plain one of the papers (torch's
+``nn.BatchNorm2d``, a dilated ``nn.Conv2d``); faster exact equivalents for a device are swapped
+in from outside, by ``darts_sg.accelerate``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .batchnorm import BatchNorm2d
 from .errors import UserError
-from .layout import stride2_samples, subsample
 
 __all__ = [
     "OpOptions",
@@ -41,14 +40,12 @@ class OpOptions:
     sg_min_hidden: floor of the sandglass hidden width, so that it never collapses to 1-2
         channels at small C (C=16, t=6 would give 2).
     ir_expansion: inverted-residual expansion ratio t (hidden width = t * C).
-    fast_dilated: compute dilated depthwise convs as undilated ones where exact (faster on CPU).
     """
 
     sg_ratio: float = 6.0
     sg_identity: float = 1.0
     sg_min_hidden: int = 8
     ir_expansion: int = 6
-    fast_dilated: bool = True
 
     def __post_init__(self) -> None:
         if self.sg_ratio <= 0:
@@ -81,64 +78,19 @@ class ReLUConvBN(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         )
-
-
-def _space_to_batch(x: torch.Tensor, d: int) -> torch.Tensor:
-    """(N, C, H, W) -> (d*d*N, C, H/d, W/d): the d x d polyphase components stacked in the batch."""
-    n, c, h, w = x.shape
-    t = x.permute(0, 2, 3, 1).reshape(n, h // d, d, w // d, d, c)
-    t = t.permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, h // d, w // d, c)
-    return t.permute(0, 3, 1, 2)  # channels-last memory
-
-
-def _batch_to_space(y: torch.Tensor, d: int) -> torch.Tensor:
-    """Inverse of `_space_to_batch`."""
-    b, c, h, w = y.shape
-    n = b // (d * d)
-    t = y.permute(0, 2, 3, 1).reshape(d, d, n, h, w, c)
-    t = t.permute(2, 3, 0, 4, 1, 5).reshape(n, h * d, w * d, c)
-    return t.permute(0, 3, 1, 2)
-
-
-class DilatedDepthwiseConv2d(nn.Conv2d):
-    """Depthwise conv with dilation, computed as an undilated conv where that is exact and faster.
-
-    On the CPU, the backward of a dilated depthwise convolution is several times slower than an
-    undilated one. With "same" padding, a dilation-d conv at stride 1 is an undilated conv on
-    the d x d polyphase components of the input (space-to-batch); at stride d it is an
-    undilated conv on the subsampled input. Same parameters, same result, other cases native.
-    """
-
-    def __init__(self, C: int, kernel_size: int, stride: int, padding: int, dilation: int):
-        super().__init__(C, C, kernel_size, stride, padding, dilation=dilation, groups=C, bias=False)
-        self._same = padding == dilation * (kernel_size - 1) // 2 and dilation > 1 and kernel_size % 2 == 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d, k = self.dilation[0], self.kernel_size[0]
-        if self._same and self.stride[0] == d:
-            return F.conv2d(subsample(x, d)[0], self.weight, None, 1, (k - 1) // 2, 1, self.groups)
-        if self._same and self.stride[0] == 1 and x.shape[2] % d == 0 and x.shape[3] % d == 0:
-            y = F.conv2d(_space_to_batch(x, d), self.weight, None, 1, (k - 1) // 2, 1, self.groups)
-            return _batch_to_space(y, d)
-        return super().forward(x)
 
 
 class DilConv(nn.Sequential):
     """ReLU, dilated depthwise conv, pointwise conv, batch norm."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, fast=True):
-        depthwise = (
-            DilatedDepthwiseConv2d(C_in, kernel_size, stride, padding, dilation)
-            if dilation > 1 and fast
-            else nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False)
-        )
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            depthwise,
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -153,24 +105,20 @@ class SepConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset stride-2 1x1 convs, concatenated.
-
-    The convs run at stride 1 on the pixels a stride-2 conv would read (`stride2_samples`): the
-    same result, with a gradient in the input's memory layout.
-    """
+    """Halve the resolution with two offset stride-2 1x1 convs, concatenated."""
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out % 2:
             raise UserError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
-        self.bn = BatchNorm2d(C_out, affine=affine)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        even, odd = stride2_samples(self.relu(x))
-        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
 def sandglass_hidden_width(C: int, options: OpOptions) -> int:
@@ -190,15 +138,15 @@ class SandGlass(nn.Module):
         hidden = sandglass_hidden_width(C_in, options)
         self.body = nn.Sequential(
             nn.Conv2d(C_in, C_in, 3, 1, 1, groups=C_in, bias=False),
-            BatchNorm2d(C_in, affine=affine),
+            nn.BatchNorm2d(C_in, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(C_in, hidden, 1, bias=False),
-            BatchNorm2d(hidden, affine=affine),
+            nn.BatchNorm2d(hidden, affine=affine),
             nn.Conv2d(hidden, C_out, 1, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(C_out, C_out, 3, stride, 1, groups=C_out, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         )
         self.use_shortcut = stride == 1 and C_in == C_out
         self.identity_channels = max(1, round(options.sg_identity * C_out))
@@ -221,13 +169,13 @@ class InvertedResidual(nn.Module):
         hidden = C_in * options.ir_expansion
         self.body = nn.Sequential(
             nn.Conv2d(C_in, hidden, 1, bias=False),
-            BatchNorm2d(hidden, affine=affine),
+            nn.BatchNorm2d(hidden, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            BatchNorm2d(hidden, affine=affine),
+            nn.BatchNorm2d(hidden, affine=affine),
             nn.ReLU6(inplace=False),
             nn.Conv2d(hidden, C_out, 1, bias=False),
-            BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine),
         )
         self.use_shortcut = stride == 1 and C_in == C_out
 
@@ -245,8 +193,8 @@ OP_FACTORIES: dict[str, OpFactory] = {
     "skip_connect": lambda C, stride, affine, o: nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine),
     "sep_conv_3x3": lambda C, stride, affine, o: SepConv(C, C, 3, stride, 1, affine),
     "sep_conv_5x5": lambda C, stride, affine, o: SepConv(C, C, 5, stride, 2, affine),
-    "dil_conv_3x3": lambda C, stride, affine, o: DilConv(C, C, 3, stride, 2, 2, affine, o.fast_dilated),
-    "dil_conv_5x5": lambda C, stride, affine, o: DilConv(C, C, 5, stride, 4, 2, affine, o.fast_dilated),
+    "dil_conv_3x3": lambda C, stride, affine, o: DilConv(C, C, 3, stride, 2, 2, affine),
+    "dil_conv_5x5": lambda C, stride, affine, o: DilConv(C, C, 5, stride, 4, 2, affine),
     "sg_block": lambda C, stride, affine, o: SandGlass(C, C, stride, affine, o),
     "inv_res": lambda C, stride, affine, o: InvertedResidual(C, C, stride, affine, o),
 }
@@ -272,7 +220,7 @@ POOLS = ("max_pool_3x3", "avg_pool_3x3")
 
 
 def check_op_name(name: str) -> None:
-    """Raise a ValueError naming the valid ops if `name` is not a registered op."""
+    """Raise a UserError naming the valid ops if `name` is not a registered op."""
     if name not in OP_FACTORIES:
         raise UserError(f"unknown op {name!r}; valid ops: {', '.join(OP_FACTORIES)}")
 

@@ -7,19 +7,19 @@ from typing import Any, Iterator
 
 import torch
 
-from .architect import Architect, weight_step
-from .cells import EdgeOptions
+from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
+from .architect import Architect, frozen
 from .config import RunConfig
-from .data import Augment, BatchLoader, load_cifar10
+from .data import BatchLoader, DataAugmentation, load_cifar10
+from .distributed import identical_across_ranks, is_main_process
+from .engine import evaluate, weight_step
 from .errors import UserError
-from .distributed import identical_across_ranks
-from .engine import evaluate, is_main_process
 from .genotype import Genotype
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
+from .run_setup import fit_run, log, log_memory, resume_config, start_run
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, log_memory, place_model, resume_config, start_run
 
 __all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
 
@@ -43,9 +43,11 @@ class SearchConfig(RunConfig):
     alpha_lr: float = 3e-4
     alpha_weight_decay: float = 1e-3
     partial_channels: int = 1
+    # A construction option, not a device substitute: it changes the checkpoint layout (IDENTITY).
     skip_none: bool = True
-    share_relu: bool = True
-    fused_sum: bool = True
+    # Exact speed switches of the mixed ops: None = auto, the device's policy (darts_sg.accelerate).
+    share_relu: bool | None = None
+    fused_sum: bool | None = None
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
@@ -53,9 +55,6 @@ class SearchConfig(RunConfig):
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
         "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none",
     )  # fmt: skip
-
-    def edge_options(self) -> EdgeOptions:
-        return EdgeOptions(self.skip_none, self.share_relu, self.fused_sum)
 
     def validate(self) -> None:
         super().validate()
@@ -90,17 +89,26 @@ class SearchJob:
 
     kind = "search"
 
-    def __init__(self, config: SearchConfig, run: RunDirectory, device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        config: SearchConfig,
+        run: RunDirectory,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        acceleration: Acceleration | None = None,
+    ):
         self.config = config
         self.run = run
         self.device = device
+        self.acceleration = acceleration or resolve_acceleration(config, device)
         self.primitives = resolve_space(config.ops)
         torch.manual_seed(config.seed)
         supernet = Supernet(
             self.primitives, config.init_channels, config.layers, 10, config.nodes,
-            config.op_options(), config.partial_channels, edge_options=config.edge_options(),
+            config.op_options(), config.partial_channels, skip_none=config.skip_none,
         )  # fmt: skip
-        self.model = place_model(supernet, config, device)
+        self.model = accelerate(supernet, device, self.acceleration)
         self.w_optimizer = torch.optim.SGD(
             self.model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
         )
@@ -109,9 +117,10 @@ class SearchJob:
         train = load_cifar10(config.data_root, train=True)
         half = len(train) // 2
         size = config.subset or half
-        loader = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world)
-        self.train_loader = BatchLoader(train.slice(0, size), config.batch_size, Augment(), seed=config.seed, stream=0, **loader)
-        self.val_loader = BatchLoader(train.slice(half, half + size), config.batch_size, Augment(), seed=config.seed, stream=1, **loader)
+        loader = dict(device=device, channels_last=self.acceleration.channels_last, rank=rank, world_size=world)
+        augmentation = DataAugmentation()
+        self.train_loader = BatchLoader(train.slice(0, size), config.batch_size, augmentation, seed=config.seed, stream=0, **loader)
+        self.val_loader = BatchLoader(train.slice(half, half + size), config.batch_size, augmentation, seed=config.seed, stream=1, **loader)
         self.eval_loader = BatchLoader(
             train.slice(half, half + size), 256, shuffle=False, drop_last=False, **loader
         )
@@ -130,11 +139,10 @@ class SearchJob:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         train_batch, val_batch = batch
-        with autocast(self.device, self.config.amp):
+        with autocast(self.device, self.acceleration.amp):
             val_loss = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
-            loss, logits = weight_step(
-                self.model, self.w_optimizer, train_batch, self.config.grad_clip, frozen_params=self.model.alphas()
-            )
+            with frozen(self.model.alphas()):
+                loss, logits = weight_step(self.model, self.w_optimizer, train_batch, self.config.grad_clip)
         acc = (logits.argmax(1) == train_batch[1]).float().mean()
         return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "count": torch.tensor(train_batch[1].numel())}
 
@@ -199,12 +207,12 @@ def run_search(
     run = RunDirectory(out)
     if resume:
         config = resume_config(run, SearchConfig, config, explicit)
-    device, rank, world = start_run(run, config, resume)
-    job = SearchJob(config, run, device, rank, world)
+    device, rank, world, acceleration = start_run(run, config, resume)
+    job = SearchJob(config, run, device, rank, world, acceleration)
     if not resume:
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
-        log_memory(job.model, config, device, world)
+        log_memory(job.model, config, device, world, acceleration.channels_last)
     fit_run(job, run, config, resume, "search.py", progress)
     genotype = job.model.genotype()
     if is_main_process():

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import UserError
 from .genotype import Genotype
 
 __all__ = ["cell_graph", "plot_genotype", "alpha_heatmap", "log_search_epoch", "dot_available", "op_shares", "alpha_entropy"]
@@ -36,7 +37,7 @@ def cell_graph(genotype: Genotype, cell: str = "normal"):
     import graphviz
 
     if cell not in ("normal", "reduce"):
-        raise ValueError(f"cell must be 'normal' or 'reduce', got {cell!r}")
+        raise UserError(f"cell must be 'normal' or 'reduce', got {cell!r}")
     edges = genotype.normal if cell == "normal" else genotype.reduce
     concat = genotype.normal_concat if cell == "normal" else genotype.reduce_concat
     g = graphviz.Digraph(
@@ -75,7 +76,7 @@ def plot_genotype(genotype: Genotype, prefix: str | Path, fmt: str = "png", quie
     """
     global _hint_shown
     if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"unknown format {fmt!r}; use png, svg or pdf")
+        raise UserError(f"unknown format {fmt!r}; use png, svg or pdf")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.train import TRAIN_PRESETS, TrainConfig, run_training
+from darts_sg.augment import AUGMENT_PRESETS, AugmentConfig, run_augment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,8 @@ def run_cli(*args):
 
 def test_augment_smoke_trains_and_reports(tmp_path, data_root):
     out = tmp_path / "run"
-    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(data_root)})
-    summary = run_training(config, out, progress=False)
+    config = AugmentConfig(**{**AUGMENT_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(data_root)})
+    summary = run_augment(config, out, progress=False)
     assert 0.0 <= summary["test_acc"] <= 1.0
     assert summary["params"] > 0 and summary["params_with_aux"] > summary["params"]
     assert summary["flops"] > 0 and summary["latency_ms"] > 0
@@ -34,7 +34,7 @@ def test_augment_smoke_trains_and_reports(tmp_path, data_root):
 
 def test_flop_counter_matches_reference_magnitude():
     import darts_sg
-    from darts_sg.train import flops_per_image
+    from darts_sg.augment import flops_per_image
 
     model = darts_sg.build_network("darts_v2", C=36, layers=20)
     flops = flops_per_image(model, torch.device("cpu"))

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from darts_sg.batchnorm import BatchNorm2d, wide_factor
+from darts_sg.batchnorm import WideBatchNorm2d, wide_factor
 
 CL = torch.channels_last
 
 
 def _pair(C, affine=True, momentum=0.1, track=True):
     torch.manual_seed(0)
-    ours = BatchNorm2d(C, affine=affine, momentum=momentum, track_running_stats=track).double()
+    ours = WideBatchNorm2d(C, affine=affine, momentum=momentum, track_running_stats=track).double()
     if affine:
         with torch.no_grad():
             ours.weight.uniform_(0.5, 1.5)
@@ -77,14 +77,12 @@ def test_native_path_where_the_wide_one_does_not_apply():
     assert wide_factor(torch.randn(2, 36, 4, 4).contiguous(memory_format=CL)) == 4
 
 
-def test_switch_off_uses_torch_kernel(monkeypatch):
-    ours, _ = _pair(36)
-    ours.wide_kernels = False
+def test_wide_path_runs_in_the_substitute_only(monkeypatch):
+    ours, reference = _pair(36)
     calls = []
     monkeypatch.setattr("darts_sg.batchnorm._WideBatchNorm.apply", lambda *a: calls.append(a))
-    ours(torch.randn(2, 36, 4, 4, dtype=torch.float64).contiguous(memory_format=CL))
+    reference(torch.randn(2, 36, 4, 4, dtype=torch.float64).contiguous(memory_format=CL))
     assert calls == []
-    ours.wide_kernels = True
     with pytest.raises(TypeError):  # the patched apply returns None: proves the wide path was taken
         ours(torch.randn(2, 36, 4, 4, dtype=torch.float64).contiguous(memory_format=CL))
 
@@ -111,10 +109,11 @@ def test_second_derivatives_match_torch():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_run_setting_reaches_every_batch_norm(enabled):
     import darts_sg
+    from darts_sg.accelerate import accelerate, resolve_acceleration
     from darts_sg.config import RunConfig
-    from darts_sg.setup import place_model
 
+    cpu = torch.device("cpu")
     model = darts_sg.build_supernet("darts", C=4, layers=3, num_classes=10, steps=2)
-    model = place_model(model, RunConfig(fast_batchnorm=enabled), torch.device("cpu"))
-    flags = {m.wide_kernels for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
-    assert flags == {enabled}
+    model = accelerate(model, cpu, resolve_acceleration(RunConfig(fast_batchnorm=enabled), cpu))
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert kinds == {WideBatchNorm2d if enabled else nn.BatchNorm2d}

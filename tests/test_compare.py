@@ -69,7 +69,7 @@ def test_units_interleave_references_seeds_and_random_genotypes():
 
 
 def test_medium_scale_makes_over_a_thousand_alpha_steps_and_keeps_one_protocol():
-    from darts_sg.compare import search_settings, train_settings
+    from darts_sg.compare import search_settings, augment_settings
 
     spec = CompareSpec.for_preset("medium")
     assert spec.seeds == [0, 1, 2, 3] and spec.random == 3 and spec.references == ["darts_v2"]
@@ -77,7 +77,7 @@ def test_medium_scale_makes_over_a_thousand_alpha_steps_and_keeps_one_protocol()
     s = SearchConfig(**search_settings(spec))
     s.validate()
     assert s.subset // s.batch_size * s.epochs >= 1000
-    t = train_settings(spec)
+    t = augment_settings(spec)
     assert (t["layers"], t["init_channels"], t["train_subset"]) == (8, 16, 0)
     assert len(units_of(spec)) == 1 + 3 * 4 + 3 * 3
     # explicit values win over the preset's
@@ -153,19 +153,19 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_quick_comparison_scale_and_overrides():
-    from darts_sg.compare import search_settings, train_settings
+    from darts_sg.compare import search_settings, augment_settings
 
     spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
     assert (search_settings(spec)["epochs"], search_settings(spec)["subset"], search_settings(spec)["layers"]) == (4, 640, 5)
-    assert (train_settings(spec)["epochs"], train_settings(spec)["train_subset"]) == (2, 6000)
+    assert (augment_settings(spec)["epochs"], augment_settings(spec)["train_subset"]) == (2, 6000)
     spec.search_overrides = {"epochs": 7}
     assert search_settings(spec)["epochs"] == 7
     assert set(COMPARE_SCALES) == {"paper", "medium", "quick", "smoke"}
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    stored = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {"epochs": 5}, "train_overrides": {},
-              "search": {"epochs": 5, "subset": 640}, "train": {"epochs": 2}}  # fmt: skip
+    stored = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {"epochs": 5}, "augment_overrides": {},
+              "search": {"epochs": 5, "subset": 640}, "augment": {"epochs": 2}}  # fmt: skip
     (tmp_path / "compare.json").write_text(json.dumps(stored))
     with pytest.raises(UserError, match=r"other search settings \(.*epochs"):
         run_compare(CompareSpec(spaces=["darts"], seeds=[0], preset="quick"), tmp_path, log=lambda m: None)
@@ -175,11 +175,11 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 def test_settings_are_checked_against_what_the_folder_recorded_not_todays_presets(tmp_path):
     """A folder whose recorded settings differ from what the same command gives today (say, a preset changed in
     the code since) is refused, although its stored command line is the same."""
-    from darts_sg.compare import search_settings, train_settings
+    from darts_sg.compare import search_settings, augment_settings
 
     spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
-    recorded = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {}, "train_overrides": {},
-                "search": {**search_settings(spec), "alpha_lr": 1e-3}, "train": train_settings(spec)}  # fmt: skip
+    recorded = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {}, "augment_overrides": {},
+                "search": {**search_settings(spec), "alpha_lr": 1e-3}, "augment": augment_settings(spec)}  # fmt: skip
     (tmp_path / "compare.json").write_text(json.dumps(recorded))
     with pytest.raises(UserError, match=r"other search settings \(alpha_lr\)"):
         run_compare(spec, tmp_path, log=lambda m: None)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import darts_sg
-from darts_sg.architect import Architect, unrolled_alpha_grads, weight_step
+from darts_sg.architect import Architect, unrolled_alpha_grads
+from darts_sg.engine import weight_step
 from darts_sg.io import load_checkpoint
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import Augment, BatchLoader, DataError, crop, cutout, load_cifar10, read_batch
+from darts_sg.data import DataAugmentation, BatchLoader, DataError, crop, cutout, load_cifar10, read_batch
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_real_cifar_layout(train, data_root):
 
 
 def test_loader_batches_are_normalised_and_resumable(train):
-    loader = BatchLoader(train.slice(0, 512), 64, Augment(cutout=16), seed=3)
+    loader = BatchLoader(train.slice(0, 512), 64, DataAugmentation(cutout=16), seed=3)
     batches = list(loader.iterate(epoch=2))
     assert len(batches) == 8
     x, y = batches[0]

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_sg.layout import global_avg_pool, stride2_samples, subsample
+from darts_sg.layout import (
+    LayoutKeepingFactorizedReduce,
+    LayoutKeepingGlobalPool,
+    global_avg_pool,
+    stride2_samples,
+    subsample,
+)
 from darts_sg.ops import FactorizedReduce
 
 CL = torch.channels_last
@@ -36,11 +42,32 @@ def test_global_avg_pool_matches_adaptive_pool():
     assert grads[0].is_contiguous(memory_format=CL) and not grads[0].is_contiguous()
 
 
-def test_factorized_reduce_gradient_keeps_channels_last():
-    op = FactorizedReduce(4, 6).to(memory_format=CL)
-    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=CL).requires_grad_(True)
-    op(x).sum().backward()
-    assert x.grad.is_contiguous(memory_format=CL) and not x.grad.is_contiguous()
+@pytest.mark.parametrize("size", [(8, 8), (6, 10)])
+def test_layout_keeping_factorized_reduce_equals_the_plain_one(size):
+    torch.manual_seed(0)
+    plain = FactorizedReduce(4, 6).double().to(memory_format=CL)
+    ours = LayoutKeepingFactorizedReduce(4, 6).double().to(memory_format=CL)
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 4, *size, dtype=torch.float64).contiguous(memory_format=CL)
+    outs, grads = [], []
+    for op in (ours, plain):
+        xi = x.clone().requires_grad_(True)
+        out = op(xi)
+        (out * out).sum().backward()
+        outs.append(out)
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].is_contiguous(memory_format=CL) and not grads[0].is_contiguous()
+
+
+def test_layout_keeping_global_pool_equals_adaptive_pool():
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_(True)
+    ours, theirs = LayoutKeepingGlobalPool(1)(x), torch.nn.AdaptiveAvgPool2d(1)(x)
+    assert ours.shape == theirs.shape == (2, 5, 1, 1)
+    torch.testing.assert_close(ours, theirs)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert grad.is_contiguous(memory_format=CL) and not grad.is_contiguous()
 
 
 def test_subsample_matches_slicing():

@@ -3,9 +3,19 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.cells import EdgeOptions, MixedOp, WeightedSum
+from darts_sg.accelerate import Acceleration, accelerate
+from darts_sg.cells import DropPath, MixedOp
+from darts_sg.fused_mixed_op import FusedMixedOp, WeightedSum
 from darts_sg.network import Supernet, reduction_layers
 from darts_sg.ops import OpOptions
+
+CPU = torch.device("cpu")
+
+
+def edge_substitutes(share_relu=True, fused_sum=True) -> Acceleration:
+    """Only the mixed-op substitutes, every other switch off."""
+    off = {name: False for name in Acceleration.__dataclass_fields__}
+    return Acceleration(**{**off, "share_relu": share_relu, "fused_sum": fused_sum})
 
 
 def test_reference_supernet_parameter_count():
@@ -67,18 +77,20 @@ def test_network_with_auxiliary_head_returns_aux_logits_in_training_only():
 
 
 def test_drop_path_is_not_in_place_and_exempts_skip():
-    from darts_sg.cells import drop_path
-
     x = torch.ones(1000, 2, 2, 2)
-    y = drop_path(x, 0.3)
+    drop = DropPath(0.3)
+    y = drop(x)
     assert torch.equal(x, torch.ones_like(x))
     kept = (y.flatten(1).sum(1) > 0).float().mean()
     assert 0.6 < kept < 0.8
     torch.testing.assert_close(y[y > 0], torch.full_like(y[y > 0], 1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)  # evaluation keeps every sample
     model = darts_sg.build_network("DARTS_V2", C=8, layers=3)
+    model.drop_path_prob = 0.25
     for cell in model.cells:
-        for edge, droppable in zip(cell.edges, cell._droppable):
-            assert droppable == (not isinstance(edge, torch.nn.Identity))
+        for edge, drop in zip(cell.edges, cell.drop_paths):
+            assert isinstance(drop, DropPath) == (not isinstance(edge, torch.nn.Identity))
+            assert not isinstance(drop, DropPath) or drop.p == 0.25
 
 
 def test_partial_channel_supernet():
@@ -108,9 +120,13 @@ def test_edge_speed_options_are_exact(partial_channels):
     """Shared ReLU and the fused weighted sum give the reference's loss and every gradient (float64)."""
     torch.manual_seed(0)
     kwargs = dict(C=8, layers=3, steps=2, partial_channels=partial_channels)
-    reference = darts_sg.build_supernet("sgblock", edge_options=EdgeOptions(share_relu=False, fused_sum=False), **kwargs)
-    fast = darts_sg.build_supernet("sgblock", edge_options=EdgeOptions(), **kwargs)
-    fast.load_state_dict(reference.state_dict())  # same layout, same weights and alphas
+    reference = darts_sg.build_supernet("sgblock", **kwargs)
+    torch.manual_seed(0)
+    fast = accelerate(darts_sg.build_supernet("sgblock", **kwargs), CPU, edge_substitutes())
+    assert any(isinstance(m, FusedMixedOp) for m in fast.modules())
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():  # the same initial weights and alphas
+        assert torch.equal(fast.state_dict()[name], value), name
     reference.double(), fast.double()
     x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
     loss_ref, grads_ref = _loss_and_grads(reference, x, y)
@@ -123,7 +139,7 @@ def test_edge_speed_options_are_exact(partial_channels):
 
 
 def test_shared_relu_runs_once_per_edge():
-    edge = MixedOp(4, 1, darts_sg.SEARCH_SPACES["darts"], OpOptions(), edge_options=EdgeOptions(share_relu=True))
+    edge = accelerate(MixedOp(4, 1, darts_sg.SEARCH_SPACES["darts"], OpOptions()), CPU, edge_substitutes(fused_sum=False))
     relus = [m for m in edge.modules() if isinstance(m, torch.nn.ReLU)]
     # Only the second stages of the two separable convs keep their own ReLU.
     assert len(relus) == 2 and sum(edge.takes_relu) == 4

@@ -102,16 +102,27 @@ def test_bad_op_options(kwargs):
 
 
 @pytest.mark.parametrize("kernel, stride, size", [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 7), (3, 1, 7)])
-def test_dilated_depthwise_fast_path_equals_native_conv(kernel, stride, size):
-    from darts_sg.ops import DilatedDepthwiseConv2d
+def test_polyphase_dilated_conv_equals_native_conv(kernel, stride, size):
+    from darts_sg.polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 
-    fast = DilatedDepthwiseConv2d(4, kernel, stride, kernel - 1, 2)
+    plain = torch.nn.Conv2d(4, 4, kernel, stride, kernel - 1, dilation=2, groups=4, bias=False)
+    assert is_dilated_depthwise(plain)
+    fast = PolyphaseDilatedConv2d(4, 4, kernel, stride, kernel - 1, dilation=2, groups=4, bias=False)
+    fast.load_state_dict(plain.state_dict())
     x = torch.randn(3, 4, size, size, requires_grad=True)
-    native = torch.nn.functional.conv2d(x, fast.weight, None, stride, kernel - 1, 2, 4)
+    native = plain(x)
     y = fast(x)
     torch.testing.assert_close(y, native)
     g = torch.randn_like(y)
     gx_fast, gw_fast = torch.autograd.grad(y, (x, fast.weight), g)
-    gx, gw = torch.autograd.grad(native, (x, fast.weight), g)
+    gx, gw = torch.autograd.grad(native, (x, plain.weight), g)
     torch.testing.assert_close(gx_fast, gx)
     torch.testing.assert_close(gw_fast, gw)
+
+
+def test_ops_are_plain_modules():
+    """The model code builds torch's own modules; faster substitutes come from darts_sg.accelerate."""
+    op = build_op("dil_conv_5x5", 8, 2, affine=True)
+    assert {type(m) for m in op.modules()} <= {type(op), torch.nn.ReLU, torch.nn.Conv2d, torch.nn.BatchNorm2d}
+    reduce = build_op("skip_connect", 8, 2, affine=True)
+    assert [c.stride for c in (reduce.conv_1, reduce.conv_2)] == [(2, 2), (2, 2)]

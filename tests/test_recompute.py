@@ -90,13 +90,17 @@ def test_second_order_alpha_gradients_use_the_virtual_weights():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_retraining_with_drop_path_and_auxiliary_head_is_unchanged(channels_last):
-    # channels-last also takes the wide-view batch norm (C = 4, 8: not multiples of 16)
+    # channels-last: with every CPU substitute, the wide-view batch norm among them (C = 4, 8: not multiples of 16)
+    from darts_sg.accelerate import accelerate, device_policy
+    from darts_sg.batchnorm import WideBatchNorm2d
+
     torch.manual_seed(0)
     model = darts_sg.build_network("darts_v2", C=4, layers=5, auxiliary=True).double()
     model.drop_path_prob = 0.3
     x, y = _batch(size=32)  # the auxiliary head needs 8x8 maps after the second reduction
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = accelerate(model, torch.device("cpu"), device_policy("cpu"))
+        assert any(isinstance(m, WideBatchNorm2d) for m in model.modules())
         x = x.contiguous(memory_format=torch.channels_last)
 
     def loss_fn(m):

@@ -25,12 +25,20 @@ def run_cli(script, *args, env_extra=None):
 
 def test_search_cli_smoke_writes_a_run(tmp_path, data_root):
     out = tmp_path / "run"
-    result = run_cli("search.py", "--preset", "smoke", "--ops", "sgblock", "--out", str(out), "--data-root", str(data_root), "--no-progress")
+    result = run_cli(
+        "search.py", "--preset", "smoke", "--ops", "sgblock", "--out", str(out), "--data-root", str(data_root), "--no-progress",
+        "--device", "cpu", "--native-dilated",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "genotype: Genotype(" in result.stdout
     assert "memory: a step needs ~" in result.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["ops"] == "sgblock" and config["layers"] == 3
+    # what was applied: the CPU policy, with the flag given explicitly overriding it
+    from darts_sg.accelerate import device_policy
+
+    assert config["channels_last"] is None and config["fast_dilated"] is False
+    assert config["acceleration"] == {**device_policy("cpu").to_dict(), "fast_dilated": False}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "train_seconds"):
@@ -124,14 +132,14 @@ def test_resume_with_other_configuration_is_refused(tmp_path, data_root):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("script, cls", [("search.py", "SearchConfig"), ("augment.py", "TrainConfig")])
+@pytest.mark.parametrize("script, cls", [("search.py", "SearchConfig"), ("augment.py", "AugmentConfig")])
 def test_help_documents_every_setting(script, cls):
     import dataclasses
 
     import darts_sg.search
-    import darts_sg.train
+    import darts_sg.augment
 
-    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.train, cls)
+    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.augment, cls)
     result = run_cli(script, "--help")
     assert result.returncode == 0
     for field in dataclasses.fields(config_cls):
@@ -146,3 +154,26 @@ def test_recomputed_cells_give_the_same_run(tmp_path, data_root):
     run_search(smoke_config(data_root, deterministic=True, subset=64, batch_size=32, recompute_cells=True), tmp_path / "recomputed", progress=False)
     assert json.loads((tmp_path / "recomputed" / "config.json").read_text())["recompute_cells"] is True
     assert_same_run(tmp_path / "stored", tmp_path / "recomputed")
+
+
+@pytest.mark.parametrize("command, cls", [("search", "SearchConfig"), ("augment", "AugmentConfig")])
+def test_help_defaults_come_from_the_config_dataclasses(command, cls):
+    import dataclasses
+
+    import darts_sg.augment
+    from darts_sg import cli
+    from darts_sg.accelerate import FLAGS
+
+    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.augment, cls)
+    helps = {p.name: p.help for p in getattr(cli, command).params}
+    checked = 0
+    for field in dataclasses.fields(config_cls):
+        if field.name not in helps or field.default is None:
+            continue
+        default = {True: "on", False: "off"}.get(field.default, field.default) if isinstance(field.default, bool) else field.default
+        assert f"[default: {default}" in helps[field.name], field.name
+        checked += 1
+    assert checked > 20
+    assert all("[default: auto" in helps[name] for name in FLAGS if name in helps)
+    source = (ROOT / "darts_sg" / "cli.py").read_text()
+    assert source.count("[default:") == 2  # the two f-strings of help_with_default; none typed by hand

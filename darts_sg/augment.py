@@ -1,4 +1,7 @@
-"""Retraining a genotype from scratch: configuration, presets, the training job, and model costs."""
+"""The augment job: retraining a genotype's network from scratch (DARTS calls it "augment").
+
+Configuration, presets, the job run by the engine, and the model's costs (FLOPs, CPU latency).
+"""
 
 from __future__ import annotations
 
@@ -11,24 +14,25 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from .architect import weight_step
+from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
 from .config import RunConfig
-from .data import Augment, BatchLoader, load_cifar10
-from .engine import evaluate, is_main_process
+from .data import BatchLoader, DataAugmentation, load_cifar10
+from .distributed import is_main_process
+from .engine import evaluate, weight_step
 from .errors import UserError
 from .genotype import load_genotype
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
+from .run_setup import fit_run, log, log_memory, resume_config, start_run
 from .runs import RunDirectory, RunError
-from .setup import autocast, fit_run, log, log_memory, place_model, resume_config, start_run
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "TrainJob", "run_training", "flops_per_image", "cpu_latency_ms"]
+__all__ = ["AugmentConfig", "AUGMENT_PRESETS", "AugmentJob", "run_augment", "flops_per_image", "cpu_latency_ms"]
 
 
 @dataclass
-class TrainConfig(RunConfig):
-    """Every setting of a retraining run (written to config.json)."""
+class AugmentConfig(RunConfig):
+    """Every setting of an augment (retraining) run (written to config.json)."""
 
     genotype: str | None = None
     epochs: int = 600
@@ -59,7 +63,7 @@ class TrainConfig(RunConfig):
             raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}")
 
 
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     # The DARTS paper's evaluation settings.
     "paper": {},
     # A real training run on a 2-core CPU in about 20 minutes.
@@ -103,15 +107,24 @@ def cpu_latency_ms(model: torch.nn.Module, batch: int = 1, repeats: int = 10, ch
     return sorted(times)[len(times) // 2] * 1000 / batch
 
 
-class TrainJob:
+class AugmentJob:
     """Supervised training of a genotype's network with cutout, drop path and an auxiliary head."""
 
-    kind = "train"
+    kind = "train"  # the checkpoint's kind: the word of earlier versions, kept so their checkpoints resume
 
-    def __init__(self, config: TrainConfig, run: RunDirectory, device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        config: AugmentConfig,
+        run: RunDirectory,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        acceleration: Acceleration | None = None,
+    ):
         self.config = config
         self.run = run
         self.device = device
+        self.acceleration = acceleration or resolve_acceleration(config, device)
         allowed = resolve_space(config.space) if config.space else None
         self.genotype = load_genotype(config.genotype, allowed)
         torch.manual_seed(config.seed)
@@ -119,7 +132,7 @@ class TrainJob:
             self.genotype, config.init_channels, config.layers, 10,
             auxiliary=config.auxiliary_weight > 0, options=config.op_options(),
         )  # fmt: skip
-        self.model = place_model(network, config, device)
+        self.model = accelerate(network, device, self.acceleration)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
@@ -130,8 +143,9 @@ class TrainJob:
             train = train.slice(0, config.train_subset)
         if config.test_subset:
             test = test.slice(0, config.test_subset)
-        loader = dict(device=device, channels_last=config.channels_last, rank=rank, world_size=world)
-        self.train_loader = BatchLoader(train, config.batch_size, Augment(cutout=config.cutout), seed=config.seed, **loader)
+        loader = dict(device=device, channels_last=self.acceleration.channels_last, rank=rank, world_size=world)
+        augmentation = DataAugmentation(cutout=config.cutout)
+        self.train_loader = BatchLoader(train, config.batch_size, augmentation, seed=config.seed, **loader)
         self.test_loader = BatchLoader(test, 256, shuffle=False, drop_last=False, **loader)
 
     def steps_per_epoch(self) -> int:
@@ -153,7 +167,7 @@ class TrainJob:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         y = batch[1]
-        with autocast(self.device, self.config.amp):
+        with autocast(self.device, self.acceleration.amp):
             loss, output = weight_step(self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss)
         acc = (output[0].argmax(1) == y).float().mean()
         return {"loss": loss, "acc": acc, "count": torch.tensor(y.numel())}
@@ -185,33 +199,33 @@ class TrainJob:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def run_training(
-    config: TrainConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+def run_augment(
+    config: AugmentConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train a genotype into the run directory `out` (or continue it); returns the summary written to summary.json."""
     run = RunDirectory(out)
     if resume:
-        config = resume_config(run, TrainConfig, config, explicit)
+        config = resume_config(run, AugmentConfig, config, explicit)
     if not config.genotype:
         raise UserError("--genotype is required")
     # Resolve the genotype now so the run records the architecture itself, not a name or path.
     allowed = resolve_space(config.space) if config.space else None
     config.genotype = json.dumps(load_genotype(config.genotype, allowed).to_dict())
-    device, rank, world = start_run(run, config, resume)
-    job = TrainJob(config, run, device, rank, world)
+    device, rank, world, acceleration = start_run(run, config, resume)
+    job = AugmentJob(config, run, device, rank, world, acceleration)
     params = count_params(job.model)
     params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
-        log_memory(job.model, config, device, world)
+        log_memory(job.model, config, device, world, acceleration.channels_last)
     records = fit_run(job, run, config, resume, "augment.py", progress)
     summary = {
         "genotype": job.genotype.to_dict(),
         "params": params_no_aux,
         "params_with_aux": params,
         "flops": flops_per_image(job.model, device),
-        "latency_ms": cpu_latency_ms(job.model, channels_last=config.channels_last),
+        "latency_ms": cpu_latency_ms(job.model, channels_last=acceleration.channels_last),
         "test_acc": records[-1]["test_acc"] if records else float("nan"),
         "test_loss": records[-1]["test_loss"] if records else float("nan"),
         "epochs": config.epochs,

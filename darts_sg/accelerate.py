@@ -1,0 +1,139 @@
+"""The one acceleration layer: what pays on each device, decided once and applied from outside.
+
+The model code (``ops``, ``cells``, ``network``) builds the papers' plain modules. A job builds its
+model, then calls `accelerate` once: like ``nn.SyncBatchNorm.convert_sync_batchnorm``, it walks
+the module tree and swaps modules for exact equivalents that are faster on the device (same
+parameters, buffers and state-dict keys; the same results up to float rounding), sets the
+memory layout, the recomputation switch and the backend flags, and moves the model to the
+device. `resolve_acceleration` decides what to apply: the device's policy (`device_policy`),
+overridden by every flag the run sets explicitly; the jobs record the result in config.json.
+
+The substitutes, each with its flag and its exactness test:
+
+========================  ==============================================  ==========================
+flag                      plain module -> substitute                      where it pays
+========================  ==============================================  ==========================
+``channels_last``         NCHW -> NHWC memory format                      oneDNN on the CPU
+``fast_dilated``          dilated depthwise ``nn.Conv2d`` ->              CPU (slow dilated backward)
+                          `PolyphaseDilatedConv2d`
+``fast_batchnorm``        ``nn.BatchNorm2d`` -> `WideBatchNorm2d`         CPU, channels-last, C % 16
+``keep_layout``           ``FactorizedReduce``, global pooling ->         CPU, channels-last
+                          layout-keeping gradients (``darts_sg.layout``)
+``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
+``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
+``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
+``amp``                   fp32 -> bf16 autocast (the jobs' `autocast`)    devices with bf16 units
+``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
+========================  ==============================================  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from .batchnorm import WideBatchNorm2d
+from .cells import MixedOp
+from .fused_mixed_op import FusedMixedOp
+from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
+from .network import CellNetwork
+from .ops import FactorizedReduce
+from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
+
+__all__ = ["Acceleration", "FLAGS", "accelerate", "autocast", "device_policy", "resolve_acceleration"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """What `accelerate` applies: one switch per exact substitute or backend flag (see the module docstring)."""
+
+    channels_last: bool
+    fast_dilated: bool
+    fast_batchnorm: bool
+    keep_layout: bool
+    share_relu: bool
+    fused_sum: bool
+    recompute_cells: bool
+    amp: bool
+    cudnn_benchmark: bool
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+# The switches a run may set (config fields and command-line flags; None = the device's policy).
+# cudnn_benchmark has no flag of its own: --deterministic turns it off.
+FLAGS: tuple[str, ...] = tuple(f.name for f in fields(Acceleration) if f.name != "cudnn_benchmark")
+
+
+def device_policy(device_type: str, deterministic: bool = False) -> Acceleration:
+    """The defaults on a device: the CPU substitutes on the CPU only, cudnn.benchmark on CUDA."""
+    cpu = device_type == "cpu"
+    return Acceleration(
+        channels_last=cpu,  # oneDNN's fast layout; on CUDA, fp32 NHWC depthwise convs are slow
+        fast_dilated=cpu,
+        fast_batchnorm=cpu,
+        keep_layout=cpu,
+        share_relu=True,
+        fused_sum=True,
+        recompute_cells=False,
+        amp=False,  # on a CPU without bf16 instructions it was more than 10x slower
+        cudnn_benchmark=device_type == "cuda" and not deterministic,
+    )
+
+
+def resolve_acceleration(config: Any, device: torch.device) -> Acceleration:
+    """The device's policy, overridden by every flag of `config` that is not None (auto)."""
+    policy = device_policy(device.type, getattr(config, "deterministic", False))
+    explicit = {name: getattr(config, name) for name in FLAGS if getattr(config, name, None) is not None}
+    return replace(policy, **explicit)
+
+
+def _recast(module: nn.Module, cls: type[M]) -> M:
+    """Make `module` an instance of `cls`, a subclass that changes only how it computes.
+
+    The object keeps its parameters, buffers and children, so optimizers, state-dict keys and
+    initial weights are untouched (torch.nn.utils.parametrize swaps classes the same way).
+    """
+    if not issubclass(cls, type(module)):
+        raise TypeError(f"{cls.__name__} is not a substitute for {type(module).__name__}")
+    module.__class__ = cls
+    return module
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    return type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1))
+
+
+def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
+    """Swap in the substitutes of `acceleration`, set the layout and flags, and move `model` to `device`."""
+    a = acceleration
+    for module in list(model.modules()):
+        if a.fast_batchnorm and type(module) is nn.BatchNorm2d:
+            _recast(module, WideBatchNorm2d)
+        elif a.fast_dilated and is_dilated_depthwise(module):
+            _recast(module, PolyphaseDilatedConv2d)
+        elif a.keep_layout and type(module) is FactorizedReduce:
+            _recast(module, LayoutKeepingFactorizedReduce)
+        elif a.keep_layout and _is_global_pool(module):
+            _recast(module, LayoutKeepingGlobalPool)
+        elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
+            _recast(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
+    if isinstance(model, CellNetwork):
+        model.recompute_cells = a.recompute_cells
+    model = model.to(device)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    return model
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on the job's device when `enabled` (the amp switch), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -1,0 +1,116 @@
+"""The acceleration layer: the per-device policy, the module swaps, and that they change nothing but speed."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import darts_sg
+from darts_sg.accelerate import FLAGS, Acceleration, accelerate, device_policy, resolve_acceleration
+from darts_sg.batchnorm import WideBatchNorm2d
+from darts_sg.cells import MixedOp
+from darts_sg.config import RunConfig
+from darts_sg.fused_mixed_op import FusedMixedOp
+from darts_sg.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
+from darts_sg.ops import FactorizedReduce
+from darts_sg.polyphase import PolyphaseDilatedConv2d
+
+CPU = torch.device("cpu")
+CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout")
+SUBSTITUTE_CLASSES = (WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp)
+
+
+def _supernet():
+    torch.manual_seed(0)
+    return darts_sg.build_supernet("sgblock", C=8, layers=3, num_classes=10, steps=2).double()
+
+
+def _kinds(model):
+    return {type(m) for m in model.modules()}
+
+
+def test_cpu_policy_takes_every_cpu_substitute():
+    policy = device_policy("cpu")
+    assert all(getattr(policy, name) for name in CPU_SUBSTITUTES)
+    assert policy.share_relu and policy.fused_sum
+    assert not policy.recompute_cells and not policy.amp and not policy.cudnn_benchmark
+
+
+def test_cuda_policy_takes_no_cpu_substitute_and_benchmarks_cudnn():
+    policy = device_policy("cuda")
+    assert not any(getattr(policy, name) for name in CPU_SUBSTITUTES)
+    assert policy.share_relu and policy.fused_sum
+    assert policy.cudnn_benchmark
+    assert not device_policy("cuda", deterministic=True).cudnn_benchmark
+
+
+def test_an_explicit_flag_overrides_the_policy():
+    cuda = torch.device("cuda")  # a device name only: no GPU needed to decide
+    assert resolve_acceleration(RunConfig(), cuda) == device_policy("cuda")
+    chosen = resolve_acceleration(RunConfig(channels_last=True, fast_batchnorm=True), cuda)
+    assert chosen.channels_last and chosen.fast_batchnorm and not chosen.fast_dilated
+    off = resolve_acceleration(RunConfig(fast_dilated=False, deterministic=True), CPU)
+    assert not off.fast_dilated and off.fast_batchnorm and not off.cudnn_benchmark
+    assert set(FLAGS) <= {f.name for f in dataclasses.fields(RunConfig)} | {"share_relu", "fused_sum"}
+
+
+def test_the_model_code_builds_plain_modules():
+    kinds = _kinds(_supernet()) | _kinds(darts_sg.build_network("darts_v2", C=8, layers=5, auxiliary=True))
+    assert not kinds & set(SUBSTITUTE_CLASSES)
+    assert {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d} <= kinds
+
+
+def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
+    model = _supernet()
+    params = {name: p for name, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    accelerate(model, CPU, device_policy("cpu"))
+    assert set(SUBSTITUTE_CLASSES) <= _kinds(model)
+    assert not {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d} & _kinds(model)
+    dilated = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.dilation[0] > 1]
+    assert dilated and all(type(m) is PolyphaseDilatedConv2d for m in dilated)
+    # the very same parameter objects (an optimizer made before still works), same keys and values
+    assert all(p is params[name] for name, p in model.named_parameters())
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_cuda_policy_leaves_the_cpu_substitutes_out():
+    model = accelerate(_supernet(), CPU, device_policy("cuda"))  # what a CUDA run applies, checked on the CPU
+    kinds = _kinds(model)
+    assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool}
+    assert FusedMixedOp in kinds
+    assert model.stem[0].weight.is_contiguous()
+
+
+def test_accelerate_applies_recomputation_and_no_substitute_when_all_off():
+    off = Acceleration(**{name: False for name in Acceleration.__dataclass_fields__})
+    model = accelerate(_supernet(), CPU, dataclasses.replace(off, recompute_cells=True))
+    assert model.recompute_cells
+    assert not _kinds(model) & set(SUBSTITUTE_CLASSES)
+
+
+@pytest.mark.parametrize("build", ["supernet", "network"])
+def test_accelerated_model_computes_what_the_plain_one_does(build):
+    if build == "supernet":
+        plain = _supernet()
+    else:
+        torch.manual_seed(0)
+        plain = darts_sg.build_network("darts_v2", C=8, layers=5, auxiliary=False).double()
+    fast = accelerate(copy.deepcopy(plain), CPU, device_policy("cpu"))
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+    results = []
+    for model, inputs in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        model.zero_grad()
+        loss = F.cross_entropy(model(inputs), y)
+        loss.backward()
+        results.append((loss, {n: p.grad for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=1e-12)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-9, atol=1e-12, msg=name)
