@@ -15,6 +15,7 @@ import click
 from .errors import UserError
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
+SEARCH_PRESET_HELP = PRESET_HELP[:-1] + ", pc-darts (PC-DARTS, Xu et al. ICLR 2020: K=4, batch 256, w lr 0.1, alpha lr 6e-4, 15 warm-up epochs)."
 
 
 def _apply(decorators: list[Callable]) -> Callable:
@@ -33,7 +34,6 @@ NON_NEGATIVE_FLOAT = click.FloatRange(min=0.0)
 
 # Options shared by search and augment (same names, same meaning).
 COMMON_OPTIONS = [
-    click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="paper", show_default=True, help=PRESET_HELP),
     click.option("--epochs", type=POSITIVE, help="Training epochs."),
     click.option("--batch-size", type=POSITIVE, help="Global batch size (split across processes under torchrun)."),
     click.option("--layers", type=POSITIVE, help="Number of cells."),
@@ -53,17 +53,20 @@ COMMON_OPTIONS = [
     click.option("--deterministic/--no-deterministic", default=None, help="Deterministic algorithms: a killed and resumed run ends bit-identical."),
     click.option("--threads", type=NON_NEGATIVE, help="CPU threads for torch (0 = torch's default)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device: CUDA when present (auto), or forced [default: auto]."),
-    click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data]; downloaded there if absent."),
+    click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py or cifar-100-python [default: $DARTS_SG_DATA, else ./data]; downloaded there if absent. ImageNet: the folder holding train/ and val/."),
     click.option("--out", type=click.Path(file_okay=False), help="Run directory to create [default: runs/<job>-<time>]."),
     click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
     click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
 ]
 
 
-def _config(cls, presets: dict[str, dict], preset: str, params: dict[str, Any]) -> tuple[Any, set[str]]:
-    """Defaults < preset < explicitly given options; returns (config, names of explicit options)."""
+def _config(
+    cls, presets: dict[str, dict], preset: str, params: dict[str, Any], base: dict[str, Any] | None = None
+) -> tuple[Any, set[str]]:
+    """Defaults < `base` (settings of the data set) < preset < explicitly given options;
+    returns (config, names of explicit options)."""
     explicit = {k for k, v in params.items() if v is not None}
-    values = {**presets[preset], **{k: params[k] for k in explicit}}
+    values = {**(base or {}), **presets[preset], **{k: params[k] for k in explicit}}
     return cls(**values), explicit
 
 
@@ -85,6 +88,12 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke", "pc-darts"]), default="paper", show_default=True, help=SEARCH_PRESET_HELP)
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), help="Data set searched on; its training set is split in halves for weights and alphas [default: cifar10].")
+@click.option("--warmup-epochs", type=NON_NEGATIVE, help="Train the weights alone for the first N epochs, alphas frozen (PC-DARTS: 15 of 50) [default: 0].")
+@click.option("--max-skip", type=NON_NEGATIVE, help="P-DARTS (Chen et al. 2019): at most K skip connections in the derived normal cell; the weakest extra skips take their edge's next-best op [default: no cap].")
+@click.option("--early-stop-skips", type=NON_NEGATIVE, help="DARTS+ (Liang et al. 2019): stop the search when the derived normal cell has more than K skip connections (DARTS+: K=1) [default: off].")
+@click.option("--early-stop-epochs", type=POSITIVE, help="With --early-stop-skips: stop only after E epochs in a row over the limit (DARTS+: 1) [default: 1].")
 @click.option("--ops", default=None, help="Search space (darts, sgblock, invres) or a comma-separated list of ops [default: sgblock].")
 @click.option("--order", type=click.IntRange(1, 2), help="1: first-order DARTS; 2: second order (unrolled) [default: 1].")
 @click.option("--nodes", type=POSITIVE, help="Intermediate nodes per cell [default: 4].")
@@ -101,7 +110,7 @@ def cli() -> None:
 @click.option("--fused-sum/--no-fused-sum", default=None, help="Accumulate each edge's weighted sum in place (exact, faster) [default: on].")
 @_apply(COMMON_OPTIONS)
 def search(preset, out, resume, progress, **params) -> None:
-    """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
+    """Search a cell architecture on CIFAR-10 or CIFAR-100 (bilevel DARTS) and write the derived genotype."""
     from .search import SEARCH_PRESETS, SearchConfig, run_search
 
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
@@ -112,6 +121,11 @@ def search(preset, out, resume, progress, **params) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--preset", type=click.Choice(["paper", "quick", "smoke"]), default="paper", show_default=True, help=PRESET_HELP)
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]),
+              help="cifar10, cifar100, or imagenet: the DARTS ImageNet network (two stride-2 stems, 14 cells, C=48, "
+                   "250 epochs, batch 128, lr 0.1 x 0.97 per epoch, wd 3e-5, label smoothing 0.1) trained on --data-root "
+                   "with train/ and val/ image folders [default: cifar10].")
 @click.option("--genotype", "genotype", default=None, help="Genotype: JSON file, name in genotypes/ (e.g. darts_v2), or a legacy Genotype(...) string [required unless --resume].")
 @click.option("--lr", type=POSITIVE_FLOAT, help="SGD learning rate (cosine to 0) [default: 0.025].")
 @click.option("--momentum", type=NON_NEGATIVE_FLOAT, help="SGD momentum [default: 0.9].")
@@ -122,19 +136,25 @@ def search(preset, out, resume, progress, **params) -> None:
 @click.option("--train-subset", type=NON_NEGATIVE, help="Train on the first N training images (0 = all 50k).")
 @click.option("--test-subset", type=NON_NEGATIVE, help="Evaluate on the first N test images (0 = all 10k).")
 @click.option("--space", default=None, help="Refuse genotypes with ops outside this space (darts, sgblock, invres or an op list).")
+@click.option("--lr-decay", type=click.FloatRange(0.0, 1.0, max_open=True), help="Multiply the learning rate by this every epoch instead of the cosine schedule (0 = cosine; imagenet: 0.97).")
+@click.option("--label-smoothing", type=click.FloatRange(0.0, 1.0, max_open=True), help="Label smoothing of the training loss (imagenet: 0.1) [default: 0].")
+@click.option("--image-size", type=click.IntRange(min=32), help="ImageNet crop size in pixels; evaluation resizes to 256/224 of it [default: 224].")
+@click.option("--workers", type=NON_NEGATIVE, help="Processes decoding ImageNet images (0 = in the main process) [default: 0].")
 @_apply(COMMON_OPTIONS)
 def augment(preset, out, resume, progress, **params) -> None:
-    """Retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
-    from .train import TRAIN_PRESETS, TrainConfig, run_training
+    """Retrain a genotype from scratch (CIFAR-10, CIFAR-100 or ImageNet) and report test accuracy, params, FLOPs and latency."""
+    from .train import DATASET_SETTINGS, TRAIN_PRESETS, TrainConfig, run_training
 
-    config, explicit = _config(TrainConfig, TRAIN_PRESETS, preset, params)
+    base = DATASET_SETTINGS[params["dataset"] or "cifar10"]
+    config, explicit = _config(TrainConfig, TRAIN_PRESETS, preset, params, base)
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:
         raise click.UsageError("--genotype is required (a JSON file, a name such as darts_v2, or a Genotype(...) string)")
     summary = run_training(config, out, resume=resuming, explicit=explicit, progress=progress)
     click.echo(
         f"test accuracy {summary['test_acc']:.4f} | params {summary['params']:,} | "
-        f"{summary['flops'] / 1e6:.1f} MFLOPs/image | CPU latency {summary['latency_ms']:.2f} ms/image"
+        f"{summary['multiply_adds'] / 1e6:.1f}M multiply-adds/image ({summary['image_size']}px) | "
+        f"CPU latency {summary['latency_ms']:.2f} ms/image"
     )
     click.echo(f"written: {out}")
 

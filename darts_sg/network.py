@@ -239,10 +239,11 @@ class Supernet(CellNetwork):
                 wr = wr * reduce["edge_scales"][:, None]
             return wn.detach().cpu(), wr.detach().cpu()
 
-    def genotype(self) -> Genotype:
-        """The derived discrete architecture (top-2 non-`none` edges per node)."""
+    def genotype(self, max_skip: int | None = None) -> Genotype:
+        """The derived discrete architecture (top-2 non-`none` edges per node; at most
+        `max_skip` skip connections in the normal cell when given, P-DARTS)."""
         wn, wr = self.op_weights()
-        return derive_genotype(wn, wr, self.primitives, self.steps)
+        return derive_genotype(wn, wr, self.primitives, self.steps, max_skip)
 
 
 class Network(CellNetwork):

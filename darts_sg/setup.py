@@ -15,7 +15,7 @@ __all__ = ["autocast", "configure_torch", "fit_run", "log", "log_memory", "open_
 
 # Run-time settings that may change when a run is resumed.
 # The exact speed options are among them (`skip_none` is not: it changes the checkpoint layout).
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum",
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "workers", "channels_last", "amp", "fast_dilated", "share_relu", "fused_sum",
                 "recompute_cells", "fast_batchnorm"}
 
 C = TypeVar("C")
