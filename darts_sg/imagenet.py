@@ -41,7 +41,7 @@ class ImageNetStem(nn.Module):
     def __init__(self, C: int):
         super().__init__()
         self.out_channels = (C, C)
-        self.stem0 = nn.Sequential(*_conv_bn(3, C // 2), nn.ReLU(inplace=True), *_conv_bn(C // 2, C))
+        self.stem0 = nn.Sequential(*_conv_bn(3, C // 2), nn.ReLU(inplace=False), *_conv_bn(C // 2, C))
         self.stem1 = nn.Sequential(nn.ReLU(inplace=False), *_conv_bn(C, C))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +63,9 @@ class AuxiliaryHeadImageNet(nn.Module):
             nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
             BatchNorm2d(128),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=False),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=False),
         )
         self.classifier = nn.Linear(768, num_classes)
 

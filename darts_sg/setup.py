@@ -112,10 +112,10 @@ def log(message: str) -> None:
         click.echo(message, err=True)
 
 
-def log_memory(model: torch.nn.Module, config: Any, device: torch.device, world: int) -> None:
+def log_memory(model: torch.nn.Module, config: Any, device: torch.device, world: int, image_size: int = 32) -> None:
     """Log whether a step's activations fit in memory (main process only: the probe costs a few forwards)."""
     from .engine import is_main_process
     from .memory import memory_report
 
     if is_main_process():
-        log(memory_report(model, config.batch_size // world, device, config.channels_last))
+        log(memory_report(model, config.batch_size // world, device, config.channels_last, image_size))

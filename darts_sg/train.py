@@ -276,7 +276,7 @@ def run_training(
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
-        log_memory(job.model, config, device, world)
+        log_memory(job.model, config, device, world, job.image_size())
     records = fit_run(job, run, config, resume, "augment.py", progress)
     flops = flops_per_image(job.model, device, job.image_size())
     summary = {
