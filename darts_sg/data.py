@@ -135,7 +135,7 @@ class CifarArrays:
 
 
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """The folder that holds `cifar-10-batches-py`: the argument, else $DARTS_SG_DATA, else ./data."""
+    """The folder that holds the CIFAR folders: the argument, else $DARTS_SG_DATA, else ./data."""
     if data_root is None:
         data_root = os.environ.get("DARTS_SG_DATA") or "./data"
     return Path(data_root).expanduser()

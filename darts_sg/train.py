@@ -67,6 +67,8 @@ class TrainConfig(RunConfig):
             raise UserError(f"--lr-decay must be in [0, 1) (0 = cosine schedule), got {self.lr_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dataset == "imagenet" and self.cutout:
+            raise UserError("--cutout applies to CIFAR only; ImageNet training uses random-resized crops (drop --cutout)")
         if self.dataset == "imagenet" and self.auxiliary_weight > 0 and self.image_size < 193:
             raise UserError(
                 f"the ImageNet auxiliary head needs --image-size 193 or more (7x7 features), got {self.image_size}; "
