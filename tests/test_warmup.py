@@ -15,7 +15,7 @@ from test_search_cli import assert_same_run, interrupt_after, run_cli, smoke_con
 
 
 def warmup_config(data_root, **changes):
-    return smoke_config(data_root, epochs=3, warmup_epochs=2, subset=64, batch_size=32, deterministic=True,
+    return smoke_config(data_root, epochs=2, warmup_epochs=1, subset=64, batch_size=32, deterministic=True,
                         checkpoint_every=1, **changes)  # fmt: skip
 
 
@@ -28,20 +28,26 @@ def test_warmup_freezes_the_alphas_then_releases_them(tmp_path, data_root, monke
     config = warmup_config(data_root)
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, 2, 0)  # stop at the end of the warm-up
+        interrupt_after(patch, 1, 0)  # stop at the end of the warm-up
         with pytest.raises(KeyboardInterrupt):
             run_search(config, out, progress=False)
     after_warmup = alphas_at(out)
     state = load_checkpoint(out / "checkpoint.pt")["job"]
     assert state["a_optimizer"]["state"] == {}  # no alpha step was taken
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["warmup"] for m in metrics] == [True, True]
-    assert all("train_alpha_loss" not in m for m in metrics) and metrics[0]["train_loss"] > 0
+    assert [m["warmup"] for m in metrics] == [True]
+    assert "train_alpha_loss" not in metrics[0] and metrics[0]["train_loss"] > 0
     run_search(config, out, resume=True, progress=False)
     final = alphas_at(out)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["warmup"] for m in metrics] == [True, True, False] and "train_alpha_loss" in metrics[2]
+    assert [m["warmup"] for m in metrics] == [True, False] and "train_alpha_loss" in metrics[1]
     assert not torch.equal(final[0], after_warmup[0]) and not torch.equal(final[1], after_warmup[1])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("search/warmup")] == [1, 0]
+    assert [e.value for e in events.Scalars("search/normal_skips")] == [m["normal_skips"] for m in metrics]
     # after the warm-up the alphas are still those the supernet was initialised with
     torch.manual_seed(config.seed)
     fresh = Supernet(resolve_space(config.ops), config.init_channels, config.layers, 10, config.nodes)
@@ -54,7 +60,7 @@ def test_kill_and_resume_mid_warmup_is_exact(tmp_path, data_root, monkeypatch):
     run_search(config, straight, progress=False)
     split = tmp_path / "split"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, 1, 1)  # inside the second warm-up epoch
+        interrupt_after(patch, 0, 1)  # inside the warm-up epoch
         with pytest.raises(KeyboardInterrupt):
             run_search(config, split, progress=False)
     run_search(config, split, resume=True, progress=False)
