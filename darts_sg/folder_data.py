@@ -17,9 +17,11 @@ from typing import Iterator
 import torch
 
 from .data import DataError, epoch_seed
-from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["FolderLoader", "image_folder"]
+__all__ = ["FolderLoader", "image_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def image_folder(root: str | os.PathLike, split: str):

@@ -19,10 +19,7 @@ from .genotype import Genotype, load_genotype
 from .network import Network
 from .ops import OpOptions
 
-__all__ = ["ImageNetStem", "AuxiliaryHeadImageNet", "build_imagenet_network", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["ImageNetStem", "AuxiliaryHeadImageNet", "build_imagenet_network"]
 
 
 def _conv_bn(C_in: int, C_out: int) -> list[nn.Module]:

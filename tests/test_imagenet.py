@@ -74,6 +74,19 @@ def write_image_folder(root: Path, classes=3, per_class=4, seed=0):
     return root
 
 
+def test_folder_batches_are_reproducible_from_any_step(tmp_path):
+    from darts_sg.folder_data import FolderLoader, image_folder
+
+    folder = image_folder(write_image_folder(tmp_path / "imagenet", classes=2, per_class=4), "train")
+    loader = FolderLoader(folder, 2, train=True, image_size=32, seed=1)
+    batches = list(loader.iterate(epoch=3))
+    assert len(batches) == 4 and batches[0][0].shape == (2, 3, 32, 32)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0] * 4 + [1] * 4
+    again = list(FolderLoader(folder, 2, train=True, image_size=32, seed=1, workers=2).iterate(epoch=3, start_step=2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(again, batches[2:]))
+    assert not torch.equal(next(loader.iterate(epoch=4))[0], batches[0][0])
+
+
 def run_augment(*args):
     return subprocess.run([sys.executable, str(ROOT / "augment.py"), *args], capture_output=True, text=True, timeout=300)
 
