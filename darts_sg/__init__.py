@@ -1,6 +1,7 @@
 """darts-sg: differentiable architecture search with the MobileNeXt sandglass block."""
 
 from .genotype import Genotype, GenotypeError, load_genotype
+from .imagenet import build_imagenet_network
 from .network import Network, Supernet, build_network, build_supernet, count_params
 from .ops import SEARCH_SPACES, OpOptions
 
@@ -11,6 +12,7 @@ __all__ = [
     "OpOptions",
     "SEARCH_SPACES",
     "Supernet",
+    "build_imagenet_network",
     "build_network",
     "build_supernet",
     "count_params",

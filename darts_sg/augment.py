@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
 from .config import RunConfig
-from .data import BatchLoader, DataAugmentation, load_cifar10
+from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
 from .engine import evaluate, weight_step
 from .errors import UserError
@@ -27,7 +27,9 @@ from .ops import resolve_space
 from .run_setup import fit_run, log, log_memory, resume_config, start_run
 from .runs import RunDirectory, RunError
 
-__all__ = ["AugmentConfig", "AUGMENT_PRESETS", "AugmentJob", "run_augment", "flops_per_image", "cpu_latency_ms"]
+__all__ = [
+    "AugmentConfig", "AUGMENT_PRESETS", "DATASET_SETTINGS", "AugmentJob", "run_augment", "flops_per_image", "cpu_latency_ms",
+]  # fmt: skip
 
 
 @dataclass
@@ -48,15 +50,34 @@ class AugmentConfig(RunConfig):
     train_subset: int = 0
     test_subset: int = 0
     space: str | None = None
+    dataset: str = "cifar10"
+    lr_decay: float = 0.0  # 0: cosine schedule; else the lr is multiplied by it every epoch
+    label_smoothing: float = 0.0
+    image_size: int = 224  # ImageNet crop size
+    workers: int = 0  # ImageNet decoding processes
 
     IDENTITY = (
         "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
         "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
-        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
+        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "dataset", "lr_decay", "label_smoothing",
+        "image_size",
     )  # fmt: skip
 
     def validate(self) -> None:
         super().validate()
+        if self.dataset not in (*DATASETS, "imagenet"):
+            raise UserError(f"--dataset must be one of {', '.join((*DATASETS, 'imagenet'))}, got {self.dataset!r}")
+        if not 0 <= self.lr_decay < 1:
+            raise UserError(f"--lr-decay must be in [0, 1) (0 = cosine schedule), got {self.lr_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dataset == "imagenet" and self.cutout:
+            raise UserError("--cutout applies to CIFAR only; ImageNet training uses random-resized crops (drop --cutout)")
+        if self.dataset == "imagenet" and self.auxiliary_weight > 0 and self.image_size < 193:
+            raise UserError(
+                f"the ImageNet auxiliary head needs --image-size 193 or more (7x7 features), got {self.image_size}; "
+                "use --auxiliary-weight 0 for smaller images"
+            )
         if self.train_subset and self.train_subset < self.batch_size:
             raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
         if not 0 <= self.drop_path < 1:
@@ -72,28 +93,42 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "batch_size": 32, "train_subset": 64, "test_subset": 64},
 }
 
+# Settings that follow from --dataset, under the preset and the explicit options.
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "cifar100": {},
+    # DARTS' train_imagenet (mobile setting): 14 cells, C=48, 250 epochs, batch 128, SGD lr 0.1
+    # decayed by 0.97 per epoch, wd 3e-5, label smoothing 0.1, auxiliary weight 0.4, no drop path.
+    "imagenet": {
+        "layers": 14, "init_channels": 48, "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_decay": 0.97,
+        "weight_decay": 3e-5, "label_smoothing": 0.1, "drop_path": 0.0, "cutout": 0,
+    },  # fmt: skip
+}
+
 
 @torch.no_grad()
-def flops_per_image(model: torch.nn.Module, device: torch.device) -> int:
-    """Forward FLOPs for one 32x32 image (torch's flop counter; a multiply-add counts 2)."""
+def flops_per_image(model: torch.nn.Module, device: torch.device, image_size: int = 32) -> int:
+    """Forward FLOPs for one image of `image_size` pixels square (torch's flop counter; a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        model(torch.zeros(1, 3, 32, 32, device=device))
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: torch.nn.Module, batch: int = 1, repeats: int = 10, channels_last: bool = True) -> float:
+def cpu_latency_ms(
+    model: torch.nn.Module, batch: int = 1, repeats: int = 10, channels_last: bool = True, image_size: int = 32
+) -> float:
     """Median CPU inference latency per image in milliseconds (eval mode, after warm-up)."""
     import copy
 
     cpu_model = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, 3, image_size, image_size)
     if channels_last:
         cpu_model = cpu_model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -127,26 +162,63 @@ class AugmentJob:
         self.acceleration = acceleration or resolve_acceleration(config, device)
         allowed = resolve_space(config.space) if config.space else None
         self.genotype = load_genotype(config.genotype, allowed)
+        loader = dict(device=device, channels_last=self.acceleration.channels_last, rank=rank, world_size=world)
+        if config.dataset == "imagenet":
+            num_classes = self._imagenet_loaders(loader)
+        else:
+            num_classes = self._cifar_loaders(loader)
         torch.manual_seed(config.seed)
-        network = Network(
-            self.genotype, config.init_channels, config.layers, 10,
-            auxiliary=config.auxiliary_weight > 0, options=config.op_options(),
-        )  # fmt: skip
+        network = self._network(num_classes)
         self.model = accelerate(network, device, self.acceleration)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, eta_min=0.0)
-        train = load_cifar10(config.data_root, train=True)
-        test = load_cifar10(config.data_root, train=False, download=False)
+        if config.lr_decay:
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs, eta_min=0.0)
+
+    def _network(self, num_classes: int) -> Network:
+        config = self.config
+        size = dict(C=config.init_channels, layers=config.layers, num_classes=num_classes)
+        auxiliary = config.auxiliary_weight > 0
+        if config.dataset == "imagenet":
+            from .imagenet import build_imagenet_network
+
+            return build_imagenet_network(self.genotype, **size, auxiliary=auxiliary, options=config.op_options())
+        return Network(self.genotype, **size, auxiliary=auxiliary, options=config.op_options())
+
+    def _cifar_loaders(self, loader: dict[str, Any]) -> int:
+        config = self.config
+        train = load_cifar(config.dataset, config.data_root, train=True)
+        test = load_cifar(config.dataset, config.data_root, train=False, download=False)
         if config.train_subset:
             train = train.slice(0, config.train_subset)
         if config.test_subset:
             test = test.slice(0, config.test_subset)
-        loader = dict(device=device, channels_last=self.acceleration.channels_last, rank=rank, world_size=world)
-        augmentation = DataAugmentation(cutout=config.cutout)
-        self.train_loader = BatchLoader(train, config.batch_size, augmentation, seed=config.seed, **loader)
+        self.train_loader = BatchLoader(train, config.batch_size, DataAugmentation(cutout=config.cutout), seed=config.seed, **loader)
         self.test_loader = BatchLoader(test, 256, shuffle=False, drop_last=False, **loader)
+        return DATASETS[config.dataset].num_classes
+
+    def _imagenet_loaders(self, loader: dict[str, Any]) -> int:
+        from .folder_data import FolderLoader, image_folder
+
+        config = self.config
+        if config.data_root is None:
+            raise UserError("--dataset imagenet needs --data-root DIR holding train/ and val/ image folders")
+        train, val = image_folder(config.data_root, "train"), image_folder(config.data_root, "val")
+        if train.classes != val.classes:
+            raise UserError(f"{config.data_root}: train/ and val/ hold different class folders; they must match")
+        if min(len(train), config.train_subset or len(train)) < config.batch_size:
+            raise UserError(f"{config.data_root}/train holds fewer images than one batch ({config.batch_size}); lower --batch-size")
+        size = dict(image_size=config.image_size, workers=config.workers, **loader)
+        self.train_loader = FolderLoader(train, config.batch_size, True, subset=config.train_subset, seed=config.seed, **size)
+        self.test_loader = FolderLoader(val, 256, False, subset=config.test_subset, **size)
+        return len(train.classes)
+
+    def image_size(self) -> int:
+        """Side of the network's input images."""
+        return self.config.image_size if self.config.dataset == "imagenet" else 32
 
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
@@ -160,9 +232,10 @@ class AugmentJob:
 
     def _loss(self, output, y):
         logits, logits_aux = output
-        loss = F.cross_entropy(logits, y)
+        smoothing = self.config.label_smoothing
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         if logits_aux is not None:
-            loss = loss + self.config.auxiliary_weight * F.cross_entropy(logits_aux, y)
+            loss = loss + self.config.auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=smoothing)
         return loss
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
@@ -218,14 +291,18 @@ def run_augment(
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
-        log_memory(job.model, config, device, world, acceleration.channels_last)
+        log_memory(job.model, config, device, world, acceleration.channels_last, job.image_size())
     records = fit_run(job, run, config, resume, "augment.py", progress)
+    flops = flops_per_image(job.model, device, job.image_size())
     summary = {
         "genotype": job.genotype.to_dict(),
+        "dataset": config.dataset,
         "params": params_no_aux,
         "params_with_aux": params,
-        "flops": flops_per_image(job.model, device),
-        "latency_ms": cpu_latency_ms(job.model, channels_last=acceleration.channels_last),
+        "flops": flops,
+        "multiply_adds": flops // 2,
+        "image_size": job.image_size(),
+        "latency_ms": cpu_latency_ms(job.model, channels_last=acceleration.channels_last, image_size=job.image_size()),
         "test_acc": records[-1]["test_acc"] if records else float("nan"),
         "test_loss": records[-1]["test_loss"] if records else float("nan"),
         "epochs": config.epochs,

@@ -104,8 +104,13 @@ class MixedOp(nn.Module):
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave `groups` channel groups (ShuffleNet), as PC-DARTS does after a partial op."""
+    """Interleave `groups` channel groups (ShuffleNet), as PC-DARTS does after a partial op.
+
+    The result keeps the memory layout of `x` (channels-last in, channels-last out)."""
     n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():  # shuffle the last dimension of the (n, h, w, c) memory: one copy
+        nhwc = x.permute(0, 2, 3, 1)
+        return nhwc.reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c).permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 

@@ -14,11 +14,12 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
-from .augment import AUGMENT_PRESETS, AugmentConfig, run_augment
+from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
 from .errors import UserError
 from .search import SEARCH_PRESETS, SearchConfig, run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
+SEARCH_PRESET_HELP = PRESET_HELP[:-1] + ", pc-darts (PC-DARTS, Xu et al. ICLR 2020: K=4, batch 256, w lr 0.1, alpha lr 6e-4, 15 warm-up epochs)."
 
 
 def _apply(decorators: list[Callable]) -> Callable:
@@ -55,7 +56,7 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 NON_NEGATIVE_FLOAT = click.FloatRange(min=0.0)
 
 
-def common_options(cls: type, presets: dict[str, dict[str, Any]]) -> list[Callable]:
+def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: str = PRESET_HELP) -> list[Callable]:
     """The options shared by search and augment (same names, same meaning), with `cls`'s defaults."""
 
     def option(decls: str, name: str, text: str, **kwargs) -> Callable:
@@ -63,7 +64,7 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]]) -> list[Callab
 
     flag = dict(default=None)
     return [
-        click.option("--preset", type=click.Choice(list(presets)), default="paper", show_default=True, help=PRESET_HELP),
+        click.option("--preset", type=click.Choice(list(presets)), default="paper", show_default=True, help=preset_help),
         option("--epochs", "epochs", "Training epochs.", type=POSITIVE),
         option("--batch-size", "batch_size", "Global batch size (split across processes under torchrun).", type=POSITIVE),
         option("--layers", "layers", "Number of cells.", type=POSITIVE),
@@ -84,7 +85,7 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]]) -> list[Callab
         option("--deterministic/--no-deterministic", "deterministic", "Deterministic algorithms (and no cudnn.benchmark): a killed and resumed run ends bit-identical.", **flag),
         option("--threads", "threads", "CPU threads for torch (0 = torch's default).", type=NON_NEGATIVE),
         option("--device", "device", "Device: CUDA when present (auto), or forced; it decides the auto defaults of the speed flags.", type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data); downloaded there if absent."),
+        click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py or cifar-100-python (when not given: $DARTS_SG_DATA, else ./data); downloaded there if absent. ImageNet: the folder holding train/ and val/."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (when not given: runs/<job>-<time>)."),
         click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
         click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
@@ -99,10 +100,15 @@ def _augment_option(decls: str, name: str, text: str, **kwargs) -> Callable:
     return click.option(decls, help=help_with_default(AugmentConfig, AUGMENT_PRESETS, name, text), **kwargs)
 
 
-def _config(cls, presets: dict[str, dict], preset: str, params: dict[str, Any]) -> tuple[Any, set[str]]:
-    """Defaults < preset < explicitly given options; returns (config, names of explicit options)."""
+
+
+def _config(
+    cls, presets: dict[str, dict], preset: str, params: dict[str, Any], base: dict[str, Any] | None = None
+) -> tuple[Any, set[str]]:
+    """Defaults < `base` (settings of the data set) < preset < explicitly given options;
+    returns (config, names of explicit options)."""
     explicit = {k for k, v in params.items() if v is not None}
-    values = {**presets[preset], **{k: params[k] for k in explicit}}
+    values = {**(base or {}), **presets[preset], **{k: params[k] for k in explicit}}
     return cls(**values), explicit
 
 
@@ -124,6 +130,11 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@_search_option("--dataset", "dataset", "Data set searched on; its training set is split in halves for weights and alphas.", type=click.Choice(["cifar10", "cifar100"]))
+@_search_option("--warmup-epochs", "warmup_epochs", "Train the weights alone for the first N epochs, alphas frozen (PC-DARTS: 15 of 50).", type=NON_NEGATIVE)
+@_search_option("--max-skip", "max_skip", "P-DARTS (Chen et al. 2019): at most K skip connections in the derived normal cell; the weakest extra skips take their edge's next-best op (none = no cap).", type=NON_NEGATIVE)
+@_search_option("--early-stop-skips", "early_stop_skips", "DARTS+ (Liang et al. 2019): stop the search when the derived normal cell has more than K skip connections (DARTS+: K=1; none = off).", type=NON_NEGATIVE)
+@_search_option("--early-stop-epochs", "early_stop_epochs", "With --early-stop-skips: stop only after E epochs in a row over the limit (DARTS+: 1).", type=POSITIVE)
 @_search_option("--ops", "ops", "Search space (darts, sgblock, invres) or a comma-separated list of ops.", default=None)
 @_search_option("--order", "order", "1: first-order DARTS; 2: second order (unrolled).", type=click.IntRange(1, 2))
 @_search_option("--nodes", "nodes", "Intermediate nodes per cell.", type=POSITIVE)
@@ -138,9 +149,9 @@ def cli() -> None:
 @_search_option("--skip-none/--compute-none", "skip_none", "Do not compute the zero `none` op (exact; fixed for a run).", default=None)
 @_search_option("--share-relu/--no-share-relu", "share_relu", "One ReLU per edge for its separable and dilated convs (exact, less memory).", default=None)
 @_search_option("--fused-sum/--no-fused-sum", "fused_sum", "Accumulate each edge's weighted sum in place (exact, less memory).", default=None)
-@_apply(common_options(SearchConfig, SEARCH_PRESETS))
+@_apply(common_options(SearchConfig, SEARCH_PRESETS, SEARCH_PRESET_HELP))
 def search(preset, out, resume, progress, **params) -> None:
-    """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
+    """Search a cell architecture on CIFAR-10 or CIFAR-100 (bilevel DARTS) and write the derived genotype."""
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "search")
     genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress)
@@ -149,6 +160,7 @@ def search(preset, out, resume, progress, **params) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@_augment_option("--dataset", "dataset", "cifar10, cifar100, or imagenet: the DARTS ImageNet network (two stride-2 stems, 14 cells, C=48, 250 epochs, batch 128, lr 0.1 x 0.97 per epoch, wd 3e-5, label smoothing 0.1) trained on --data-root with train/ and val/ image folders.", type=click.Choice(["cifar10", "cifar100", "imagenet"]))
 @click.option("--genotype", "genotype", default=None, help="Genotype: JSON file, name in genotypes/ (e.g. darts_v2), or a legacy Genotype(...) string (required unless --resume).")
 @_augment_option("--lr", "lr", "SGD learning rate (cosine to 0).", type=POSITIVE_FLOAT)
 @_augment_option("--momentum", "momentum", "SGD momentum.", type=NON_NEGATIVE_FLOAT)
@@ -159,17 +171,23 @@ def search(preset, out, resume, progress, **params) -> None:
 @_augment_option("--train-subset", "train_subset", "Train on the first N training images (0 = all 50k).", type=NON_NEGATIVE)
 @_augment_option("--test-subset", "test_subset", "Evaluate on the first N test images (0 = all 10k).", type=NON_NEGATIVE)
 @click.option("--space", default=None, help="Refuse genotypes with ops outside this space (darts, sgblock, invres or an op list).")
+@_augment_option("--lr-decay", "lr_decay", "Multiply the learning rate by this every epoch instead of the cosine schedule (0 = cosine; imagenet: 0.97).", type=click.FloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--label-smoothing", "label_smoothing", "Label smoothing of the training loss (imagenet: 0.1).", type=click.FloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--image-size", "image_size", "ImageNet crop size in pixels; evaluation resizes to 256/224 of it.", type=click.IntRange(min=32))
+@_augment_option("--workers", "workers", "Processes decoding ImageNet images (0 = in the main process).", type=NON_NEGATIVE)
 @_apply(common_options(AugmentConfig, AUGMENT_PRESETS))
 def augment(preset, out, resume, progress, **params) -> None:
-    """Augment: retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
-    config, explicit = _config(AugmentConfig, AUGMENT_PRESETS, preset, params)
+    """Augment: retrain a genotype from scratch (CIFAR-10, CIFAR-100 or ImageNet) and report test accuracy, params, FLOPs and latency."""
+    base = DATASET_SETTINGS[params["dataset"] or "cifar10"]
+    config, explicit = _config(AugmentConfig, AUGMENT_PRESETS, preset, params, base)
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:
         raise click.UsageError("--genotype is required (a JSON file, a name such as darts_v2, or a Genotype(...) string)")
     summary = run_augment(config, out, resume=resuming, explicit=explicit, progress=progress)
     click.echo(
         f"test accuracy {summary['test_acc']:.4f} | params {summary['params']:,} | "
-        f"{summary['flops'] / 1e6:.1f} MFLOPs/image | CPU latency {summary['latency_ms']:.2f} ms/image"
+        f"{summary['multiply_adds'] / 1e6:.1f}M multiply-adds/image ({summary['image_size']}px) | "
+        f"CPU latency {summary['latency_ms']:.2f} ms/image"
     )
     click.echo(f"written: {out}")
 
@@ -192,12 +210,21 @@ def plot(genotype, output, fmt) -> None:
         click.echo(str(path))
 
 
+def _scale_defaults(key: str) -> str:
+    """`(when not given: ...)` with each comparison scale's own value of `key` (compare_plan.COMPARE_SCALES)."""
+    from .compare_plan import COMPARE_SCALES, CompareSpec
+
+    values = {name: getattr(CompareSpec.for_preset(name), key) for name in COMPARE_SCALES}
+    shown = {name: ",".join(map(str, v)) if isinstance(v, list) else str(v) for name, v in values.items()}
+    return "(when not given, the scale's own: " + "; ".join(f"{name} {v or 'none'}" for name, v in shown.items()) + ")."
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--spaces", default="darts,invres,sgblock", show_default=True, help="Comma-separated search spaces to compare.")
-@click.option("--seeds", default=None, help="Comma-separated search seeds per space [default: the preset's; medium 0,1,2,3, else 0,1,2].")
+@click.option("--seeds", default=None, help="Comma-separated search seeds per space " + _scale_defaults("seeds"))
 @click.option("--random", "random_count", type=NON_NEGATIVE, default=None,
-              help="Random genotypes per space, retrained under the same protocol (Li & Talwalkar 2019) [default: the preset's; medium 3, else 0].")
-@click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 [default: the preset's; medium darts_v2].")
+              help="Random genotypes per space, retrained under the same protocol (Li & Talwalkar 2019) " + _scale_defaults("random"))
+@click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 " + _scale_defaults("references"))
 @click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
               help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 8-epoch retrainings at C=16, 8 cells on all 50k images, "
                    "4 seeds, 3 random genotypes per space and DARTS_V2 (about 19 h on 2 cores); `quick` = a 2-hour smoke test of the "

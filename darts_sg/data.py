@@ -1,4 +1,4 @@
-"""CIFAR-10: safe reading of the official python batches, splits, and batched augmentation.
+"""CIFAR-10 and CIFAR-100: safe reading of the official python batches, splits, and batched augmentation.
 
 The batches are pickles; they are read with a restricted unpickler that can build nothing but
 numpy arrays and plain Python values, so a tampered file cannot run code. The whole data set
@@ -24,6 +24,8 @@ __all__ = [
     "DataError",
     "CifarArrays",
     "load_cifar10",
+    "load_cifar",
+    "DATASETS",
     "resolve_data_root",
     "BatchLoader",
     "DataAugmentation",
@@ -37,6 +39,30 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 IMAGE_BYTES = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where and how a CIFAR variant stores its python batches."""
+
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    torchvision_class: str
+
+
+DATASETS = {
+    "cifar10": CifarLayout("CIFAR-10", FOLDER, TRAIN_FILES, TEST_FILES, "labels", 10, CIFAR_MEAN, CIFAR_STD, "CIFAR10"),
+    "cifar100": CifarLayout(
+        "CIFAR-100", "cifar-100-python", ("train",), ("test",), "fine_labels", 100,
+        (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047), "CIFAR100",
+    ),  # fmt: skip
+}
 
 
 class DataError(UserError):
@@ -67,60 +93,64 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and plain values are allowed")
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 batch file safely and check its layout; return (uint8 N x 3072, int64 labels)."""
+def read_batch(path: Path, layout: CifarLayout | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR batch file safely and check its layout; return (uint8 N x 3072, int64 labels)."""
+    layout = layout or DATASETS["cifar10"]
+    name, key = layout.name, layout.label_key
     try:
         with open(path, "rb") as handle:
             batch = RestrictedUnpickler(handle, encoding="bytes").load()
     except FileNotFoundError:
-        raise DataError(f"CIFAR-10 file {path} is missing") from None
+        raise DataError(f"{name} file {path} is missing") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise DataError(f"CIFAR-10 file {path} is corrupt or unsafe ({exc}); replace it with a fresh copy") from None
+        raise DataError(f"{name} file {path} is corrupt or unsafe ({exc}); replace it with a fresh copy") from None
     if not isinstance(batch, dict):
-        raise DataError(f"CIFAR-10 file {path} does not hold a batch dictionary; replace it with a fresh copy")
+        raise DataError(f"{name} file {path} does not hold a batch dictionary; replace it with a fresh copy")
     data = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
+    labels = batch.get(key.encode(), batch.get(key))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
-        raise DataError(f"CIFAR-10 file {path} has no uint8 N x 3072 'data' array; replace it with a fresh copy")
+        raise DataError(f"{name} file {path} has no uint8 N x 3072 'data' array; replace it with a fresh copy")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
-        raise DataError(f"CIFAR-10 file {path} has labels that do not match its images; replace it with a fresh copy")
+        raise DataError(f"{name} file {path} has labels that do not match its images; replace it with a fresh copy")
     label_array = np.asarray(labels)
-    if label_array.dtype.kind not in "iu" or (label_array.size and (label_array.min() < 0 or label_array.max() > 9)):
-        raise DataError(f"CIFAR-10 file {path} has labels outside 0..9; replace it with a fresh copy")
+    if label_array.dtype.kind not in "iu" or (label_array.size and (label_array.min() < 0 or label_array.max() >= layout.num_classes)):
+        raise DataError(f"{name} file {path} has labels outside 0..{layout.num_classes - 1}; replace it with a fresh copy")
     return data, label_array.astype(np.int64)
 
 
 @dataclass
 class CifarArrays:
-    """Images as a uint8 tensor (N, 3, 32, 32) and labels as int64 (N,)."""
+    """Images as a uint8 tensor (N, 3, 32, 32), labels as int64 (N,), and the normalisation of the set."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def slice(self, start: int, stop: int) -> "CifarArrays":
-        return CifarArrays(self.images[start:stop], self.labels[start:stop])
+        return CifarArrays(self.images[start:stop], self.labels[start:stop], self.mean, self.std)
 
 
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """The folder that holds `cifar-10-batches-py`: the argument, else $DARTS_SG_DATA, else ./data."""
+    """The folder that holds the CIFAR folders: the argument, else $DARTS_SG_DATA, else ./data."""
     if data_root is None:
         data_root = os.environ.get("DARTS_SG_DATA") or "./data"
     return Path(data_root).expanduser()
 
 
-def _download(root: Path) -> None:
+def _download(root: Path, layout: CifarLayout) -> None:
     try:
-        from torchvision.datasets import CIFAR10
+        import torchvision.datasets
 
         root.mkdir(parents=True, exist_ok=True)
-        CIFAR10(str(root), train=True, download=True)
+        getattr(torchvision.datasets, layout.torchvision_class)(str(root), train=True, download=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
-            f"CIFAR-10 is not in {root / FOLDER} and downloading it failed ({reason}); "
+            f"{layout.name} is not in {root / layout.folder} and downloading it failed ({reason}); "
             f"put the python batches there or pass --data-root / set DARTS_SG_DATA"
         ) from None
 
@@ -129,17 +159,25 @@ def load_cifar10(
     data_root: str | os.PathLike | None = None, train: bool = True, download: bool = True
 ) -> CifarArrays:
     """Load the CIFAR-10 training (50k) or test (10k) set into memory, downloading it if absent."""
+    return load_cifar("cifar10", data_root, train, download)
+
+
+def load_cifar(
+    dataset: str, data_root: str | os.PathLike | None = None, train: bool = True, download: bool = True
+) -> CifarArrays:
+    """Load `dataset` (cifar10 or cifar100; 50k training or 10k test images) into memory, downloading it if absent."""
+    layout = DATASETS[dataset]
     root = resolve_data_root(data_root)
-    folder = root / FOLDER
+    folder = root / layout.folder
     if not folder.is_dir():
         if not download:
-            raise DataError(f"CIFAR-10 is not in {folder}; pass --data-root or set DARTS_SG_DATA")
-        _download(root)
-    files = TRAIN_FILES if train else TEST_FILES
-    parts = [read_batch(folder / name) for name in files]
+            raise DataError(f"{layout.name} is not in {folder}; pass --data-root or set DARTS_SG_DATA")
+        _download(root, layout)
+    files = layout.train_files if train else layout.test_files
+    parts = [read_batch(folder / name, layout) for name in files]
     images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([p[1] for p in parts])
-    return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels))
+    return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), layout.mean, layout.std)
 
 
 # ----------------------------------------------------------------------------------------- batches
@@ -202,8 +240,8 @@ class BatchLoader:
         self._padded = (
             torch.nn.functional.pad(data.images, (pad, pad, pad, pad)) if pad else data.images
         )
-        self._mean = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self._mean = torch.tensor(data.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(data.std, device=self.device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
         n = len(self.data)

@@ -53,6 +53,7 @@ class Job(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None: ...
+    # Optional: a job with a true `stop_reason` attribute ends the run after the current epoch.
 
 
 def weight_step(
@@ -208,7 +209,7 @@ def fit(
 
     n_steps = job.steps_per_epoch()
     with stop_on_signals() as received:
-        while epoch < epochs:
+        while epoch < epochs and not getattr(job, "stop_reason", None):
             job.begin_epoch(epoch)
             bar = _progress(n_steps, start_step, f"epoch {epoch + 1}/{epochs}", enabled=progress and main)
             step = start_step

@@ -23,7 +23,10 @@ import torch
 from .errors import UserError
 from .ops import OP_FACTORIES
 
-__all__ = ["Genotype", "GenotypeError", "derive_genotype", "load_genotype", "parse_legacy", "genotype_dir", "random_genotype"]
+__all__ = [
+    "Genotype", "GenotypeError", "derive_genotype", "derive_cell", "cap_skips", "load_genotype", "parse_legacy", "genotype_dir",
+    "random_genotype",
+]  # fmt: skip
 
 EDGES_PER_NODE = 2
 
@@ -324,13 +327,55 @@ def derive_cell(weights: torch.Tensor, primitives: Sequence[str], steps: int) ->
     return tuple(edges)
 
 
+SKIP = "skip_connect"
+
+
+def _edge_row(k: int, src: int) -> int:
+    """Row of the weights matrix of the k-th derived edge (node k // 2) from input `src`."""
+    node = k // EDGES_PER_NODE
+    return sum(n + 2 for n in range(node)) + src
+
+
+def cap_skips(weights: torch.Tensor, primitives: Sequence[str], steps: int, max_skip: int) -> tuple[Edge, ...]:
+    """Derive a cell with at most `max_skip` skip connections (P-DARTS, Chen et al. 2019).
+
+    While the derived cell has too many `skip_connect` edges, the weakest of them (smallest skip
+    weight) loses its skip op and the cell is derived again, so that edge takes its next-best op
+    (or gives its place to a stronger edge of the same node).
+    """
+    weights = weights.detach().float().cpu().clone()
+    edges = derive_cell(weights, primitives, steps)
+    if SKIP not in primitives:
+        return edges
+    skip = list(primitives).index(SKIP)
+    while sum(op == SKIP for op, _ in edges) > max_skip:
+        rows = [_edge_row(k, src) for k, (op, src) in enumerate(edges) if op == SKIP]
+        weakest = min(rows, key=lambda row: weights[row, skip].item())
+        if weights[weakest, skip] == float("-inf"):  # no other op left on any skip edge
+            break
+        weights[weakest, skip] = float("-inf")
+        edges = derive_cell(weights, primitives, steps)
+    return edges
+
+
 def derive_genotype(
-    normal_weights: torch.Tensor, reduce_weights: torch.Tensor, primitives: Sequence[str], steps: int
+    normal_weights: torch.Tensor,
+    reduce_weights: torch.Tensor,
+    primitives: Sequence[str],
+    steps: int,
+    max_skip: int | None = None,
 ) -> Genotype:
-    """Derive the discrete genotype from the softmax of the normal and reduction alphas."""
+    """Derive the discrete genotype from the softmax of the normal and reduction alphas.
+
+    `max_skip` caps the skip connections of the normal cell (P-DARTS; None = no cap).
+    """
     concat = tuple(range(2, 2 + steps))
+    if max_skip is None:
+        normal = derive_cell(normal_weights, primitives, steps)
+    else:
+        normal = cap_skips(normal_weights, primitives, steps, max_skip)
     return Genotype(
-        normal=derive_cell(normal_weights, primitives, steps),
+        normal=normal,
         normal_concat=concat,
         reduce=derive_cell(reduce_weights, primitives, steps),
         reduce_concat=concat,

@@ -46,9 +46,11 @@ def _saved_bytes_counter(per_cell: dict[int | None, int], cells: nn.ModuleList):
             hook.remove()
 
 
-def _probe(model: nn.Module, batch: int, device: torch.device, channels_last: bool, recompute: bool) -> dict[int | None, int]:
+def _probe(
+    model: nn.Module, batch: int, device: torch.device, channels_last: bool, recompute: bool, image_size: int = 32
+) -> dict[int | None, int]:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
+    x = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     counts: dict[int | None, int] = {}
@@ -63,8 +65,10 @@ def _probe(model: nn.Module, batch: int, device: torch.device, channels_last: bo
     return counts
 
 
-def activation_gb(model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True) -> float:
-    """GB a training step of `batch_size` images needs for activations, at its peak.
+def activation_gb(
+    model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True, image_size: int = 32
+) -> float:
+    """GB a training step of `batch_size` images (`image_size` pixels square) needs for activations, at its peak.
 
     Without recomputation: what the forward pass keeps for backward. With recomputed cells: the
     cells' inputs plus twice the largest cell's activations (rebuilt one cell at a time in the
@@ -75,10 +79,10 @@ def activation_gb(model: nn.Module, batch_size: int, device: torch.device, chann
     def extrapolate(a: int, b: int) -> float:
         return (a + (b - a) / (large - small) * (batch_size - small)) / 1e9
 
-    stored = [_probe(model, n, device, channels_last, recompute=False) for n in PROBE_BATCHES]
+    stored = [_probe(model, n, device, channels_last, False, image_size) for n in PROBE_BATCHES]
     if not model.recompute_cells:
         return extrapolate(sum(stored[0].values()), sum(stored[1].values()))
-    inputs = [sum(_probe(model, n, device, channels_last, recompute=True).values()) for n in PROBE_BATCHES]
+    inputs = [sum(_probe(model, n, device, channels_last, True, image_size).values()) for n in PROBE_BATCHES]
     largest_cell = max(extrapolate(stored[0].get(i, 0), stored[1].get(i, 0)) for i in range(len(model.cells)))
     return extrapolate(*inputs) + 2 * largest_cell
 
@@ -96,9 +100,11 @@ def available_gb(device: torch.device) -> float | None:
     return None
 
 
-def memory_report(model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True) -> str:
+def memory_report(
+    model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True, image_size: int = 32
+) -> str:
     """One line on the activations a step keeps and the memory available; a warning if they do not fit."""
-    need = activation_gb(model, batch_size, device, channels_last)
+    need = activation_gb(model, batch_size, device, channels_last, image_size)
     free = available_gb(device)
     line = f"memory: a step needs ~{need:.1f} GB for activations (batch {batch_size} per process)"
     if free is None:

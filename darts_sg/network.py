@@ -3,7 +3,8 @@
 ``CellNetwork`` holds the stem, the stack of cells (reductions at 1/3 and 2/3 of the depth),
 global pooling, the classifier and the optional auxiliary head. ``Supernet`` fills it with
 mixed-op cells and owns the architecture parameters; ``Network`` fills it with the cells of a
-genotype.
+genotype. The CIFAR stem is the default; the ImageNet network (``darts_sg.imagenet``) is the
+same skeleton with its own stem and auxiliary head.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ __all__ = ["CellNetwork", "Supernet", "Network", "AuxiliaryHead", "build_superne
 
 CellFactory = Callable[[int, int, int, bool, bool], Cell]
 """make_cell(C_pp, C_p, C, reduction, reduction_prev) -> Cell"""
+
+AuxHeadFactory = Callable[[int, int], nn.Module]
+"""make_aux_head(C, num_classes) -> auxiliary classifier"""
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:
@@ -61,7 +65,13 @@ class AuxiliaryHead(nn.Module):
 
 
 class CellNetwork(nn.Module):
-    """Stem, `layers` cells, global pooling and a linear classifier (+ optional auxiliary head)."""
+    """Stem, `layers` cells, global pooling and a linear classifier (+ optional auxiliary head).
+
+    The default stem is DARTS' CIFAR stem (conv3x3 to `stem_multiplier` * C, BN), whose output
+    feeds both inputs of the first cell. A `stem` module given instead returns the pair
+    (s0, s1) of the first cell's inputs and has attributes ``out_channels`` (C_s0, C_s1) and
+    ``reduces`` (s1 has half the resolution of s0), as the ImageNet stems do.
+    """
 
     def __init__(
         self,
@@ -71,17 +81,23 @@ class CellNetwork(nn.Module):
         make_cell: CellFactory,
         auxiliary: bool = False,
         stem_multiplier: int = 3,
+        stem: nn.Module | None = None,
+        make_aux_head: AuxHeadFactory | None = None,
     ):
         super().__init__()
         _check_sizes(C, layers, num_classes)
         self.C, self.layers, self.num_classes = C, layers, num_classes
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
+        if stem is None:
+            C_stem = stem_multiplier * C
+            self.stem = nn.Sequential(nn.Conv2d(3, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+            (C_pp, C_p), reduction_prev = (C_stem, C_stem), False
+        else:
+            self.stem = stem
+            (C_pp, C_p), reduction_prev = stem.out_channels, stem.reduces
+        C_curr = C
         reductions = reduction_layers(layers)
         self.aux_index = reductions[1]
         self.cells = nn.ModuleList()
-        reduction_prev = False
         C_aux = C_p
         for i in range(layers):
             reduction = i in reductions
@@ -93,7 +109,7 @@ class CellNetwork(nn.Module):
             C_pp, C_p = C_p, cell.multiplier * C_curr
             if i == self.aux_index:
                 C_aux = C_p
-        self.aux_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        self.aux_head = (make_aux_head or AuxiliaryHead)(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
         # Keep only each cell's inputs in the forward pass and recompute the rest in backward
@@ -104,11 +120,16 @@ class CellNetwork(nn.Module):
         """Extra arguments for (normal, reduction) cells in this forward pass."""
         return {}, {}
 
+    def stems(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two inputs (s0, s1) of the first cell."""
+        out = self.stem(x)
+        return out if isinstance(out, tuple) else (out, out)
+
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits, and the auxiliary logits when the head exists and the model is training."""
         normal_kwargs, reduce_kwargs = self.cell_kwargs()
         recompute = self.recompute_cells and torch.is_grad_enabled()
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stems(x)
         logits_aux = None
         for i, cell in enumerate(self.cells):
             kwargs = reduce_kwargs if cell.reduction else normal_kwargs
@@ -218,10 +239,11 @@ class Supernet(CellNetwork):
                 wr = wr * reduce["edge_scales"][:, None]
             return wn.detach().cpu(), wr.detach().cpu()
 
-    def genotype(self) -> Genotype:
-        """The derived discrete architecture (top-2 non-`none` edges per node)."""
+    def genotype(self, max_skip: int | None = None) -> Genotype:
+        """The derived discrete architecture (top-2 non-`none` edges per node; at most
+        `max_skip` skip connections in the normal cell when given, P-DARTS)."""
         wn, wr = self.op_weights()
-        return derive_genotype(wn, wr, self.primitives, self.steps)
+        return derive_genotype(wn, wr, self.primitives, self.steps, max_skip)
 
 
 class Network(CellNetwork):
@@ -238,6 +260,8 @@ class Network(CellNetwork):
         auxiliary: bool = False,
         options: OpOptions | None = None,
         stem_multiplier: int = 3,
+        stem: nn.Module | None = None,
+        make_aux_head: AuxHeadFactory | None = None,
     ):
         genotype.validate()
         self.genotype = genotype
@@ -254,7 +278,10 @@ class Network(CellNetwork):
                 affine=True,
             )  # fmt: skip
 
-        super().__init__(C, num_classes, layers, make_cell, auxiliary=auxiliary, stem_multiplier=stem_multiplier)
+        super().__init__(
+            C, num_classes, layers, make_cell, auxiliary=auxiliary, stem_multiplier=stem_multiplier,
+            stem=stem, make_aux_head=make_aux_head,
+        )  # fmt: skip
 
     @property
     def drop_path_prob(self) -> float:

@@ -19,7 +19,7 @@ __all__ = ["RUNTIME_KEYS", "fit_run", "log", "log_memory", "open_writer", "resum
 
 # Run-time settings that may change when a run is resumed: where it runs and the exact speed
 # switches (`skip_none` is not among them: it changes the checkpoint layout).
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", *FLAGS}
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "workers", *FLAGS}
 
 C = TypeVar("C")
 
@@ -81,7 +81,9 @@ def log(message: str) -> None:
         click.echo(message, err=True)
 
 
-def log_memory(model: torch.nn.Module, config: Any, device: torch.device, world: int, channels_last: bool) -> None:
+def log_memory(
+    model: torch.nn.Module, config: Any, device: torch.device, world: int, channels_last: bool, image_size: int = 32
+) -> None:
     """Log whether a step's activations fit in memory (main process only: the probe costs a few forwards)."""
     if is_main_process():
-        log(memory_report(model, config.batch_size // world, device, channels_last))
+        log(memory_report(model, config.batch_size // world, device, channels_last, image_size))

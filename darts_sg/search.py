@@ -10,11 +10,12 @@ import torch
 from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
-from .data import BatchLoader, DataAugmentation, load_cifar10
+from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
 from .engine import evaluate, weight_step
 from .errors import UserError
 from .genotype import Genotype
+from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
@@ -48,12 +49,18 @@ class SearchConfig(RunConfig):
     # Exact speed switches of the mixed ops: None = auto, the device's policy (darts_sg.accelerate).
     share_relu: bool | None = None
     fused_sum: bool | None = None
+    dataset: str = "cifar10"
+    warmup_epochs: int = 0  # first epochs train the weights only (PC-DARTS: 15 of 50)
+    max_skip: int | None = None  # P-DARTS: at most this many skips in the derived normal cell
+    early_stop_skips: int | None = None  # DARTS+: stop when the normal cell has more skips than this ...
+    early_stop_epochs: int = 1  # ... for this many epochs in a row
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
         "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
-        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none",
+        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
+        "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs",
     )  # fmt: skip
 
     def validate(self) -> None:
@@ -70,6 +77,17 @@ class SearchConfig(RunConfig):
             raise UserError(f"--subset {self.subset} is larger than a half of the training set (25000); lower it or use 0 for all")
         if self.init_channels % self.partial_channels:
             raise UserError(f"--init-channels {self.init_channels} must be divisible by --partial-channels {self.partial_channels}")
+        if self.dataset not in DATASETS:
+            raise UserError(f"--dataset must be one of {', '.join(DATASETS)} for a search, got {self.dataset!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UserError(
+                f"--warmup-epochs {self.warmup_epochs} must be at least 0 and leave epochs for the alphas (--epochs {self.epochs})"
+            )
+        for name in ("max_skip", "early_stop_skips"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.early_stop_epochs < 1:
+            raise UserError(f"--early-stop-epochs must be positive, got {self.early_stop_epochs}")
 
 
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {
@@ -81,6 +99,9 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64, "alpha_lr": 3e-3},
     # Seconds, for tests.
     "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32},
+    # PC-DARTS (Xu et al., ICLR 2020) as published: partial channels K=4 with edge normalisation,
+    # batch 256, weight lr 0.1 cosine to 0, alpha lr 6e-4, the first 15 of 50 epochs weights only.
+    "pc-darts": {"partial_channels": 4, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "alpha_lr": 6e-4, "warmup_epochs": 15},
 }
 
 
@@ -105,7 +126,7 @@ class SearchJob:
         self.primitives = resolve_space(config.ops)
         torch.manual_seed(config.seed)
         supernet = Supernet(
-            self.primitives, config.init_channels, config.layers, 10, config.nodes,
+            self.primitives, config.init_channels, config.layers, DATASETS[config.dataset].num_classes, config.nodes,
             config.op_options(), config.partial_channels, skip_none=config.skip_none,
         )  # fmt: skip
         self.model = accelerate(supernet, device, self.acceleration)
@@ -114,7 +135,9 @@ class SearchJob:
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
         self.architect = Architect(self.model, config.alpha_lr, config.alpha_weight_decay, order=config.order)
-        train = load_cifar10(config.data_root, train=True)
+        self.skip_guard = SkipGuard(config.early_stop_skips, config.early_stop_epochs)
+        self.warmup = False
+        train = load_cifar(config.dataset, config.data_root, train=True)
         half = len(train) // 2
         size = config.subset or half
         loader = dict(device=device, channels_last=self.acceleration.channels_last, rank=rank, world_size=world)
@@ -131,26 +154,36 @@ class SearchJob:
     def batches(self, epoch: int, start_step: int) -> Iterator:
         return zip(self.train_loader.iterate(epoch, start_step), self.val_loader.iterate(epoch, start_step))
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the search stopped early (DARTS+), or None while it goes on."""
+        return self.skip_guard.stop_reason
+
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
+        self.warmup = epoch < self.config.warmup_epochs
 
     def lr(self) -> float:
         return self.w_optimizer.param_groups[0]["lr"]
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         train_batch, val_batch = batch
+        stats = {}
         with autocast(self.device, self.acceleration.amp):
-            val_loss = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
+            if not self.warmup:  # warm-up epochs train the weights alone
+                stats["alpha_loss"] = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
             with frozen(self.model.alphas()):
                 loss, logits = weight_step(self.model, self.w_optimizer, train_batch, self.config.grad_clip)
         acc = (logits.argmax(1) == train_batch[1]).float().mean()
-        return {"loss": loss, "acc": acc, "alpha_loss": val_loss, "count": torch.tensor(train_batch[1].numel())}
+        return {"loss": loss, "acc": acc, **stats, "count": torch.tensor(train_batch[1].numel())}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.lr()
         self.scheduler.step()
         val = evaluate(self.model, self.eval_loader)
-        genotype = self.model.genotype()
+        genotype = self.model.genotype(self.config.max_skip)
+        normal_skips = count_normal_skips(self.model.genotype())
+        early_stop = None if self.warmup else self.skip_guard.update(epoch, normal_skips)  # alphas move after warm-up
         normal, reduce = self.model.op_weights()
         if is_main_process():
             genotype.save(self.run.file("genotypes", f"epoch_{epoch + 1:03d}.json"))
@@ -167,13 +200,18 @@ class SearchJob:
             "val_acc": val["acc"],
             "lr": lr,
             "alpha_lr": self.architect.optimizer.param_groups[0]["lr"],
+            "warmup": self.warmup,
+            "normal_skips": normal_skips,
             "genotype": genotype.to_dict(),
+            **({"early_stop": early_stop} if early_stop else {}),
         }
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
         from .visualize import log_search_epoch
 
         log_search_epoch(writer, epoch, metrics, self.model, self.run)
+        writer.add_scalar("search/normal_skips", metrics["normal_skips"], epoch)
+        writer.add_scalar("search/warmup", int(metrics["warmup"]), epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +220,7 @@ class SearchJob:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "skip_guard": self.skip_guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -194,6 +233,7 @@ class SearchJob:
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.architect.optimizer.load_state_dict(state["a_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.skip_guard.load_state_dict(state.get("skip_guard", {}))
 
 
 def run_search(
@@ -214,7 +254,10 @@ def run_search(
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
         log_memory(job.model, config, device, world, acceleration.channels_last)
     fit_run(job, run, config, resume, "search.py", progress)
-    genotype = job.model.genotype()
+    genotype = job.model.genotype(config.max_skip)
     if is_main_process():
         genotype.save(run.file("genotype.json"))
+        if job.stop_reason:
+            run.update_config({**config.to_dict(), "early_stop": job.stop_reason})
+            log(f"search stopped early: {job.stop_reason}")
     return genotype

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import darts_sg
-from darts_sg.architect import Architect, unrolled_alpha_grads
+from darts_sg.architect import Architect, frozen, unrolled_alpha_grads
 from darts_sg.engine import weight_step
 from darts_sg.io import load_checkpoint
 
@@ -64,7 +64,8 @@ def test_search_step_agrees_with_the_cpu(order):
         w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4)
         architect = Architect(model, lr=3e-3, order=order)
         architect.step(_to(train, device), _to(val, device), w_opt, 0.025)
-        loss, _ = weight_step(model, w_opt, _to(train, device), 5.0, frozen_params=model.alphas())
+        with frozen(model.alphas()):
+            loss, _ = weight_step(model, w_opt, _to(train, device), 5.0)
         results.append((loss.item(), [a.detach().cpu() for a in model.alphas()], [w.detach().cpu() for w in model.weights()]))
     (loss_c, alphas_c, weights_c), (loss_g, alphas_g, weights_g) = results
     assert loss_g == pytest.approx(loss_c, rel=1e-4)
@@ -130,7 +131,8 @@ def test_bf16_search_step_is_finite_on_cuda():
     train, val = _to(_batch(), "cuda"), _to(_batch(), "cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         val_loss = architect.step(train, val, w_opt, 0.025)
-        loss, _ = weight_step(model, w_opt, train, 5.0, frozen_params=model.alphas())
+        with frozen(model.alphas()):
+            loss, _ = weight_step(model, w_opt, train, 5.0)
     assert torch.isfinite(val_loss) and torch.isfinite(loss)
     assert all(torch.isfinite(a).all() for a in model.alphas())
 
