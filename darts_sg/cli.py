@@ -56,7 +56,9 @@ COMMON_OPTIONS = [
     click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data]; downloaded there if absent."),
     click.option("--out", type=click.Path(file_okay=False), help="Run directory to create [default: runs/<job>-<time>]."),
     click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
-    click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
+    click.option("--progress/--no-progress", default=True, help="Show progress: a bar per epoch on a terminal, else a line every --log-every seconds; both with the ETA of the epoch and of the whole run."),
+    click.option("--log-every", type=NON_NEGATIVE_FLOAT, default=60.0, show_default=True, metavar="SECONDS",
+                 help="Off a terminal (nohup, a scheduler, CI): print step, loss, accuracy, images/s and ETAs every SECONDS (0 = every step)."),
 ]
 
 
@@ -100,13 +102,13 @@ def cli() -> None:
 @click.option("--share-relu/--no-share-relu", default=None, help="One ReLU per edge for its separable and dilated convs (exact, less memory) [default: on].")
 @click.option("--fused-sum/--no-fused-sum", default=None, help="Accumulate each edge's weighted sum in place (exact, faster) [default: on].")
 @_apply(COMMON_OPTIONS)
-def search(preset, out, resume, progress, **params) -> None:
+def search(preset, out, resume, progress, log_every, **params) -> None:
     """Search a cell architecture on CIFAR-10 (bilevel DARTS) and write the derived genotype."""
     from .search import SEARCH_PRESETS, SearchConfig, run_search
 
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "search")
-    genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress)
+    genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress, log_every=log_every)
     click.echo(f"genotype: {genotype}")
     click.echo(f"written: {out}/genotype.json")
 
@@ -123,7 +125,7 @@ def search(preset, out, resume, progress, **params) -> None:
 @click.option("--test-subset", type=NON_NEGATIVE, help="Evaluate on the first N test images (0 = all 10k).")
 @click.option("--space", default=None, help="Refuse genotypes with ops outside this space (darts, sgblock, invres or an op list).")
 @_apply(COMMON_OPTIONS)
-def augment(preset, out, resume, progress, **params) -> None:
+def augment(preset, out, resume, progress, log_every, **params) -> None:
     """Retrain a genotype from scratch on CIFAR-10 and report test accuracy, params, FLOPs and latency."""
     from .train import TRAIN_PRESETS, TrainConfig, run_training
 
@@ -131,7 +133,7 @@ def augment(preset, out, resume, progress, **params) -> None:
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:
         raise click.UsageError("--genotype is required (a JSON file, a name such as darts_v2, or a Genotype(...) string)")
-    summary = run_training(config, out, resume=resuming, explicit=explicit, progress=progress)
+    summary = run_training(config, out, resume=resuming, explicit=explicit, progress=progress, log_every=log_every)
     click.echo(
         f"test accuracy {summary['test_acc']:.4f} | params {summary['params']:,} | "
         f"{summary['flops'] / 1e6:.1f} MFLOPs/image | CPU latency {summary['latency_ms']:.2f} ms/image"

@@ -189,7 +189,8 @@ class SearchJob:
 
 
 def run_search(
-    config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+    config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
+    log_every: float = 60.0,
 ) -> Genotype:
     """Run a search into the run directory `out` (or continue it); returns the final genotype.
 
@@ -205,7 +206,7 @@ def run_search(
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
         log_memory(job.model, config, device, world)
-    fit_run(job, run, config, resume, "search.py", progress)
+    fit_run(job, run, config, resume, "search.py", progress, log_every)
     genotype = job.model.genotype()
     if is_main_process():
         genotype.save(run.file("genotype.json"))

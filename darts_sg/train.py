@@ -186,7 +186,8 @@ class TrainJob:
 
 
 def run_training(
-    config: TrainConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+    config: TrainConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
+    log_every: float = 60.0,
 ) -> dict[str, Any]:
     """Train a genotype into the run directory `out` (or continue it); returns the summary written to summary.json."""
     run = RunDirectory(out)
@@ -205,7 +206,7 @@ def run_training(
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
         log_memory(job.model, config, device, world)
-    records = fit_run(job, run, config, resume, "augment.py", progress)
+    records = fit_run(job, run, config, resume, "augment.py", progress, log_every)
     summary = {
         "genotype": job.genotype.to_dict(),
         "params": params_no_aux,
