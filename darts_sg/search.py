@@ -210,4 +210,8 @@ def run_search(
     genotype = job.model.genotype()
     if is_main_process():
         genotype.save(run.file("genotype.json"))
+        final = run.read_metrics()[-1]
+        from .visualize import log_hparams
+
+        log_hparams(run.path, config.to_dict(), {k: final[k] for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
     return genotype

@@ -223,4 +223,8 @@ def run_training(
         torch.save({k: v.cpu() for k, v in job.model.state_dict().items()}, buffer)
         atomic_write_bytes(run.file("model.pt"), buffer.getvalue())
         atomic_write_text(run.file("summary.json"), json.dumps(summary, indent=2) + "\n")
+        from .visualize import log_hparams
+
+        final = {k: summary[k] for k in ("test_acc", "test_loss", "params", "flops", "latency_ms")}
+        log_hparams(run.path, config.to_dict(), {**final, "train_acc": records[-1]["train_acc"] if records else float("nan")})
     return summary

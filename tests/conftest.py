@@ -1,10 +1,12 @@
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import FOLDER, DataError, load_cifar10
+from darts_sg.data import FOLDER, TEST_FILES, TRAIN_FILES, DataError, load_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -30,6 +32,42 @@ def data_root() -> Path:
     except DataError as exc:
         pytest.fail(str(exc))
     return root
+
+
+@pytest.fixture(scope="session")
+def planted_data_root(tmp_path_factory) -> Path:
+    """A learnable data set in CIFAR-10's format: 64 images per file (320 to train, 64 to test) of
+    two classes, 0 with a red cast and 1 with a blue cast over uniform noise (chance: 50%)."""
+    root = tmp_path_factory.mktemp("planted")
+    (root / FOLDER).mkdir()
+    rng = np.random.default_rng(0)
+    for name in TRAIN_FILES + TEST_FILES:
+        labels = rng.integers(0, 2, 64)
+        images = rng.integers(0, 128, (64, 3, 32, 32)).astype(np.uint8)
+        images[labels == 0, 0] += 127
+        images[labels == 1, 2] += 127
+        with open(root / FOLDER / name, "wb") as handle:
+            pickle.dump({b"data": images.reshape(64, -1), b"labels": labels.tolist()}, handle)
+    return root
+
+
+def _hparams_session(tensorboard_dir: Path):
+    """The (settings, metric tags) recorded in a run's TensorBoard HPARAMS data."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    content = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    settings = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return settings, {m.name.tag for m in experiment.metric_infos}, events
+
+
+@pytest.fixture
+def read_hparams():
+    """A function: a run's TensorBoard folder -> (settings, metric tags, the event accumulator) of its HPARAMS data."""
+    return _hparams_session
 
 
 @pytest.fixture(autouse=True)

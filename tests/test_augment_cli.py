@@ -15,11 +15,13 @@ def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "augment.py"), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_augment_smoke_trains_and_reports(tmp_path, data_root):
+def test_augment_learns_a_planted_slice_and_reports(tmp_path, planted_data_root, read_hparams):
     out = tmp_path / "run"
-    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(data_root)})
+    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),
+                            "train_subset": 0, "test_subset": 0})  # fmt: skip
     summary = run_training(config, out, progress=False)
-    assert 0.0 <= summary["test_acc"] <= 1.0
+    # Two planted classes (chance 50%): one epoch of 10 steps must reach 80% on the 64 held-out images.
+    assert summary["test_acc"] >= 0.80, summary["test_acc"]
     assert summary["params"] > 0 and summary["params_with_aux"] > summary["params"]
     assert summary["flops"] > 0 and summary["latency_ms"] > 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -30,6 +32,12 @@ def test_augment_smoke_trains_and_reports(tmp_path, data_root):
     assert json.loads((out / "summary.json").read_text())["params"] == summary["params"]
     stored = json.loads((out / "config.json").read_text())["genotype"]
     assert json.loads(stored)["normal"][0] == ["sep_conv_3x3", 0]  # the architecture itself is recorded
+    settings, metric_tags, events = read_hparams(out / "tensorboard")
+    assert settings["layers"] == 3 and settings["drop_path"] == pytest.approx(0.2) and settings["data_root"] == str(planted_data_root)
+    assert {"hparams/test_acc", "hparams/params", "hparams/latency_ms"} <= metric_tags
+    assert events.Scalars("hparams/test_acc")[0].value == pytest.approx(summary["test_acc"])
+    assert events.Scalars("train/lr")[0].value == pytest.approx(0.025)
+    assert events.Scalars("train/drop_path_prob")[0].value == 0.0  # ramped from 0 at the first epoch
 
 
 def test_flop_counter_matches_reference_magnitude():

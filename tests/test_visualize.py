@@ -113,7 +113,7 @@ def test_read_alpha_records_keeps_the_latest_line_per_epoch_and_ignores_a_torn_o
     assert [r["v"] for r in read_alpha_records(path, last_epoch=2)] == ["a", "new"]
 
 
-def test_search_logs_pictures_to_tensorboard(tmp_path, data_root):
+def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
@@ -131,6 +131,11 @@ def test_search_logs_pictures_to_tensorboard(tmp_path, data_root):
         assert png_size(out / "figures" / f"{name}.png")[0] > 300
     scalars = set(tags["scalars"])
     assert {"search/train_loss", "search/val_acc", "search/lr", "alpha_entropy/normal", "op_share_normal/sg_block"} <= scalars
+    settings, metric_tags, events = read_hparams(out / "tensorboard")
+    assert settings["ops"] == "sgblock" and settings["nodes"] == 2 and settings["order"] == 1
+    assert {"hparams/val_acc", "hparams/val_loss"} <= metric_tags
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert events.Scalars("hparams/val_acc")[0].value == pytest.approx(final["val_acc"])
     if shutil.which("dot"):
         assert {"cells/normal", "cells/reduce"} <= set(tags["images"])
         assert (out / "cells" / "epoch_001_normal.png").exists()
