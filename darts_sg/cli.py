@@ -1,4 +1,4 @@
-"""Command line: `darts-sg search|augment|plot|compare` (and the `search.py` / `augment.py` scripts).
+"""Command line: `darts-sg search|augment|evaluate|export|plot|compare` (and the `search.py` / `augment.py` scripts).
 
 Commands only parse options and call library functions. Errors caused by input are printed
 as one line on stderr with exit code 2; a run stopped by a signal exits with 128 + signal.
@@ -157,6 +157,58 @@ def plot(genotype, output, fmt) -> None:
         output = Path(genotype).stem if not genotype.startswith("Genotype(") else "genotype"
     for path in plot_genotype(geno, output, fmt):
         click.echo(str(path))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_or_model", metavar="RUN_OR_MODEL")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py [default: $DARTS_SG_DATA, else ./data].")
+@click.option("--test-subset", type=NON_NEGATIVE, default=0, show_default=True, help="Evaluate on the first N test images (0 = all 10k).")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Evaluation batch size.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Device for the test pass (latency is always measured on the CPU, batch 1).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results to this JSON file.")
+def evaluate(run_or_model, data_root, test_subset, batch_size, device, json_path) -> None:
+    """Test accuracy, loss, accuracy per class and CPU latency of a trained network.
+
+    RUN_OR_MODEL is a retraining run directory (written by `augment`) or its model.pt.
+    """
+    import json
+
+    from .deploy import evaluate_network, load_trained
+    from .engine import resolve_device
+    from .io import atomic_write_text
+
+    network, _ = load_trained(run_or_model)
+    result = evaluate_network(network, data_root, test_subset, batch_size, str(resolve_device(device)))
+    click.echo(f"test accuracy {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | {result['images']:,} images | "
+               f"{result['params']:,} params | CPU latency {result['latency_ms']:.2f} ms/image (batch 1)")  # fmt: skip
+    for name, acc in result["per_class_acc"].items():
+        click.echo(f"  {name:<10} {'n/a' if acc is None else f'{100 * acc:6.2f}%'}")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+        click.echo(f"written: {json_path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript", show_default=True,
+              help="TorchScript (torch.jit, for C++/mobile runtimes) or ONNX (needs: pip install onnx onnxscript).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output file [default: RUN/model.torchscript.pt or RUN/model.onnx].")
+def export(run, fmt, output) -> None:
+    """Export the trained network of a retraining run for deployment.
+
+    The exported model takes normalised 32x32 RGB images (N, 3, 32, 32) and returns the 10 logits;
+    OUTPUT.json beside it records the normalisation, the class names and the genotype.
+    """
+    from pathlib import Path
+
+    from .deploy import export_network, load_trained
+
+    network, config = load_trained(run)
+    if output is None:
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        output = folder / ("model.torchscript.pt" if fmt == "torchscript" else "model.onnx")
+    path = export_network(network, config, output, fmt)
+    click.echo(f"written: {path} (and {path.name}.json)")
 
 
 @cli.command(context_settings=CONTEXT)

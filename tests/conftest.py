@@ -64,6 +64,18 @@ def _hparams_session(tensorboard_dir: Path):
     return settings, {m.name.tag for m in experiment.metric_infos}, events
 
 
+@pytest.fixture(scope="session")
+def planted_training_run(tmp_path_factory, planted_data_root) -> tuple[Path, dict]:
+    """(run directory, summary) of a smoke retraining of DARTS_V2 for one epoch on the planted data."""
+    from darts_sg.train import TRAIN_PRESETS, TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("planted-run") / "run"
+    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),
+                            "train_subset": 0, "test_subset": 0})  # fmt: skip
+    torch.set_num_threads(2)
+    return out, run_training(config, out, progress=False)
+
+
 @pytest.fixture
 def read_hparams():
     """A function: a run's TensorBoard folder -> (settings, metric tags, the event accumulator) of its HPARAMS data."""

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.train import TRAIN_PRESETS, TrainConfig, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,11 +14,8 @@ def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "augment.py"), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_augment_learns_a_planted_slice_and_reports(tmp_path, planted_data_root, read_hparams):
-    out = tmp_path / "run"
-    config = TrainConfig(**{**TRAIN_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),
-                            "train_subset": 0, "test_subset": 0})  # fmt: skip
-    summary = run_training(config, out, progress=False)
+def test_augment_learns_a_planted_slice_and_reports(planted_training_run, planted_data_root, read_hparams):
+    out, summary = planted_training_run
     # Two planted classes (chance 50%): one epoch of 10 steps must reach 80% on the 64 held-out images.
     assert summary["test_acc"] >= 0.80, summary["test_acc"]
     assert summary["params"] > 0 and summary["params_with_aux"] > summary["params"]
