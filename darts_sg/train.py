@@ -48,7 +48,7 @@ class TrainConfig(RunConfig):
     IDENTITY = (
         "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
         "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
-        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic",
+        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "space",
     )  # fmt: skip
 
     def validate(self) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from darts_sg.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,25 @@ def test_genotype_outside_space_is_refused(tmp_path, data_root):
     result = run_cli("--preset", "smoke", "--genotype", "darts_v2", "--space", "none,max_pool_3x3,skip_connect",
                      "--out", str(tmp_path / "r"), "--data-root", str(data_root))  # fmt: skip
     assert result.returncode == 2 and "not in the chosen space" in result.stderr
+
+
+def test_every_setting_is_checked_or_free_on_resume():
+    from dataclasses import fields
+
+    from darts_sg.search import SearchConfig
+    from darts_sg.setup import RUNTIME_KEYS
+
+    for cls in (SearchConfig, TrainConfig):
+        names = {f.name for f in fields(cls)}
+        assert names == set(cls.IDENTITY) | (RUNTIME_KEYS & names), f"{cls.__name__}: a setting would be ignored on resume"
+
+
+def test_resume_with_another_space_is_refused(planted_training_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(planted_training_run[0], run)
+    before = (run / "config.json").read_text()
+    result = run_cli("--resume", str(run), "--space", "invres")
+    assert result.returncode == 2 and "space is None there but 'invres' was asked for" in result.stderr, result.stderr
+    assert (run / "config.json").read_text() == before
