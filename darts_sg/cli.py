@@ -146,12 +146,23 @@ def augment(preset, out, resume, progress, log_every, **params) -> None:
 @click.option("-o", "--output", default=None, help="Output prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT [default: the genotype's name].")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
 def plot(genotype, output, fmt) -> None:
-    """Draw the normal and reduction cells of GENOTYPE (file, name, or legacy string)."""
+    """Draw the normal and reduction cells of GENOTYPE (file, name, or legacy string).
+
+    GENOTYPE may also be a search run directory: its alpha heatmaps and alpha trajectories
+    are drawn into RUN/figures/ (PNG), and its final cells beside them.
+    """
     from pathlib import Path
 
     from .genotype import load_genotype
-    from .visualize import plot_genotype
+    from .visualize import plot_genotype, plot_search_run
 
+    if Path(genotype).is_dir():
+        for path in plot_search_run(genotype):
+            click.echo(str(path))
+        prefix = Path(genotype) / "figures" / "cell"
+        for path in plot_genotype(load_genotype(str(Path(genotype) / "genotype.json")), output or prefix, fmt):
+            click.echo(str(path))
+        return
     geno = load_genotype(genotype)
     if output is None:
         output = Path(genotype).stem if not genotype.startswith("Genotype(") else "genotype"

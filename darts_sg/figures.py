@@ -103,8 +103,8 @@ def alpha_trajectories_figure(records: Sequence[Mapping[str, Any]], cell: str = 
 
     `records` are the lines of a search run's ``alphas.jsonl`` (``epoch``, ``primitives`` and
     the softmax weights of the ``normal`` and ``reduce`` cells, edge x op). Panels sit one row
-    per intermediate node, one column per input of that node; a dashed line marks the uniform
-    weight 1/num_ops where every edge starts.
+    per intermediate node, one column per input of that node, all on one y scale fitted to the
+    weights; a dashed line marks the uniform weight 1/num_ops where every edge starts.
     """
     if cell not in ("normal", "reduce"):
         raise ValueError(f"cell must be 'normal' or 'reduce', got {cell!r}")
@@ -127,7 +127,9 @@ def alpha_trajectories_figure(records: Sequence[Mapping[str, Any]], cell: str = 
     fig = _new_figure(2.4 * cols + 1.8, 1.8 * rows + 0.6)
     grid = fig.add_gridspec(rows, cols)
     colours = _colours(n_ops)
-    top = float(series.max()) * 1.05
+    low, high = min(float(series.min()), 1.0 / n_ops), max(float(series.max()), 1.0 / n_ops)
+    margin = 0.08 * (high - low) or 0.01
+    limits = (max(low - margin, 0.0), min(high + margin, 1.0))  # zoomed: early in a search the weights move little
     axes = []
     for edge, (row, col) in enumerate(slots):
         ax = fig.add_subplot(grid[row, col], sharey=axes[0] if axes else None)
@@ -136,7 +138,7 @@ def alpha_trajectories_figure(records: Sequence[Mapping[str, Any]], cell: str = 
                     linewidth=1.4, label=primitives[o])  # fmt: skip
         ax.axhline(1.0 / n_ops, color="0.6", linestyle="--", linewidth=0.8)
         ax.set_title(edge_labels(n_edges)[edge], fontsize=9)
-        ax.set_ylim(0.0, max(top, 1.5 / n_ops))
+        ax.set_ylim(*limits)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         if row == rows - 1 or steps is None:

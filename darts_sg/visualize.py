@@ -19,7 +19,7 @@ import torch
 from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
 from .genotype import Genotype
 
-__all__ = ["cell_graph", "plot_genotype", "log_search_epoch", "log_hparams", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
+__all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "log_hparams", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 
 BLOCK_OPS = {"sg_block": "#f4a259", "inv_res": "#8cb369"}
 INSTALL_HINT = "Graphviz 'dot' not found: wrote the .gv source only; install Graphviz (e.g. apt-get install graphviz) to get images"
@@ -151,6 +151,29 @@ def read_alpha_records(path: str | Path, last_epoch: int | None = None) -> list[
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def alpha_figures(records: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """(TensorBoard tag, PNG name, figure) of a search's alpha figures: per cell, the heatmap of
+    the last record and the trajectories over all of them (records: lines of alphas.jsonl)."""
+    last = records[-1]
+    figures = []
+    for cell in ("normal", "reduce"):
+        title = f"softmax(alpha) {cell} cell, epoch {last['epoch']}"
+        figures.append((f"alphas/{cell}", f"alpha_heatmap_{cell}.png", alpha_heatmap_figure(last[cell], last["primitives"], title)))
+        figures.append((f"alpha_trajectories/{cell}", f"alpha_trajectories_{cell}.png", alpha_trajectories_figure(records, cell)))
+    return figures
+
+
+def plot_search_run(run_path: str | Path) -> list[Path]:
+    """Draw the alpha figures of a search run from its alphas.jsonl into RUN/figures/ (PNG)."""
+    from .errors import UserError
+
+    alphas = Path(run_path) / "alphas.jsonl"
+    records = read_alpha_records(alphas) if alphas.is_file() else []
+    if not records:
+        raise UserError(f"{run_path} holds no alphas.jsonl with a finished epoch; give a search run directory")
+    return [save_figure(fig, Path(run_path) / "figures" / name) for _, name, fig in alpha_figures(records)]
+
+
 def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) -> None:
     """Scalars, op shares and entropy of one search epoch; alpha heatmaps and alpha trajectories
     as TensorBoard figures and as PNGs in ``figures/``; cell diagrams."""
@@ -158,19 +181,16 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
         if key in metrics:
             writer.add_scalar(f"search/{key}", metrics[key], epoch)
     normal, reduce = model.op_weights()
-    alphas_path = run.path / "alphas.jsonl"
-    records = read_alpha_records(alphas_path, epoch) if alphas_path.exists() else []
     for cell, weights in (("normal", normal), ("reduce", reduce)):
         writer.add_scalar(f"alpha_entropy/{cell}", alpha_entropy(weights), epoch)
         for op, share in op_shares(weights, model.primitives).items():
             writer.add_scalar(f"op_share_{cell}/{op}", share, epoch)
-        heatmap = alpha_heatmap_figure(weights, model.primitives, title=f"softmax(alpha) {cell} cell, epoch {epoch}")
-        writer.add_figure(f"alphas/{cell}", heatmap, epoch, close=False)
-        save_figure(heatmap, run.file("figures", f"alpha_heatmap_{cell}.png"))
-        if records:
-            trajectories = alpha_trajectories_figure(records, cell)
-            writer.add_figure(f"alpha_trajectories/{cell}", trajectories, epoch, close=False)
-            save_figure(trajectories, run.file("figures", f"alpha_trajectories_{cell}.png"))
+    alphas = run.path / "alphas.jsonl"
+    records = read_alpha_records(alphas, epoch) if alphas.exists() else []
+    if records:
+        for tag, name, figure in alpha_figures(records):
+            writer.add_figure(tag, figure, epoch, close=False)
+            save_figure(figure, run.file("figures", name))
     genotype = Genotype.from_dict(metrics["genotype"]) if "genotype" in metrics else model.genotype()
     for path in plot_genotype(genotype, run.file("cells", f"epoch_{epoch:03d}"), "png"):
         if path.suffix == ".png":

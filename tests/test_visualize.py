@@ -139,3 +139,16 @@ def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
     if shutil.which("dot"):
         assert {"cells/normal", "cells/reduce"} <= set(tags["images"])
         assert (out / "cells" / "epoch_001_normal.png").exists()
+
+
+def test_plot_command_draws_the_alpha_figures_of_a_search_run(tmp_path):
+    run = tmp_path / "search"
+    shutil.copytree(ROOT / "results" / "quick-sgblock-s0" / "search", run, ignore=shutil.ignore_patterns("figures"))
+    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", str(run)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    names = {Path(line).name for line in result.stdout.split()}
+    expected = {f"alpha_{kind}_{cell}.png" for kind in ("heatmap", "trajectories") for cell in ("normal", "reduce")}
+    assert expected <= names
+    assert all(png_size(run / "figures" / name)[0] > 500 for name in expected)
+    empty = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "holds no alphas.jsonl" in empty.stderr
