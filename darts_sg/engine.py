@@ -1,8 +1,9 @@
 """The training loop shared by search and retraining.
 
-``fit`` runs a ``Job`` epoch by epoch: progress (a bar on a terminal, timed lines elsewhere), NaN guard, metrics lines, TensorBoard
-scalars, atomic checkpoints (per epoch and every N steps), resume from any checkpoint, and a
-graceful stop on SIGINT/SIGTERM (finish the step, checkpoint, say how to resume). What a step
+``fit`` runs a ``Job`` epoch by epoch: progress (a bar on a terminal, timed lines elsewhere),
+NaN guard, metrics lines, TensorBoard scalars, atomic checkpoints (per epoch and every N
+steps), resume from any checkpoint, and a graceful stop on SIGINT/SIGTERM (finish the step,
+checkpoint, say how to resume). What a step
 *does* is the job's business (``SearchJob`` in search.py, ``TrainJob`` in train.py).
 """
 

@@ -15,6 +15,7 @@ from .errors import UserError
 from .distributed import identical_across_ranks
 from .engine import evaluate, is_main_process
 from .genotype import Genotype
+from .hparams import log_hparams
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
@@ -211,7 +212,5 @@ def run_search(
     if is_main_process():
         genotype.save(run.file("genotype.json"))
         final = run.read_metrics()[-1]
-        from .visualize import log_hparams
-
         log_hparams(run.path, config.to_dict(), {k: final[k] for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
     return genotype

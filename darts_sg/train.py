@@ -17,6 +17,7 @@ from .data import Augment, BatchLoader, load_cifar10
 from .engine import evaluate, is_main_process
 from .errors import UserError
 from .genotype import load_genotype
+from .hparams import log_hparams
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
@@ -223,8 +224,6 @@ def run_training(
         torch.save({k: v.cpu() for k, v in job.model.state_dict().items()}, buffer)
         atomic_write_bytes(run.file("model.pt"), buffer.getvalue())
         atomic_write_text(run.file("summary.json"), json.dumps(summary, indent=2) + "\n")
-        from .visualize import log_hparams
-
         final = {k: summary[k] for k in ("test_acc", "test_loss", "params", "flops", "latency_ms")}
         log_hparams(run.path, config.to_dict(), {**final, "train_acc": records[-1]["train_acc"] if records else float("nan")})
     return summary

@@ -19,7 +19,7 @@ import torch
 from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
 from .genotype import Genotype
 
-__all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "log_hparams", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
+__all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 
 BLOCK_OPS = {"sg_block": "#f4a259", "inv_res": "#8cb369"}
 INSTALL_HINT = "Graphviz 'dot' not found: wrote the .gv source only; install Graphviz (e.g. apt-get install graphviz) to get images"
@@ -197,22 +197,6 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
             image = _image_array(path)
             if image is not None:
                 writer.add_image(f"cells/{path.stem.rsplit('_', 1)[-1]}", image, epoch, dataformats="HWC")
-
-
-def log_hparams(run_path: str | Path, config: dict[str, Any], metrics: dict[str, float]) -> None:
-    """Record the run's settings against its final metrics in its TensorBoard folder (the HPARAMS
-    tab: one row per run under `tensorboard --logdir runs`). Settings that are not numbers,
-    strings or booleans are written as text; metric tags are `hparams/<name>`."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
-    tagged = {f"hparams/{k}": float(v) for k, v in metrics.items()}
-    with SummaryWriter(str(Path(run_path) / "tensorboard")) as writer:
-        for summary in hparams(values, tagged):
-            writer.file_writer.add_summary(summary)
-        for tag, value in tagged.items():
-            writer.add_scalar(tag, value)
 
 
 # ----------------------------------------------------------------------------------------- scatter plot
