@@ -131,7 +131,7 @@ def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
         assert png_size(out / "figures" / f"{name}.png")[0] > 300
     scalars = set(tags["scalars"])
     assert {"search/train_loss", "search/val_acc", "search/lr", "alpha_entropy/normal", "op_share_normal/sg_block"} <= scalars
-    settings, metric_tags, events = read_hparams(out / "tensorboard")
+    settings, metric_tags, events = read_hparams(out / "tensorboard" / "hparams")
     assert settings["ops"] == "sgblock" and settings["nodes"] == 2 and settings["order"] == 1
     assert {"hparams/val_acc", "hparams/val_loss"} <= metric_tags
     final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
