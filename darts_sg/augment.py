@@ -21,6 +21,7 @@ from .distributed import is_main_process
 from .engine import evaluate, weight_step
 from .errors import UserError
 from .genotype import load_genotype
+from .hparams import log_hparams
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
@@ -60,7 +61,7 @@ class AugmentConfig(RunConfig):
         "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
         "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
         "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "dataset", "lr_decay", "label_smoothing",
-        "image_size",
+        "image_size", "space",
     )  # fmt: skip
 
     def validate(self) -> None:
@@ -273,7 +274,8 @@ class AugmentJob:
 
 
 def run_augment(
-    config: AugmentConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+    config: AugmentConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
+    log_every: float = 60.0,
 ) -> dict[str, Any]:
     """Train a genotype into the run directory `out` (or continue it); returns the summary written to summary.json."""
     run = RunDirectory(out)
@@ -292,7 +294,7 @@ def run_augment(
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
         log_memory(job.model, config, device, world, acceleration.channels_last, job.image_size())
-    records = fit_run(job, run, config, resume, "augment.py", progress)
+    records = fit_run(job, run, config, resume, "augment.py", progress, log_every)
     flops = flops_per_image(job.model, device, job.image_size())
     summary = {
         "genotype": job.genotype.to_dict(),
@@ -313,4 +315,6 @@ def run_augment(
         torch.save({k: v.cpu() for k, v in job.model.state_dict().items()}, buffer)
         atomic_write_bytes(run.file("model.pt"), buffer.getvalue())
         atomic_write_text(run.file("summary.json"), json.dumps(summary, indent=2) + "\n")
+        final = {k: summary[k] for k in ("test_acc", "test_loss", "params", "flops", "latency_ms")}
+        log_hparams(run.path, config.to_dict(), {**final, "train_acc": records[-1]["train_acc"] if records else float("nan")})
     return summary

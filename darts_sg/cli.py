@@ -1,4 +1,4 @@
-"""Command line: `darts-sg search|augment|plot|compare` (and the `search.py` / `augment.py` scripts).
+"""Command line: `darts-sg search|augment|evaluate|export|plot|compare` (and the `search.py` / `augment.py` scripts).
 
 Commands only parse options and call library functions. Errors caused by input are printed
 as one line on stderr with exit code 2; a run stopped by a signal exits with 128 + signal.
@@ -88,7 +88,9 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: s
         click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py or cifar-100-python (when not given: $DARTS_SG_DATA, else ./data); downloaded there if absent. ImageNet: the folder holding train/ and val/."),
         click.option("--out", type=click.Path(file_okay=False), help="Run directory to create (when not given: runs/<job>-<time>)."),
         click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory from its last checkpoint."),
-        click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch."),
+        click.option("--progress/--no-progress", default=True, help="Show progress: a bar per epoch on a terminal, else a line every --log-every seconds; both with the ETA of the epoch and of the whole run."),
+        click.option("--log-every", type=NON_NEGATIVE_FLOAT, default=60.0, show_default=True, metavar="SECONDS",
+                     help="Off a terminal (nohup, a scheduler, CI): print step, loss, accuracy, images/s and ETAs every SECONDS (0 = every step)."),
     ]  # fmt: skip
 
 
@@ -150,11 +152,11 @@ def cli() -> None:
 @_search_option("--share-relu/--no-share-relu", "share_relu", "One ReLU per edge for its separable and dilated convs (exact, less memory).", default=None)
 @_search_option("--fused-sum/--no-fused-sum", "fused_sum", "Accumulate each edge's weighted sum in place (exact, less memory).", default=None)
 @_apply(common_options(SearchConfig, SEARCH_PRESETS, SEARCH_PRESET_HELP))
-def search(preset, out, resume, progress, **params) -> None:
+def search(preset, out, resume, progress, log_every, **params) -> None:
     """Search a cell architecture on CIFAR-10 or CIFAR-100 (bilevel DARTS) and write the derived genotype."""
     config, explicit = _config(SearchConfig, SEARCH_PRESETS, preset, params)
     out, resuming = _out_dir(out, resume, "search")
-    genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress)
+    genotype = run_search(config, out, resume=resuming, explicit=explicit, progress=progress, log_every=log_every)
     click.echo(f"genotype: {genotype}")
     click.echo(f"written: {out}/genotype.json")
 
@@ -176,14 +178,14 @@ def search(preset, out, resume, progress, **params) -> None:
 @_augment_option("--image-size", "image_size", "ImageNet crop size in pixels; evaluation resizes to 256/224 of it.", type=click.IntRange(min=32))
 @_augment_option("--workers", "workers", "Processes decoding ImageNet images (0 = in the main process).", type=NON_NEGATIVE)
 @_apply(common_options(AugmentConfig, AUGMENT_PRESETS))
-def augment(preset, out, resume, progress, **params) -> None:
+def augment(preset, out, resume, progress, log_every, **params) -> None:
     """Augment: retrain a genotype from scratch (CIFAR-10, CIFAR-100 or ImageNet) and report test accuracy, params, FLOPs and latency."""
     base = DATASET_SETTINGS[params["dataset"] or "cifar10"]
     config, explicit = _config(AugmentConfig, AUGMENT_PRESETS, preset, params, base)
     out, resuming = _out_dir(out, resume, "augment")
     if not resuming and not config.genotype:
         raise click.UsageError("--genotype is required (a JSON file, a name such as darts_v2, or a Genotype(...) string)")
-    summary = run_augment(config, out, resume=resuming, explicit=explicit, progress=progress)
+    summary = run_augment(config, out, resume=resuming, explicit=explicit, progress=progress, log_every=log_every)
     click.echo(
         f"test accuracy {summary['test_acc']:.4f} | params {summary['params']:,} | "
         f"{summary['multiply_adds'] / 1e6:.1f}M multiply-adds/image ({summary['image_size']}px) | "
@@ -197,12 +199,23 @@ def augment(preset, out, resume, progress, **params) -> None:
 @click.option("-o", "--output", default=None, help="Output prefix: writes PREFIX_normal.FMT and PREFIX_reduce.FMT (when not given: the genotype's name).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
 def plot(genotype, output, fmt) -> None:
-    """Draw the normal and reduction cells of GENOTYPE (file, name, or legacy string)."""
+    """Draw the normal and reduction cells of GENOTYPE (file, name, or legacy string).
+
+    GENOTYPE may also be a search run directory: its alpha heatmaps and alpha trajectories
+    are drawn into RUN/figures/ (PNG), and its final cells beside them.
+    """
     from pathlib import Path
 
     from .genotype import load_genotype
-    from .visualize import plot_genotype
+    from .visualize import plot_genotype, plot_search_run
 
+    if Path(genotype).is_dir():
+        for path in plot_search_run(genotype):
+            click.echo(str(path))
+        prefix = Path(genotype) / "figures" / "cell"
+        for path in plot_genotype(load_genotype(str(Path(genotype) / "genotype.json")), output or prefix, fmt):
+            click.echo(str(path))
+        return
     geno = load_genotype(genotype)
     if output is None:
         output = Path(genotype).stem if not genotype.startswith("Genotype(") else "genotype"
@@ -217,6 +230,58 @@ def _scale_defaults(key: str) -> str:
     values = {name: getattr(CompareSpec.for_preset(name), key) for name in COMPARE_SCALES}
     shown = {name: ",".join(map(str, v)) if isinstance(v, list) else str(v) for name, v in values.items()}
     return "(when not given, the scale's own: " + "; ".join(f"{name} {v or 'none'}" for name, v in shown.items()) + ")."
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_or_model", metavar="RUN_OR_MODEL")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data).")
+@click.option("--test-subset", type=NON_NEGATIVE, default=0, show_default=True, help="Evaluate on the first N test images (0 = all 10k).")
+@click.option("--batch-size", type=POSITIVE, default=256, show_default=True, help="Evaluation batch size.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Device for the test pass (latency is always measured on the CPU, batch 1).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results to this JSON file.")
+def evaluate(run_or_model, data_root, test_subset, batch_size, device, json_path) -> None:
+    """Test accuracy, loss, accuracy per class and CPU latency of a trained network.
+
+    RUN_OR_MODEL is a retraining run directory (written by `augment`) or its model.pt.
+    """
+    import json
+
+    from .deploy import evaluate_network, load_trained
+    from .runtime import resolve_device
+    from .io import atomic_write_text
+
+    network, _ = load_trained(run_or_model)
+    result = evaluate_network(network, data_root, test_subset, batch_size, str(resolve_device(device)))
+    click.echo(f"test accuracy {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | {result['images']:,} images | "
+               f"{result['params']:,} params | CPU latency {result['latency_ms']:.2f} ms/image (batch 1)")  # fmt: skip
+    for name, acc in result["per_class_acc"].items():
+        click.echo(f"  {name:<10} {'n/a' if acc is None else f'{100 * acc:6.2f}%'}")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+        click.echo(f"written: {json_path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript", show_default=True,
+              help="TorchScript (torch.jit, for C++/mobile runtimes) or ONNX (needs: pip install onnx onnxscript).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output file (when not given: RUN/model.torchscript.pt or RUN/model.onnx).")
+def export(run, fmt, output) -> None:
+    """Export the trained network of a retraining run for deployment.
+
+    The exported model takes normalised 32x32 RGB images (N, 3, 32, 32) and returns the 10 logits;
+    OUTPUT.json beside it records the normalisation, the class names and the genotype.
+    """
+    from pathlib import Path
+
+    from .deploy import export_network, load_trained
+
+    network, config = load_trained(run)
+    if output is None:
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        output = folder / ("model.torchscript.pt" if fmt == "torchscript" else "model.onnx")
+    path = export_network(network, config, output, fmt)
+    click.echo(f"written: {path} (and {path.name}.json)")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -73,7 +73,9 @@ def _entropy(weights: Sequence[Sequence[float]]) -> float:
 
 def search_dynamics(run: RunDirectory) -> dict[str, Any]:
     """How a search's alphas settled: final entropies and the epoch from which the genotype no longer changed."""
-    alphas = [json.loads(line) for line in run.file("alphas.jsonl").read_text().splitlines() if line.strip()]
+    from .visualize import read_alpha_records
+
+    alphas = read_alpha_records(run.file("alphas.jsonl"))
     epochs = sorted(run.path.glob("genotypes/epoch_*.json"))
     genotypes = [load_genotype(str(p)) for p in epochs]
     stable = len(genotypes)
@@ -159,18 +161,23 @@ def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_un
     for r in done:
         plot_genotype(Genotype.from_dict(r["genotype"]), out / "cells" / r["name"], quiet=True)
     atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
-    atomic_write_text(out / "report.md", render_markdown(done, spec, total_units or len(units_of(spec))))
+    trajectories = alpha_trajectory_pngs(out, done, spec.spaces)
+    report = render_markdown(done, spec, total_units or len(units_of(spec)))
+    if trajectories:
+        report += "\n## How the alphas settled (the first search of each space)\n\n" + "".join(
+            f"![{p.stem}](alphas/{p.name})\n" for p in trajectories
+        )
+    atomic_write_text(out / "report.md", report)
 
 
 def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
     """Test accuracy against params at the retraining scale: searched, random and reference genotypes,
     with each space's searched mean ± std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.2, 4.8), dpi=100, layout="constrained")
+    from .figures import figure_png
+
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     ax = fig.add_subplot()
     colours = dict(zip(spaces, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]))
     for space in spaces:
@@ -193,9 +200,23 @@ def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=8, loc="best")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(fig)
+
+
+def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) -> list[Path]:
+    """The alpha trajectories (normal and reduction cell) of the first finished search of each space."""
+    from .figures import alpha_trajectories_figure, save_figure
+    from .visualize import read_alpha_records
+
+    written = []
+    for space in spaces:
+        first = next((r for r in rows if r["kind"] == "searched" and r["space"] == space), None)
+        if first is None:
+            continue
+        records = read_alpha_records(out / "search" / first["name"] / "alphas.jsonl")
+        for cell in ("normal", "reduce"):
+            written.append(save_figure(alpha_trajectories_figure(records, cell), out / "alphas" / f"{first['name']}_{cell}.png"))
+    return written
 
 
 def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:

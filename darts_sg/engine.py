@@ -1,10 +1,11 @@
 """The training loop shared by search and augment, and the plain training step.
 
-``fit`` runs a ``Job`` epoch by epoch: progress bar, NaN guard, metrics lines, TensorBoard
-scalars, atomic checkpoints (per epoch and every N steps), resume from any checkpoint, and a
-graceful stop on SIGINT/SIGTERM (finish the step, checkpoint, say how to resume). What a step
-*does* is the job's business (``SearchJob`` in search.py, ``AugmentJob`` in augment.py);
-``weight_step`` is the plain optimizer step both use for the network weights.
+``fit`` runs a ``Job`` epoch by epoch: progress (a bar on a terminal, timed lines elsewhere),
+NaN guard, metrics lines, TensorBoard scalars, atomic checkpoints (per epoch and every N
+steps), resume from any checkpoint, and a graceful stop on SIGINT/SIGTERM (finish the step,
+checkpoint, say how to resume). What a step *does* is the job's business (``SearchJob`` in
+search.py, ``AugmentJob`` in augment.py); ``weight_step`` is the plain optimizer step both use
+for the network weights.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .distributed import average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
 from .runs import RunDirectory, RunError
 
-__all__ = ["Job", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
+__all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
 
 
 class Interrupted(Exception):
@@ -177,8 +178,12 @@ def fit(
     resume_hint: str = "",
     progress: bool = True,
     writer=None,
+    log_every: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) `job` for `epochs` epochs; returns all metrics records of the run."""
+    """Run (or continue) `job` for `epochs` epochs; returns all metrics records of the run.
+
+    `progress` shows a bar per epoch on a terminal, else a line every `log_every` seconds (see Progress).
+    """
     main = is_main_process()
     epoch, start_step, totals = 0, 0, EpochTotals()
     if resume and run.checkpoint_path.exists():
@@ -208,10 +213,11 @@ def fit(
             )
 
     n_steps = job.steps_per_epoch()
+    bar = Progress(epochs, n_steps, epoch, start_step, enabled=progress and main, log_every=log_every)
     with stop_on_signals() as received:
         while epoch < epochs and not getattr(job, "stop_reason", None):
             job.begin_epoch(epoch)
-            bar = _progress(n_steps, start_step, f"epoch {epoch + 1}/{epochs}", enabled=progress and main)
+            bar.begin_epoch(epoch, start_step)
             step = start_step
             tick = time.perf_counter()
             for batch in job.batches(epoch, start_step):
@@ -227,10 +233,10 @@ def fit(
                 totals.add({k: v * count for k, v in values.items()}, count, now - tick)
                 tick = now
                 step += 1
-                bar.update(totals)
+                bar.update(step, totals)
                 if received:
                     save(epoch, step)
-                    bar.close()
+                    bar.end_epoch()
                     raise Interrupted(
                         f"stopped on signal {signal.Signals(received[0]).name} at epoch {epoch + 1}, step {step}; "
                         f"checkpoint saved; resume with: {resume_hint or '--resume ' + str(run.path)}",
@@ -238,7 +244,7 @@ def fit(
                     )
                 if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
                     save(epoch, step)
-            bar.close()
+            bar.end_epoch()
             record = {"epoch": epoch + 1, **totals.summary(), "train_seconds": totals.seconds}
             eval_start = time.perf_counter()
             record.update(job.end_epoch(epoch))
@@ -264,36 +270,106 @@ def _epoch_line(record: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-class _progress:
-    """A click progress bar showing loss, accuracy and ETA (silent when disabled)."""
+def _duration(seconds: float) -> str:
+    """h:mm:ss (days spelled out beyond 24 h)."""
+    seconds = max(int(round(seconds)), 0)
+    days, rest = divmod(seconds, 86_400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
 
-    def __init__(self, length: int, start: int, label: str, enabled: bool):
+
+class Progress:
+    """Per-step progress of a run, with ETAs for the epoch and for the whole run.
+
+    On a terminal: a click progress bar per epoch (its own ETA is the epoch's), with loss,
+    accuracy, images/s and the run's ETA beside it. Off a terminal (nohup, a scheduler, CI),
+    where a bar shows only its label: one line every `log_every` seconds (0 = every step) with
+    step, loss, accuracy, images/s and both ETAs. ETAs extrapolate the wall time per step of
+    this process, evaluation included.
+    """
+
+    def __init__(
+        self, epochs: int, steps_per_epoch: int, start_epoch: int, start_step: int, enabled: bool = True,
+        log_every: float = 60.0, stream=None, clock=time.perf_counter,
+    ):  # fmt: skip
+        self.epochs, self.steps = epochs, steps_per_epoch
+        self.enabled = enabled and steps_per_epoch > 0
+        self.log_every = log_every
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._start_time, self._start_done = clock(), start_epoch * steps_per_epoch + start_step
+        self._epoch = start_epoch
+        self._epoch_time, self._epoch_start_step = self._start_time, start_step
+        self._last_line = self._start_time
+        self._step = start_step
         self._totals: EpochTotals | None = None
         self._bar = None
-        if enabled and length > 0:
+
+    def begin_epoch(self, epoch: int, start_step: int) -> None:
+        self._epoch, self._step, self._totals = epoch, start_step, None
+        self._epoch_time = self._last_line = self.clock()
+        self._epoch_start_step = start_step
+        if self.enabled and self.tty:
             self._bar = click.progressbar(
-                length=length,
-                label=label,
-                file=sys.stderr,
-                show_eta=True,
-                item_show_func=lambda _: self._describe(),
-            )
+                length=self.steps, label=f"epoch {epoch + 1}/{self.epochs}", file=self.stream, show_eta=True,
+                item_show_func=lambda _: self._bar_text(),
+            )  # fmt: skip
             self._bar.__enter__()
-            if start:
-                self._bar.update(start)
+            if start_step:
+                self._bar.update(start_step)
 
-    def _describe(self) -> str | None:
-        if self._totals is None or not self._totals.images:
+    def run_eta(self) -> float | None:
+        """Seconds left for the whole run, from this process's wall time per step so far."""
+        done = self._epoch * self.steps + self._step - self._start_done
+        if done <= 0:
             return None
+        per_step = (self.clock() - self._start_time) / done
+        return per_step * (self.epochs * self.steps - self._epoch * self.steps - self._step)
+
+    def epoch_eta(self) -> float | None:
+        done = self._step - self._epoch_start_step
+        if done <= 0:
+            return None
+        return (self.clock() - self._epoch_time) / done * (self.steps - self._step)
+
+    def _stats(self) -> list[str]:
+        if self._totals is None or not self._totals.images:
+            return []
         s = self._totals.summary()
-        return f"loss {s['train_loss']:.3f} acc {s.get('train_acc', 0):.3f} {s['images_per_s']:.0f} img/s"
+        parts = [f"loss {s['train_loss']:.3f}"]
+        if "train_acc" in s:
+            parts.append(f"acc {s['train_acc']:.3f}")
+        parts.append(f"{s['images_per_s']:.1f} img/s")
+        return parts
 
-    def update(self, totals: EpochTotals) -> None:
-        self._totals = totals
+    def _bar_text(self) -> str | None:
+        run_eta = self.run_eta()
+        parts = self._stats() + ([f"run ETA {_duration(run_eta)}"] if run_eta is not None else [])
+        return " | ".join(parts) or None
+
+    def line(self) -> str:
+        """The progress line printed off a terminal."""
+        parts = [f"epoch {self._epoch + 1}/{self.epochs} step {self._step}/{self.steps}", *self._stats()]
+        for name, eta in (("epoch", self.epoch_eta()), ("run", self.run_eta())):
+            if eta is not None:
+                parts.append(f"{name} ETA {_duration(eta)}")
+        return " | ".join(parts)
+
+    def update(self, step: int, totals: EpochTotals) -> None:
+        """Record that `step` steps of the epoch are done."""
+        self._step, self._totals = step, totals
+        if not self.enabled:
+            return
         if self._bar is not None:
-            self._bar.update(1, totals)
+            self._bar.update(1)
+            return
+        now = self.clock()
+        if now - self._last_line >= self.log_every and not self.tty:
+            self._last_line = now
+            click.echo(self.line(), file=self.stream)
 
-    def close(self) -> None:
+    def end_epoch(self) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
             self._bar = None

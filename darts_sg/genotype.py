@@ -4,14 +4,16 @@ A genotype lists, for the normal and the reduction cell, two incoming edges per 
 node as ``(op, input)`` pairs, in node order, plus the nodes concatenated into the cell output.
 Inputs 0 and 1 are the cell inputs c_{k-2} and c_{k-1}; node j (0-based) is state j + 2.
 
-Genotypes are read from JSON, from a name in the top-level ``genotypes/`` folder, or from the
-``Genotype(normal=[...], normal_concat=range(2, 6), ...)`` strings printed by the reference
-implementations (parsed by walking the syntax tree; never evaluated).
+Genotypes are read from JSON, from a name in the top-level ``genotypes/`` folder (installed with
+the package as ``darts_sg.zoo``), or from the ``Genotype(normal=[...], normal_concat=range(2, 6), ...)``
+strings printed by the reference implementations, flat (quark0/darts) or nested one list per
+node (pt.darts); they are parsed by walking the syntax tree, never evaluated.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass
@@ -174,7 +176,8 @@ def _concat(value: object, name: str) -> tuple[int, ...]:
 def parse_legacy(text: str, allowed_ops: Iterable[str] | None = None) -> Genotype:
     """Parse a reference-style ``Genotype(normal=[...], normal_concat=range(2, 6), ...)`` string.
 
-    Only the call ``Genotype(...)`` with keyword arguments made of lists/tuples of
+    Edges are a flat list of ``('op', input)`` pairs (quark0/darts) or one such list per node
+    (pt.darts). Only the call ``Genotype(...)`` with keyword arguments made of lists/tuples of
     ``('op', int)`` pairs, integer lists and ``range(int, int)`` is accepted; anything else
     (names, attribute access, other calls) is refused. Nothing is evaluated.
     """
@@ -192,7 +195,26 @@ def parse_legacy(text: str, allowed_ops: Iterable[str] | None = None) -> Genotyp
         if kw.arg is None:
             raise GenotypeError("legacy genotype string must not use ** arguments")
         data[kw.arg] = _literal(kw.value)
+    for cell in ("normal", "reduce"):
+        if cell in data:
+            data[cell] = _flatten_nodes(data[cell], cell)
     return Genotype.from_dict(data, allowed_ops)
+
+
+def _flatten_nodes(edges: object, cell: str) -> object:
+    """pt.darts' nested form (one list of ``(op, input)`` pairs per node) as the flat edge list.
+
+    A flat list (quark0/darts: ``[('sep_conv_3x3', 0), ...]``) is returned as it is.
+    """
+    nested = isinstance(edges, list) and edges and all(
+        isinstance(node, list) and node and all(isinstance(edge, list) for edge in node) for node in edges
+    )
+    if not nested:
+        return edges
+    for k, node in enumerate(edges):
+        if len(node) != EDGES_PER_NODE:
+            raise GenotypeError(f"{cell} node {k} has {len(node)} incoming edges; a cell node needs {EDGES_PER_NODE}")
+    return [edge for node in edges for edge in node]
 
 
 def _literal(node: ast.AST):
@@ -221,18 +243,28 @@ def _literal(node: ast.AST):
 # ----------------------------------------------------------------------------------------- loading
 
 
-def genotype_dir() -> Path:
-    """The folder of named genotypes: $DARTS_SG_GENOTYPES, else the repository's `genotypes/`."""
+ZOO_PACKAGE = "darts_sg.zoo"
+
+
+def genotype_dir():
+    """The folder of named genotypes (a Path or an importlib Traversable): $DARTS_SG_GENOTYPES when
+    set, else the package data `darts_sg.zoo`: the repository's `genotypes/` folder, which the
+    package installs under that name (editable or not)."""
     env = os.environ.get("DARTS_SG_GENOTYPES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "genotypes"
+    try:
+        return importlib.resources.files(ZOO_PACKAGE)
+    except ModuleNotFoundError:  # a source checkout used without installing it
+        return Path(__file__).resolve().parent.parent / "genotypes"
 
 
 def available_genotypes() -> list[str]:
     """Names of the genotypes in the genotypes folder."""
     folder = genotype_dir()
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json"))
 
 
 def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str] | None = None) -> Genotype:
@@ -253,7 +285,7 @@ def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str]
     if not path.is_file():
         named = {name.lower(): name for name in available_genotypes()}
         if text.lower() in named:
-            path = genotype_dir() / f"{named[text.lower()]}.json"
+            path = genotype_dir() / f"{named[text.lower()]}.json"  # a Traversable inside the installed package
         else:
             raise GenotypeError(
                 f"genotype {text!r} is neither a file, a legacy Genotype(...) string, nor a known name "

@@ -49,8 +49,15 @@ class _Subsample(torch.autograd.Function):
         return grad, None, None
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records this op; without it (inference, tracing, export) the plain torch ops run."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def subsample(x: torch.Tensor, step: int, offsets: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, ...]:
     """x[:, :, o::step, o::step] for each offset o, as tensors in x's layout (as is their gradient)."""
+    if not _needs_grad(x):
+        return tuple(x[:, :, o::step, o::step].contiguous(memory_format=_layout(x)) for o in offsets)
     return _Subsample.apply(x, step, tuple(offsets))
 
 
@@ -73,6 +80,8 @@ class _GlobalAvgPool(torch.autograd.Function):
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     """Mean over the spatial dimensions: (N, C, H, W) -> (N, C)."""
+    if not _needs_grad(x):
+        return x.mean(dim=(2, 3))
     return _GlobalAvgPool.apply(x)
 
 

@@ -66,12 +66,15 @@ def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.devic
     return device, rank, world, acceleration
 
 
-def fit_run(job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool) -> list[dict[str, Any]]:
+def fit_run(
+    job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool, log_every: float = 60.0
+) -> list[dict[str, Any]]:
     """Run `job` for the configured epochs with TensorBoard; `script` names the command that resumes it."""
     with open_writer(run) as writer:
         return fit(
             job, run, config.epochs, config.checkpoint_every, resume,
             resume_hint=f"python {script} --resume {run.path}", progress=progress, writer=writer,
+            log_every=log_every,
         )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from .distributed import identical_across_ranks, is_main_process
 from .engine import evaluate, weight_step
 from .errors import UserError
 from .genotype import Genotype
+from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
 from .network import Supernet, count_params
@@ -237,7 +238,8 @@ class SearchJob:
 
 
 def run_search(
-    config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True
+    config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
+    log_every: float = 60.0,
 ) -> Genotype:
     """Run a search into the run directory `out` (or continue it); returns the final genotype.
 
@@ -253,11 +255,13 @@ def run_search(
         log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
             f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
         log_memory(job.model, config, device, world, acceleration.channels_last)
-    fit_run(job, run, config, resume, "search.py", progress)
+    fit_run(job, run, config, resume, "search.py", progress, log_every)
     genotype = job.model.genotype(config.max_skip)
     if is_main_process():
         genotype.save(run.file("genotype.json"))
         if job.stop_reason:
             run.update_config({**config.to_dict(), "early_stop": job.stop_reason})
             log(f"search stopped early: {job.stop_reason}")
+        final = run.read_metrics()[-1]
+        log_hparams(run.path, config.to_dict(), {k: final[k] for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
     return genotype

@@ -1,4 +1,5 @@
-"""Pictures of a search: cell diagrams (graphviz), alpha heatmaps, and TensorBoard logging.
+"""Pictures of a search: cell diagrams (graphviz), alpha statistics, and TensorBoard logging
+(the matplotlib figures themselves are drawn in figures.py).
 
 Drawing never stops a run: without the Graphviz ``dot`` binary the ``.gv`` source is written
 and one line says how to install Graphviz.
@@ -6,7 +7,7 @@ and one line says how to install Graphviz.
 
 from __future__ import annotations
 
-import io
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
 from .genotype import Genotype
 
-__all__ = ["cell_graph", "plot_genotype", "alpha_heatmap", "log_search_epoch", "dot_available", "op_shares", "alpha_entropy"]
+__all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 
 BLOCK_OPS = {"sg_block": "#f4a259", "inv_res": "#8cb369"}
 INSTALL_HINT = "Graphviz 'dot' not found: wrote the .gv source only; install Graphviz (e.g. apt-get install graphviz) to get images"
@@ -117,68 +119,65 @@ def op_shares(weights: torch.Tensor, primitives: Sequence[str]) -> dict[str, flo
     return {name: float(mean[k]) for k, name in enumerate(primitives)}
 
 
-def _edge_labels(steps: int) -> list[str]:
-    labels = []
-    for node in range(steps):
-        for src in range(node + 2):
-            name = "k-2" if src == 0 else "k-1" if src == 1 else str(src - 2)
-            labels.append(f"{name}->{node}")
-    return labels
-
-
-def alpha_heatmap(weights: torch.Tensor, primitives: Sequence[str], title: str = "", cell: int = 22) -> np.ndarray:
-    """An RGB heatmap (H, W, 3 uint8) of edge x op weights, with op and edge labels (Pillow).
-
-    Colours span this matrix's own min..max (printed beside it): early in a search all weights
-    are near 1/num_ops and a fixed 0..1 scale would show nothing.
-    """
-    from PIL import Image, ImageDraw
-
-    w = weights.detach().float().cpu().numpy()
-    n_edges, n_ops = w.shape
-    steps = 0
-    while steps * (steps + 3) // 2 < n_edges:  # a cell with s nodes has s(s+3)/2 edges
-        steps += 1
-    labels = _edge_labels(steps) if steps * (steps + 3) // 2 == n_edges else [str(i) for i in range(n_edges)]
-    left, top = 70, 110
-    width, height = left + n_ops * cell + 70, top + n_edges * cell + 10
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((4, 4), title, fill="black")
-    lo, hi = float(w.min()), float(w.max())
-    span = max(hi - lo, 1e-12)  # colour by the range of this matrix, so small differences show
-    for e in range(n_edges):
-        draw.text((4, top + e * cell + 5), labels[e], fill="black")
-        for o in range(n_ops):
-            v = (w[e, o] - lo) / span
-            colour = (int(255 * (1 - v * 0.85)), int(255 * (1 - v * 0.55)), 255)
-            x0, y0 = left + o * cell, top + e * cell
-            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=colour)
-    for o, name in enumerate(primitives):
-        label = Image.new("RGB", (top - 14, cell), "white")
-        ImageDraw.Draw(label).text((2, 5), name, fill="black")
-        label = label.rotate(90, expand=True)
-        image.paste(label, (left + o * cell, 14))
-    draw.text((left + n_ops * cell + 6, top), f"max\n{hi:.4f}", fill="black")
-    draw.text((left + n_ops * cell + 6, top + n_edges * cell - 24), f"min\n{lo:.4f}", fill="black")
-    return np.asarray(image)
-
-
 # ----------------------------------------------------------------------------------------- TensorBoard
 
 
 def _image_array(path: Path) -> np.ndarray | None:
-    from PIL import Image
+    """A PNG as an (H, W, 3) uint8 array, or None when it cannot be read."""
+    from matplotlib.image import imread
 
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except OSError:
+        image = imread(path)
+    except (OSError, ValueError, SyntaxError):
         return None
+    if image.dtype != np.uint8:
+        image = (image * 255).round().astype(np.uint8)
+    return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
+def read_alpha_records(path: str | Path, last_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The records of a search run's alphas.jsonl, one per epoch in order, up to `last_epoch`.
+
+    A torn last line (a kill mid-write) is ignored; an epoch written twice (a run resumed from
+    a checkpoint older than its last line) keeps its latest record.
+    """
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if last_epoch is None or record["epoch"] <= last_epoch:
+            by_epoch[int(record["epoch"])] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def alpha_figures(records: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """(TensorBoard tag, PNG name, figure) of a search's alpha figures: per cell, the heatmap of
+    the last record and the trajectories over all of them (records: lines of alphas.jsonl)."""
+    last = records[-1]
+    figures = []
+    for cell in ("normal", "reduce"):
+        title = f"softmax(alpha) {cell} cell, epoch {last['epoch']}"
+        figures.append((f"alphas/{cell}", f"alpha_heatmap_{cell}.png", alpha_heatmap_figure(last[cell], last["primitives"], title)))
+        figures.append((f"alpha_trajectories/{cell}", f"alpha_trajectories_{cell}.png", alpha_trajectories_figure(records, cell)))
+    return figures
+
+
+def plot_search_run(run_path: str | Path) -> list[Path]:
+    """Draw the alpha figures of a search run from its alphas.jsonl into RUN/figures/ (PNG)."""
+    from .errors import UserError
+
+    alphas = Path(run_path) / "alphas.jsonl"
+    records = read_alpha_records(alphas) if alphas.is_file() else []
+    if not records:
+        raise UserError(f"{run_path} holds no alphas.jsonl with a finished epoch; give a search run directory")
+    return [save_figure(fig, Path(run_path) / "figures" / name) for _, name, fig in alpha_figures(records)]
 
 
 def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) -> None:
-    """Scalars, alpha heatmaps, op shares, entropy and cell diagrams of one search epoch."""
+    """Scalars, op shares and entropy of one search epoch; alpha heatmaps and alpha trajectories
+    as TensorBoard figures and as PNGs in ``figures/``; cell diagrams."""
     for key in ("train_loss", "train_acc", "train_alpha_loss", "val_loss", "val_acc", "lr", "alpha_lr", "images_per_s"):
         if key in metrics:
             writer.add_scalar(f"search/{key}", metrics[key], epoch)
@@ -187,8 +186,12 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
         writer.add_scalar(f"alpha_entropy/{cell}", alpha_entropy(weights), epoch)
         for op, share in op_shares(weights, model.primitives).items():
             writer.add_scalar(f"op_share_{cell}/{op}", share, epoch)
-        heat = alpha_heatmap(weights, model.primitives, title=f"softmax(alpha) {cell}, epoch {epoch}")
-        writer.add_image(f"alphas/{cell}", heat, epoch, dataformats="HWC")
+    alphas = run.path / "alphas.jsonl"
+    records = read_alpha_records(alphas, epoch) if alphas.exists() else []
+    if records:
+        for tag, name, figure in alpha_figures(records):
+            writer.add_figure(tag, figure, epoch, close=False)
+            save_figure(figure, run.file("figures", name))
     genotype = Genotype.from_dict(metrics["genotype"]) if "genotype" in metrics else model.genotype()
     for path in plot_genotype(genotype, run.file("cells", f"epoch_{epoch:03d}"), "png"):
         if path.suffix == ".png":
@@ -199,56 +202,7 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
 
 # ----------------------------------------------------------------------------------------- scatter plot
 
-SERIES_COLOURS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    step = (hi - lo) / (n - 1)
-    return [lo + i * step for i in range(n)]
-
-
-def scatter_plot(
-    series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str, size=(720, 480)
-) -> bytes:
-    """A PNG scatter plot (one colour per series, with a legend), drawn with Pillow."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    left, right, top, bottom = 70, 150, 40, 50
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    points = [p for values in series.values() for p in values]
-    xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
-    pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 0.5, (max(ys) - min(ys)) * 0.1 or 0.5
-    x0, x1, y0, y1 = min(xs) - pad_x, max(xs) + pad_x, min(ys) - pad_y, max(ys) + pad_y
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        px = left + (x - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-        return px, py
-
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for x in _ticks(x0, x1):
-        px, _ = to_px(x, y0)
-        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
-        draw.text((px - 12, height - bottom + 8), f"{x:.3g}", fill="black")
-    for y in _ticks(y0, y1):
-        _, py = to_px(x0, y)
-        draw.line([left - 5, py, left, py], fill="black")
-        draw.text((8, py - 6), f"{y:.4g}", fill="black")
-    draw.text((left + (width - left - right) // 2 - 30, height - 20), x_label, fill="black")
-    draw.text((8, 12), y_label, fill="black")
-    draw.text((left + 120, 12), title, fill="black")
-    for k, (name, values) in enumerate(series.items()):
-        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
-        for x, y in values:
-            px, py = to_px(x, y)
-            draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour, outline="black")
-        ly = top + 10 + 20 * k
-        draw.ellipse([width - right + 15, ly, width - right + 25, ly + 10], fill=colour, outline="black")
-        draw.text((width - right + 32, ly - 1), f"{name} ({len(values)})", fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def scatter_plot(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str) -> bytes:
+    """A PNG scatter plot: one colour per series, a legend, each series' mean ± std as error bars."""
+    return figure_png(scatter_figure(series, x_label, y_label, title))

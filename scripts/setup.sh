@@ -10,6 +10,6 @@ if ! command -v dot >/dev/null 2>&1; then
     echo "note: Graphviz 'dot' is missing; install it (e.g. apt-get install graphviz) for cell diagrams" >&2
   fi
 fi
-if ! python3 -c "import darts_sg, pytest, torch, torchvision, graphviz, tensorboard, click" 2>/dev/null; then
+if ! python3 -c "import darts_sg, pytest, torch, torchvision, graphviz, tensorboard, click, matplotlib, scipy" 2>/dev/null; then
   python3 -m pip install -q -e ".[test]"
 fi

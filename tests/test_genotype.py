@@ -19,6 +19,47 @@ def test_legacy_string_matches_shipped_json():
     assert parse_legacy(DARTS_V2_LEGACY) == load_genotype("darts_v2") == load_genotype("DARTS_V2")
 
 
+# pt.darts (khanrc) prints one list of (op, input) pairs per node.
+DARTS_V2_PT_DARTS = (
+    "Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], "
+    "[('sep_conv_3x3', 1), ('skip_connect', 0)], [('skip_connect', 0), ('dil_conv_3x3', 2)]], normal_concat=range(2, 6), "
+    "reduce=[[('max_pool_3x3', 0), ('max_pool_3x3', 1)], [('skip_connect', 2), ('max_pool_3x3', 1)], "
+    "[('max_pool_3x3', 0), ('skip_connect', 2)], [('skip_connect', 2), ('max_pool_3x3', 1)]], reduce_concat=range(2, 6))"
+)
+
+
+def test_pt_darts_nested_legacy_string_is_parsed(tmp_path):
+    assert parse_legacy(DARTS_V2_PT_DARTS) == load_genotype("darts_v2")
+    path = tmp_path / "genotype.txt"
+    path.write_text(DARTS_V2_PT_DARTS + "\n")
+    assert load_genotype(str(path)) == load_genotype("darts_v2")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Genotype(normal=[[('sep_conv_3x3', 0)], [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)]], normal_concat=range(2, 4), "
+         "reduce=[[('max_pool_3x3', 0), ('max_pool_3x3', 1)], [('max_pool_3x3', 0), ('max_pool_3x3', 1)]], "
+         "reduce_concat=range(2, 4))", "normal node 0 has 1 incoming edges"),
+        ("Genotype(normal=[[('sep_conv_3x3', 0), __import__('os')]], normal_concat=range(2, 3), reduce=[], reduce_concat=[2])",
+         "not allowed"),
+        ("Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], ('skip_connect', 0)], normal_concat=range(2, 3), "
+         "reduce=[], reduce_concat=[2])", "normal edge 0 must be an \\[op, input\\] pair"),
+    ],
+)  # fmt: skip
+def test_bad_nested_legacy_strings_are_refused(text, message):
+    with pytest.raises(GenotypeError, match=message):
+        parse_legacy(text)
+
+
+def test_named_genotypes_resolve_through_the_package():
+    from darts_sg.genotype import available_genotypes, genotype_dir
+
+    zoo = genotype_dir()
+    assert {"DARTS_V1", "DARTS_V2"} <= set(available_genotypes())
+    assert (zoo / "DARTS_V2.json").is_file()
+
+
 def test_json_round_trip(tmp_path):
     genotype = load_genotype("DARTS_V1")
     path = tmp_path / "g.json"

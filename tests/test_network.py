@@ -102,6 +102,36 @@ def test_partial_channel_supernet():
     model.genotype().validate()
 
 
+def test_partial_channel_edge_runs_the_ops_on_one_part_and_shuffles_the_bypass_in():
+    from darts_sg.cells import channel_shuffle
+
+    torch.manual_seed(0)
+    primitives = ["none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"]
+    edge = MixedOp(8, 1, primitives, OpOptions(), partial_channels=4)
+    x, weights = torch.randn(2, 8, 6, 6), torch.softmax(torch.randn(4), -1)
+    out = edge(x, weights)
+    part = x[:, :2]
+    mixed = sum(weights[k] * op(part) for k, op in zip(edge.active, edge.ops))  # the plain edge: each op its own ReLU
+    torch.testing.assert_close(out, channel_shuffle(torch.cat([mixed, x[:, 2:]], 1), 4))
+    # After the shuffle, channel 4g + j holds group j's channel g: the bypassed channels sit untouched at j > 0.
+    for channel in range(2, 8):
+        g, j = channel % 2, channel // 2
+        torch.testing.assert_close(out[:, 4 * g + j], x[:, channel])
+
+
+def test_edge_normalisation_weights_each_nodes_inputs_and_steers_the_derivation():
+    model = Supernet(["none", "skip_connect", "sep_conv_3x3"], C=8, layers=3, steps=2, partial_channels=2)
+    with torch.no_grad():
+        model.alpha_normal.zero_()  # every op equal: only the betas tell the edges apart
+        model.beta_normal.copy_(torch.tensor([0.0, 0.0, 3.0, -3.0, 1.0]))  # node 3: input 0 strong, input 1 weak, node 2 middle
+    scales = model.edge_normalisation(model.beta_normal)
+    torch.testing.assert_close(scales[:2], torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(scales[2:], torch.softmax(torch.tensor([3.0, -3.0, 1.0]), -1))
+    normal, _ = model.op_weights()
+    torch.testing.assert_close(normal, torch.softmax(model.alpha_normal, -1) * scales[:, None])
+    assert [src for _, src in model.genotype().normal[2:]] == [0, 2]  # input 1's edge, the weakest, is dropped
+
+
 def test_none_op_is_never_computed():
     model = darts_sg.build_supernet("darts", C=4, layers=3)
     edge = model.cells[0].edges[0]
