@@ -67,8 +67,11 @@ def _cached_paper_scale_cost(out: Path, unit: Unit, genotype: Genotype, spec: Co
 
 
 def _entropy(weights: Sequence[Sequence[float]]) -> float:
-    """Mean entropy (nats) of the per-edge op distributions."""
-    return statistics.fmean(-sum(p * math.log(p) for p in edge if p > 0) for edge in weights)
+    import torch
+
+    from .visualize import alpha_entropy
+
+    return alpha_entropy(torch.tensor(weights))
 
 
 def search_dynamics(run: RunDirectory) -> dict[str, Any]:
@@ -86,7 +89,8 @@ def search_dynamics(run: RunDirectory) -> dict[str, Any]:
     return {
         "search_val_acc": metrics[-1]["val_acc"],
         "search_seconds": sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in metrics),
-        "alpha_steps": round(sum(m.get("images_per_s", 0) * m.get("train_seconds", 0) for m in metrics) / config.batch_size),
+        "alpha_steps": round(sum(m.get("images_per_s", 0) * m.get("train_seconds", 0) for m in metrics
+                                 if not m.get("warmup")) / config.batch_size),  # fmt: skip
         "stable_since_epoch": stable,
         "entropy_normal": _entropy(alphas[-1]["normal"]),
         "entropy_reduce": _entropy(alphas[-1]["reduce"]),
