@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 import darts_sg
-from darts_sg.architect import Architect, frozen, unrolled_alpha_grads
+from darts_sg.architect import Architect, frozen
 from darts_sg.engine import weight_step
 from darts_sg.io import load_checkpoint
 
@@ -100,24 +99,9 @@ def test_retraining_step_agrees_with_the_cpu():
 
 
 def test_second_order_gradient_matches_autograd_on_cuda(monkeypatch):
-    monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x))
-    monkeypatch.setattr(torch.nn.ReLU6, "forward", lambda self, x: F.softplus(x))
-    torch.manual_seed(0)
-    space = "none,avg_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3,sg_block,inv_res"
-    model = darts_sg.build_supernet(space, C=4, layers=3, num_classes=10, steps=2).double().cuda()
-    opt = torch.optim.SGD(model.weights(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-    train = tuple(t.cuda() for t in (torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))))
-    val = tuple(t.cuda() for t in (torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))))
-    F.cross_entropy(model(train[0]), train[1]).backward()
-    opt.step()
-    opt.zero_grad()
-    xi = 0.1
-    approx, _ = unrolled_alpha_grads(model, opt, train, val, xi, fd_radius=1e-5)
-    names, weights = zip(*model.named_weights())
-    grads = torch.autograd.grad(F.cross_entropy(model(train[0]), train[1]), weights, create_graph=True)
-    unrolled = {n: w - xi * (0.9 * opt.state[w]["momentum_buffer"] + g + 3e-4 * w) for n, w, g in zip(names, weights, grads)}
-    unrolled.update(zip(model.alpha_names(), model.alphas()))
-    exact = torch.autograd.grad(F.cross_entropy(functional_call(model, unrolled, (val[0],)), val[1]), model.alphas())
+    from test_architect import second_order_against_autograd
+
+    approx, exact, _ = second_order_against_autograd(monkeypatch, "cuda")
     for a, e in zip(approx, exact):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
 
