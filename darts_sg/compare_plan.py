@@ -26,7 +26,7 @@ COMPARE_SCALES: dict[str, dict[str, Any]] = {
     "paper": {"search": {}, "augment": {}},
     # The pipeline's smoke test at about two hours for 9 pairs on a 2-core CPU (results/compare-quick).
     "quick": {"search": {"epochs": 4, "subset": 640}, "augment": {"epochs": 2, "train_subset": 6000}},
-    # The comparison that answers the question on a 2-core CPU in about 19 hours (results/compare-medium; README).
+    # The comparison that answers the question on a 2-core CPU in about 18 hours (results/compare-medium; README).
     # Search: 5 cells, C=8, 4 nodes, 5,000 + 5,000 images, batch 32, 7 epochs = 1,092 alpha steps.
     # DARTS makes ~19,500 Adam steps at lr 3e-4 (a budget of lr x steps = 5.9) and PC-DARTS ~3,400
     # at 6e-4 (2.0); 3e-3 x 1,092 = 3.3 lies between them, so the alphas can move as far as in the
@@ -34,7 +34,7 @@ COMPARE_SCALES: dict[str, dict[str, Any]] = {
     # Retraining: C=16, 8 cells, the full 50k training set, batch 96, 8 epochs (DARTS_V2 must reach
     # 88%; a 6-epoch trial had 56.7% after its first epoch), SGD lr 0.05 cosine to 0, auxiliary head 0.4; no
     # cutout and no drop path: in 8 epochs the network underfits, where these regularisers cost
-    # accuracy. Estimated cost on a quiet 2-core CPU: 12 searches x ~27 min + 22 retrainings x ~37 min = ~19 h.
+    # accuracy. Cost: 16.9 h of steps on a 2-core CPU plus evaluations (python benchmarks/compare_cost.py).
     "medium": {
         "search": {"layers": 5, "init_channels": 8, "nodes": 4, "subset": 5000, "batch_size": 32, "epochs": 7,
                    "alpha_lr": 3e-3, "order": 1},
