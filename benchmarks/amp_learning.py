@@ -104,7 +104,7 @@ def main() -> None:
     settings = {**SEARCH_PRESETS["quick"], "ops": args.ops, "epochs": args.epochs, "subset": args.subset,
                 "alpha_lr": args.alpha_lr, "data_root": args.data_root, "deterministic": True}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, changes in (("fp32", {}), ("fp32-seed1", {"seed": 1}), ("bf16", {"amp": True})):
+    for name, changes in (("fp32", {}), ("fp32-seed1", {"seed": 1}), ("bf16", {"amp": "bf16"})):
         _run(args.out / name, SearchConfig(**{**settings, **changes}))
         print(f"{name} run done", flush=True)
     result = {"amp": compare(args.out / "fp32", args.out / "bf16"), "seed": compare(args.out / "fp32", args.out / "fp32-seed1")}

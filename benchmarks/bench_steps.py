@@ -100,7 +100,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
     acceleration = Acceleration(
         channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
         keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
-        recompute_cells=opts.get("recompute_cells", False), amp=opts["amp"], cudnn_benchmark=False,
+        recompute_cells=opts.get("recompute_cells", False), amp="bf16" if opts["amp"] else "off", cudnn_benchmark=False,
     )  # fmt: skip
     memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts["amp"])

@@ -22,7 +22,7 @@ flag                      plain module -> substitute                      where 
 ``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
 ``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
-``amp``                   fp32 -> bf16 autocast (the jobs' `autocast`)    devices with bf16 units
+``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
 ========================  ==============================================  ==========================
 """
@@ -42,8 +42,9 @@ from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from .network import CellNetwork
 from .ops import FactorizedReduce
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
+from .precision import check_amp
 
-__all__ = ["Acceleration", "FLAGS", "accelerate", "autocast", "device_policy", "resolve_acceleration"]
+__all__ = ["Acceleration", "FLAGS", "accelerate", "device_policy", "resolve_acceleration"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -59,10 +60,10 @@ class Acceleration:
     share_relu: bool
     fused_sum: bool
     recompute_cells: bool
-    amp: bool
+    amp: str  # off, bf16 or fp16 (darts_sg.precision)
     cudnn_benchmark: bool
 
-    def to_dict(self) -> dict[str, bool]:
+    def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
 
 
@@ -82,7 +83,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         share_relu=True,
         fused_sum=True,
         recompute_cells=False,
-        amp=False,  # on a CPU without bf16 instructions it was more than 10x slower
+        amp="off",  # on a CPU without bf16 instructions it was more than 10x slower
         cudnn_benchmark=device_type == "cuda" and not deterministic,
     )
 
@@ -91,7 +92,9 @@ def resolve_acceleration(config: Any, device: torch.device) -> Acceleration:
     """The device's policy, overridden by every flag of `config` that is not None (auto)."""
     policy = device_policy(device.type, getattr(config, "deterministic", False))
     explicit = {name: getattr(config, name) for name in FLAGS if getattr(config, name, None) is not None}
-    return replace(policy, **explicit)
+    acceleration = replace(policy, **explicit)
+    check_amp(acceleration.amp, device)
+    return acceleration
 
 
 def _recast(module: nn.Module, cls: type[M]) -> M:
@@ -133,7 +136,3 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
         torch.backends.cudnn.benchmark = a.cudnn_benchmark
     return model
 
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on the job's device when `enabled` (the amp switch), else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

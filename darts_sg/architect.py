@@ -20,6 +20,7 @@ from torch.func import functional_call
 from .distributed import average_gradients
 from .errors import UserError
 from .network import Supernet
+from .precision import scaler_step
 
 __all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "frozen", "unrolled_alpha_grads"]
 
@@ -138,12 +139,16 @@ class Architect:
         weight_decay: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         order: int = 1,
+        scaler: torch.amp.GradScaler | None = None,
     ):
         if order not in (1, 2):
             raise UserError(f"order must be 1 or 2, got {order}")
+        if order == 2 and scaler is not None and scaler.is_enabled():
+            raise UserError("second-order search does not support fp16 loss scaling; use --amp bf16 or --amp off")
         self.model = model
         self.order = order
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay)
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)  # an enabled one for fp16
 
     def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float):
         """Alpha gradients and validation loss, first or second order."""
@@ -152,15 +157,17 @@ class Architect:
         x, y = val_batch
         loss = F.cross_entropy(self.model(x), y)
         # Only the alphas are asked for, so autograd skips the conv weight gradients.
-        return _grad(loss, self.model.alphas()), loss.detach()
+        return _grad(self.scaler.scale(loss), self.model.alphas()), loss.detach()
 
-    def step(self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float) -> torch.Tensor:
-        """One Adam step on the alphas; returns the validation loss."""
+    def step(
+        self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step on the alphas; returns the validation loss and 1 if the step was skipped (fp16 overflow) else 0."""
         grads, loss = self.alpha_grads(train_batch, val_batch, w_optimizer, xi)
-        average_gradients(grads)  # identical alphas on every process
+        average_gradients(grads)  # identical alphas on every process (an overflow anywhere skips everywhere)
         for alpha, grad in zip(self.model.alphas(), grads):
             alpha.grad = grad
-        self.optimizer.step()
+        skipped = scaler_step(self.scaler, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss, skipped
 

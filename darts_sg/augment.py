@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
+from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .config import RunConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
@@ -25,6 +25,7 @@ from .hparams import log_hparams
 from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
+from .precision import autocast, grad_scaler, load_scaler_state
 from .run_setup import fit_run, log, log_memory, resume_config, start_run
 from .runs import RunDirectory, RunError
 
@@ -174,6 +175,7 @@ class AugmentJob:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
+        self.scaler = grad_scaler(device, self.acceleration.amp)
         if config.lr_decay:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
         else:
@@ -242,9 +244,12 @@ class AugmentJob:
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         y = batch[1]
         with autocast(self.device, self.acceleration.amp):
-            loss, output = weight_step(self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss)
+            loss, output, skipped = weight_step(
+                self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss, self.scaler
+            )
         acc = (output[0].argmax(1) == y).float().mean()
-        return {"loss": loss, "acc": acc, "count": torch.tensor(y.numel())}
+        counts = {"skipped_weight_steps": skipped} if self.scaler.is_enabled() else {}  # fp16 only
+        return {"loss": loss, "acc": acc, **counts, "count": torch.tensor(y.numel())}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -253,7 +258,7 @@ class AugmentJob:
         return {"test_loss": test["loss"], "test_acc": test["acc"], "lr": lr, "drop_path_prob": self.model.drop_path_prob}
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob", "images_per_s"):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob", "images_per_s", "skipped_weight_steps"):
             if key in metrics:
                 writer.add_scalar(f"train/{key}", metrics[key], epoch)
 
@@ -263,6 +268,7 @@ class AugmentJob:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -271,6 +277,7 @@ class AugmentJob:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        load_scaler_state(self.scaler, state.get("scaler"))
 
 
 def run_augment(

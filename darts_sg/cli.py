@@ -16,6 +16,7 @@ import click
 from .accelerate import FLAGS, device_policy
 from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
 from .errors import UserError
+from .precision import AMP_MODES
 from .search import SEARCH_PRESETS, SearchConfig, run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
@@ -80,7 +81,7 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: s
         option("--fast-batchnorm/--native-batchnorm", "fast_batchnorm", "Batch norm of channels-last CPU tensors whose channel count is not a multiple of 16 on a wide view of the same memory (same results, several times faster there).", **flag),
         option("--keep-layout/--native-layout", "keep_layout", "Factorized reduce and global pooling whose gradients keep the channels-last layout (exact, faster on CPU).", **flag),
         option("--recompute-cells/--no-recompute-cells", "recompute_cells", "Keep only each cell's inputs in the forward pass and recompute its activations in the backward pass: exact, several times less peak memory, slower.", **flag),
-        option("--amp/--no-amp", "amp", "bf16 autocast (CPU and CUDA); see benchmarks/.", **flag),
+        option("--amp", "amp", "Mixed precision: bf16 autocast (CPUs with bf16 instructions, Ampere or later GPUs), fp16 autocast with loss scaling (any GPU), or off; see benchmarks/.", type=click.Choice(AMP_MODES), default=None),
         option("--checkpoint-every", "checkpoint_every", "Also checkpoint every N steps (0 = once per epoch).", type=NON_NEGATIVE),
         option("--deterministic/--no-deterministic", "deterministic", "Deterministic algorithms (and no cudnn.benchmark): a killed and resumed run ends bit-identical.", **flag),
         option("--threads", "threads", "CPU threads for torch (0 = torch's default).", type=NON_NEGATIVE),

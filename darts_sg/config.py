@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from .errors import UserError
 from .ops import OpOptions
+from .precision import AMP_MODES
 
 __all__ = ["RunConfig"]
 
@@ -33,7 +34,7 @@ class RunConfig:
     fast_batchnorm: bool | None = None
     keep_layout: bool | None = None
     recompute_cells: bool | None = None
-    amp: bool | None = None
+    amp: str | None = None  # off, bf16 or fp16 (darts_sg.precision)
     checkpoint_every: int = 0
     deterministic: bool = False
     threads: int = 0
@@ -48,6 +49,8 @@ class RunConfig:
         for name in ("checkpoint_every", "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.init_channels % 2:
             raise UserError(f"--init-channels must be even, got {self.init_channels}")
         self.op_options()
@@ -61,4 +64,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("amp"), bool):  # before fp16 existed, amp was a bf16 on/off switch
+            values["amp"] = "bf16" if values["amp"] else "off"
+        return cls(**values)

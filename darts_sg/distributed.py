@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process", "world"]
+__all__ = ["StopVote", "average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process", "world"]
 
 
 def init_from_environment(device: str = "auto") -> tuple[int, int]:
@@ -59,3 +59,40 @@ def identical_across_ranks(tensors) -> bool:
     gathered = [torch.empty_like(flat) for _ in range(n)]
     dist.all_gather(gathered, flat)
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def collective_device() -> torch.device:
+    """Where small tensors for a collective must live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class StopVote:
+    """Agree across processes on whether to stop, so that every process stops after the same step.
+
+    Each process calls the vote once per step with whether it was signalled; the votes are
+    combined with an all-reduce (MAX) that is started at once and read at the next step, so the
+    host never waits for the device. Every process reads the same result at the same step.
+    Alone, the vote is its own answer.
+    """
+
+    def __init__(self):
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def __call__(self, signalled: bool) -> bool:
+        if world() == 1:
+            return signalled
+        flag = torch.tensor([int(signalled)], device=collective_device())
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        previous, self._pending = self._pending, (work, flag)
+        if previous is None:
+            return False
+        previous[0].wait()
+        return bool(previous[1].item())
+
+    def close(self) -> None:
+        """Wait for the vote still in flight (a process must not exit with a collective pending)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None

@@ -14,7 +14,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
@@ -22,11 +22,15 @@ import click
 import torch
 import torch.nn.functional as F
 
-from .distributed import average_gradients, is_main_process
+from .distributed import StopVote, average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
+from .precision import scaler_step
 from .runs import RunDirectory, RunError
 
 __all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
+
+
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
 
 
 class Interrupted(Exception):
@@ -63,22 +67,31 @@ def weight_step(
     batch: tuple[torch.Tensor, torch.Tensor],
     grad_clip: float,
     loss_fn: Callable = F.cross_entropy,
-) -> tuple[torch.Tensor, Any]:
-    """One optimizer step on a training batch (gradients averaged over processes, norm clipped);
-    returns the loss and the model output, detached."""
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """One optimizer step on a training batch (gradients averaged over processes, norm clipped).
+
+    With an enabled `scaler` (fp16) the loss is scaled and the gradients unscaled before the
+    clip. Returns the loss and the model output, detached, and 1 if the step was skipped (an
+    fp16 overflow) else 0.
+    """
+    scaler = scaler or _NO_SCALING
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
     output = model(x)
     loss = loss_fn(output, y)
-    loss.backward()
+    scaler.scale(loss).backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     average_gradients([p.grad for p in params if p.grad is not None])
     if grad_clip > 0:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    skipped = scaler_step(scaler, optimizer)
     if isinstance(output, tuple):
-        return loss.detach(), tuple(t.detach() if t is not None else None for t in output)
-    return loss.detach(), output.detach()
+        output = tuple(t.detach() if t is not None else None for t in output)
+    else:
+        output = output.detach()
+    return loss.detach(), output, skipped
 
 
 @torch.no_grad()
@@ -107,21 +120,27 @@ def evaluate(model: torch.nn.Module, loader) -> dict[str, float]:
 
 @dataclass
 class EpochTotals:
-    """Running sums of one epoch's training statistics (checkpointed, so resume is exact)."""
+    """Running sums of one epoch's training statistics (checkpointed, so resume is exact).
+
+    Statistics are weighted by the batch's images (means per image), except the counts named
+    ``skipped_*`` (fp16 steps skipped on overflow), which are summed as they are.
+    """
 
     sums: dict[str, float] = field(default_factory=dict)
     images: int = 0
     seconds: float = 0.0
 
     def add(self, stats: dict[str, float], images: int, seconds: float) -> None:
+        """Add one step: `stats` are the step's means (and counts), `images` its batch size."""
         for key, value in stats.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+            weight = 1 if key.startswith("skipped_") else images
+            self.sums[key] = self.sums.get(key, 0.0) + value * weight
         self.images += images
         self.seconds += seconds
 
     def summary(self) -> dict[str, float]:
         n = max(self.images, 1)
-        out = {f"train_{k}": v / n for k, v in self.sums.items()}
+        out = {k if k.startswith("skipped_") else f"train_{k}": v if k.startswith("skipped_") else v / n for k, v in self.sums.items()}
         out["images_per_s"] = self.images / self.seconds if self.seconds > 0 else 0.0
         return out
 
@@ -131,6 +150,39 @@ class EpochTotals:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "EpochTotals":
         return cls(dict(state["sums"]), int(state["images"]), float(state["seconds"]))
+
+
+class PendingSteps:
+    """Statistics of the steps since the last read, kept as device tensors until `flush`.
+
+    Reading a CUDA tensor waits for the GPU, so the loop reads them all at once, once per
+    log interval and before every checkpoint, instead of after every step.
+    """
+
+    def __init__(self):
+        self.steps: list[tuple[int, dict[str, torch.Tensor], int, float]] = []
+
+    def add(self, step: int, stats: dict[str, torch.Tensor], images: int, seconds: float) -> None:
+        self.steps.append((step, stats, images, seconds))
+
+    def flush(self, totals: EpochTotals, epoch: int, run_path) -> None:
+        """Add the pending steps to `totals` with one device read; raise NonFiniteLoss at the first bad loss."""
+        on_device = [v for _, stats, _, _ in self.steps for v in stats.values() if _is_device_tensor(v)]
+        read = iter(torch.stack([v.detach().double() for v in on_device]).tolist() if on_device else ())
+        for step, stats, images, seconds in self.steps:
+            values = {k: next(read) if _is_device_tensor(v) else float(v) for k, v in stats.items()}
+            if not math.isfinite(values["loss"]):
+                self.steps = []
+                raise NonFiniteLoss(
+                    f"the training loss became {values['loss']} at epoch {epoch + 1}, step {step}; "
+                    f"the last good checkpoint in {run_path} was kept (try a lower learning rate)"
+                )
+            totals.add(values, images, seconds)
+        self.steps = []
+
+
+def _is_device_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type != "cpu"
 
 
 @contextmanager
@@ -214,36 +266,38 @@ def fit(
 
     n_steps = job.steps_per_epoch()
     bar = Progress(epochs, n_steps, epoch, start_step, enabled=progress and main, log_every=log_every)
-    with stop_on_signals() as received:
+    stop_vote = StopVote()
+    with stop_on_signals() as received, closing(stop_vote):
         while epoch < epochs and not getattr(job, "stop_reason", None):
             job.begin_epoch(epoch)
             bar.begin_epoch(epoch, start_step)
             step = start_step
             tick = time.perf_counter()
+            pending = PendingSteps()
             for batch in job.batches(epoch, start_step):
                 stats = job.train_step(batch)
-                values = {k: float(v) for k, v in stats.items()}
-                if not math.isfinite(values["loss"]):
-                    raise NonFiniteLoss(
-                        f"the training loss became {values['loss']} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint in {run.path} was kept (try a lower learning rate)"
-                    )
-                count = int(values.pop("count"))
+                images = int(stats.pop("count"))
                 now = time.perf_counter()
-                totals.add({k: v * count for k, v in values.items()}, count, now - tick)
-                tick = now
                 step += 1
+                pending.add(step, stats, images, now - tick)
+                tick = now
+                stop = stop_vote(bool(received))
+                checkpoint_due = checkpoint_every and step % checkpoint_every == 0 and step < n_steps
+                if stop or checkpoint_due or step == n_steps or bar.due():
+                    pending.flush(totals, epoch, run.path)  # before any checkpoint: never save after a bad loss
                 bar.update(step, totals)
-                if received:
+                if stop:
                     save(epoch, step)
                     bar.end_epoch()
+                    signum = received[0] if received else signal.SIGTERM  # another process was signalled
                     raise Interrupted(
-                        f"stopped on signal {signal.Signals(received[0]).name} at epoch {epoch + 1}, step {step}; "
+                        f"stopped on signal {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; "
                         f"checkpoint saved; resume with: {resume_hint or '--resume ' + str(run.path)}",
-                        received[0],
+                        signum,
                     )
-                if checkpoint_every and step % checkpoint_every == 0 and step < n_steps:
+                if checkpoint_due:
                     save(epoch, step)
+            pending.flush(totals, epoch, run.path)
             bar.end_epoch()
             record = {"epoch": epoch + 1, **totals.summary(), "train_seconds": totals.seconds}
             eval_start = time.perf_counter()
@@ -276,6 +330,9 @@ def _duration(seconds: float) -> str:
     days, rest = divmod(seconds, 86_400)
     text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     return f"{days}d {text}" if days else text
+
+
+BAR_REFRESH = 1.0  # seconds between statistics updates of the bar on a terminal
 
 
 class Progress:
@@ -356,17 +413,25 @@ class Progress:
                 parts.append(f"{name} ETA {_duration(eta)}")
         return " | ".join(parts)
 
+    def due(self) -> bool:
+        """Whether the next `update` shows statistics (the caller brings its totals up to date first)."""
+        if not self.enabled:
+            return False
+        interval = BAR_REFRESH if self._bar is not None else self.log_every
+        return self.clock() - self._last_line >= interval
+
     def update(self, step: int, totals: EpochTotals) -> None:
-        """Record that `step` steps of the epoch are done."""
+        """Record that `step` steps of the epoch are done; `totals` are read when a line or the bar is due."""
+        due = self.due()
         self._step, self._totals = step, totals
         if not self.enabled:
             return
+        if due:
+            self._last_line = self.clock()
         if self._bar is not None:
             self._bar.update(1)
             return
-        now = self.clock()
-        if now - self._last_line >= self.log_every and not self.tty:
-            self._last_line = now
+        if due and not self.tty:
             click.echo(self.line(), file=self.stream)
 
     def end_epoch(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .accelerate import Acceleration, accelerate, autocast, resolve_acceleration
+from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
@@ -20,6 +20,7 @@ from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
+from .precision import autocast, grad_scaler, load_scaler_state
 from .run_setup import fit_run, log, log_memory, resume_config, start_run
 from .runs import RunDirectory, RunError
 
@@ -87,6 +88,8 @@ class SearchConfig(RunConfig):
         for name in ("max_skip", "early_stop_skips"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.order == 2 and self.amp == "fp16":
+            raise UserError("--order 2 does not support --amp fp16 (its finite differences need unscaled fp32 gradients); use --amp bf16 or --amp off")
         if self.early_stop_epochs < 1:
             raise UserError(f"--early-stop-epochs must be positive, got {self.early_stop_epochs}")
 
@@ -135,7 +138,11 @@ class SearchJob:
             self.model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
-        self.architect = Architect(self.model, config.alpha_lr, config.alpha_weight_decay, order=config.order)
+        self.w_scaler = grad_scaler(device, self.acceleration.amp)
+        self.architect = Architect(
+            self.model, config.alpha_lr, config.alpha_weight_decay, order=config.order,
+            scaler=grad_scaler(device, self.acceleration.amp),
+        )  # fmt: skip
         self.skip_guard = SkipGuard(config.early_stop_skips, config.early_stop_epochs)
         self.warmup = False
         train = load_cifar(config.dataset, config.data_root, train=True)
@@ -169,14 +176,19 @@ class SearchJob:
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         train_batch, val_batch = batch
-        stats = {}
+        stats, skipped = {}, {}
         with autocast(self.device, self.acceleration.amp):
             if not self.warmup:  # warm-up epochs train the weights alone
-                stats["alpha_loss"] = self.architect.step(train_batch, val_batch, self.w_optimizer, self.lr())
+                stats["alpha_loss"], skipped["skipped_alpha_steps"] = self.architect.step(
+                    train_batch, val_batch, self.w_optimizer, self.lr()
+                )
             with frozen(self.model.alphas()):
-                loss, logits = weight_step(self.model, self.w_optimizer, train_batch, self.config.grad_clip)
+                loss, logits, skipped["skipped_weight_steps"] = weight_step(
+                    self.model, self.w_optimizer, train_batch, self.config.grad_clip, scaler=self.w_scaler
+                )
         acc = (logits.argmax(1) == train_batch[1]).float().mean()
-        return {"loss": loss, "acc": acc, **stats, "count": torch.tensor(train_batch[1].numel())}
+        counts = skipped if self.w_scaler.is_enabled() else {}  # fp16 only: other modes never skip
+        return {"loss": loss, "acc": acc, **stats, **counts, "count": torch.tensor(train_batch[1].numel())}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.lr()
@@ -220,6 +232,8 @@ class SearchJob:
             "model": self.model.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.optimizer.state_dict(),
+            "w_scaler": self.w_scaler.state_dict(),
+            "a_scaler": self.architect.scaler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "skip_guard": self.skip_guard.state_dict(),
         }
@@ -233,6 +247,8 @@ class SearchJob:
         self.model.load_state_dict(state["model"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.architect.optimizer.load_state_dict(state["a_optimizer"])
+        load_scaler_state(self.w_scaler, state.get("w_scaler"))
+        load_scaler_state(self.architect.scaler, state.get("a_scaler"))
         self.scheduler.load_state_dict(state["scheduler"])
         self.skip_guard.load_state_dict(state.get("skip_guard", {}))
 

@@ -178,7 +178,8 @@ def plot_search_run(run_path: str | Path) -> list[Path]:
 def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) -> None:
     """Scalars, op shares and entropy of one search epoch; alpha heatmaps and alpha trajectories
     as TensorBoard figures and as PNGs in ``figures/``; cell diagrams."""
-    for key in ("train_loss", "train_acc", "train_alpha_loss", "val_loss", "val_acc", "lr", "alpha_lr", "images_per_s"):
+    for key in ("train_loss", "train_acc", "train_alpha_loss", "val_loss", "val_acc", "lr", "alpha_lr", "images_per_s",
+                "skipped_weight_steps", "skipped_alpha_steps"):  # fmt: skip
         if key in metrics:
             writer.add_scalar(f"search/{key}", metrics[key], epoch)
     normal, reduce = model.op_weights()

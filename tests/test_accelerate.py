@@ -36,7 +36,7 @@ def test_cpu_policy_takes_every_cpu_substitute():
     policy = device_policy("cpu")
     assert all(getattr(policy, name) for name in CPU_SUBSTITUTES)
     assert policy.share_relu and policy.fused_sum
-    assert not policy.recompute_cells and not policy.amp and not policy.cudnn_benchmark
+    assert not policy.recompute_cells and policy.amp == "off" and not policy.cudnn_benchmark
 
 
 def test_cuda_policy_takes_no_cpu_substitute_and_benchmarks_cudnn():

@@ -64,7 +64,7 @@ def test_search_step_agrees_with_the_cpu(order):
         architect = Architect(model, lr=3e-3, order=order)
         architect.step(_to(train, device), _to(val, device), w_opt, 0.025)
         with frozen(model.alphas()):
-            loss, _ = weight_step(model, w_opt, _to(train, device), 5.0)
+            loss, _, _ = weight_step(model, w_opt, _to(train, device), 5.0)
         results.append((loss.item(), [a.detach().cpu() for a in model.alphas()], [w.detach().cpu() for w in model.weights()]))
     (loss_c, alphas_c, weights_c), (loss_g, alphas_g, weights_g) = results
     assert loss_g == pytest.approx(loss_c, rel=1e-4)
@@ -90,7 +90,7 @@ def test_retraining_step_agrees_with_the_cpu():
     for model, device in ((cpu, "cpu"), (gpu, "cuda")):
         model.train()
         opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-        loss, _ = weight_step(model.forward_with_aux, opt, _to(batch, device), 5.0, loss_fn)
+        loss, _, _ = weight_step(model.forward_with_aux, opt, _to(batch, device), 5.0, loss_fn)
         losses.append(loss.item())
         weights.append([p.detach().cpu() for p in model.parameters()])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
@@ -114,9 +114,9 @@ def test_bf16_search_step_is_finite_on_cuda():
     architect = Architect(model, lr=3e-3, order=2)
     train, val = _to(_batch(), "cuda"), _to(_batch(), "cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        val_loss = architect.step(train, val, w_opt, 0.025)
+        val_loss, _ = architect.step(train, val, w_opt, 0.025)
         with frozen(model.alphas()):
-            loss, _ = weight_step(model, w_opt, train, 5.0)
+            loss, _, _ = weight_step(model, w_opt, train, 5.0)
     assert torch.isfinite(val_loss) and torch.isfinite(loss)
     assert all(torch.isfinite(a).all() for a in model.alphas())
 

@@ -110,3 +110,68 @@ def test_collectives_get_tensors_on_the_models_device(monkeypatch):
     with pytest.raises(_CollectiveSeen):
         identical_across_ranks([torch.empty(14, 9, device="meta"), torch.empty(14, 9, device="meta")])
     assert seen and set(seen) == {"meta"}
+
+
+STOP_WORKER = """
+import json, os, signal, sys
+import torch
+import torch.distributed as dist
+from darts_sg.engine import Interrupted, fit
+from darts_sg.runs import RunDirectory
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+
+class Job:
+    kind = "test"
+
+    def steps_per_epoch(self):
+        return 50
+
+    def batches(self, epoch, start_step):
+        return iter(range(start_step, 50))
+
+    def begin_epoch(self, epoch):
+        pass
+
+    def train_step(self, step):
+        if rank == 1 and step == 4:  # only this process is signalled, in its fifth step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"loss": torch.tensor(1.0), "count": torch.tensor(1)}
+
+    def end_epoch(self, epoch):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def tensorboard(self, writer, epoch, metrics):
+        pass
+
+
+try:
+    fit(Job(), RunDirectory(sys.argv[1]), epochs=1, progress=False)
+    outcome = "finished"
+except Interrupted as stop:
+    outcome = str(stop)
+with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as f:
+    f.write(outcome)
+"""
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGTERM reaches the ranks of a torchrun job at different steps; they agree through a collective
+    and all stop after the same step, and one checkpoint of that step is written."""
+    script = tmp_path / "worker.py"
+    script.write_text(STOP_WORKER)
+    run = tmp_path / "run"
+    run.mkdir()
+    result = torchrun(str(script), str(run), timeout=120)
+    assert result.returncode == 0, result.stderr
+    outcomes = [(run / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert all("stopped on signal SIGTERM at epoch 1, step 6;" in text for text in outcomes), outcomes
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
