@@ -24,7 +24,13 @@ flag                      plain module -> substitute                      where 
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
+``compile``               each cell -> ``torch.compile``'d in place       off until a benchmark shows
+                          (regional: cells of one shape share the code)   it pays (not bit-exact)
 ========================  ==============================================  ==========================
+
+``compile`` is the one switch that is not exact: the compiler fuses kernels, which reorders float
+rounding, and draws drop-path masks from its own random stream. It is tested against eager
+within a tolerance, and off unless asked for.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Acceleration:
     recompute_cells: bool
     amp: str  # off, bf16 or fp16 (darts_sg.precision)
     cudnn_benchmark: bool
+    compile: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -85,6 +92,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         recompute_cells=False,
         amp="off",  # on a CPU without bf16 instructions it was more than 10x slower
         cudnn_benchmark=device_type == "cuda" and not deterministic,
+        compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
     )
 
 
@@ -134,5 +142,8 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    if a.compile and isinstance(model, CellNetwork):
+        for cell in model.cells:
+            cell.compile()  # in place: same module tree, parameters and state-dict keys
     return model
 

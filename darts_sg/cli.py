@@ -82,6 +82,7 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: s
         option("--keep-layout/--native-layout", "keep_layout", "Factorized reduce and global pooling whose gradients keep the channels-last layout (exact, faster on CPU).", **flag),
         option("--recompute-cells/--no-recompute-cells", "recompute_cells", "Keep only each cell's inputs in the forward pass and recompute its activations in the backward pass: exact, several times less peak memory, slower.", **flag),
         option("--amp", "amp", "Mixed precision: bf16 autocast (CPUs with bf16 instructions, Ampere or later GPUs), fp16 autocast with loss scaling (any GPU), or off; see benchmarks/.", type=click.Choice(AMP_MODES), default=None),
+        option("--compile/--no-compile", "compile", "Regional torch.compile: each cell compiled in place, cells of one shape sharing the code; the first step's time (the compilation) is logged. Not bit-exact (fused kernels round differently); see benchmarks/.", **flag),
         option("--checkpoint-every", "checkpoint_every", "Also checkpoint every N steps (0 = once per epoch).", type=NON_NEGATIVE),
         option("--deterministic/--no-deterministic", "deterministic", "Deterministic algorithms (and no cudnn.benchmark): a killed and resumed run ends bit-identical.", **flag),
         option("--threads", "threads", "CPU threads for torch (0 = torch's default).", type=NON_NEGATIVE),

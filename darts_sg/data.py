@@ -204,9 +204,12 @@ class BatchLoader:
     """Iterates over (images, labels) batches of an in-memory CIFAR array, augmented in batches.
 
     Each epoch's permutation and augmentation draws are made up front from a generator seeded by
-    (seed, stream, epoch), so ``iterate(epoch, start_step)`` reproduces any step exactly. Images
-    are normalised float32 on `device`; with `world_size` > 1 each rank gets its own contiguous
-    share of every global batch.
+    (seed, stream, epoch), so ``iterate(epoch, start_step)`` reproduces any step exactly. The
+    uint8 data set itself lives on `device` (150 MB for CIFAR, which any GPU holds), the draws
+    are made on the CPU and moved there once per epoch, and cropping, flipping, normalising and
+    cutout run there: the same batches on every device, and no host-to-device copy per step.
+    Images are normalised float32; with `world_size` > 1 each rank gets its own contiguous share
+    of every global batch.
     """
 
     def __init__(
@@ -237,9 +240,9 @@ class BatchLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         pad = augmentation.crop_padding
-        self._padded = (
-            torch.nn.functional.pad(data.images, (pad, pad, pad, pad)) if pad else data.images
-        )
+        images = data.images.to(self.device)
+        self._images = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
+        self._labels = data.labels.to(self.device)
         self._mean = torch.tensor(data.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(data.std, device=self.device).view(1, 3, 1, 1) * 255
 
@@ -258,7 +261,7 @@ class BatchLoader:
             draws["flip"] = torch.rand(n, generator=gen) < 0.5
         if aug.cutout:
             draws["centres"] = torch.randint(0, 32, (n, 2), generator=gen)
-        return draws
+        return {name: values.to(self.device) for name, values in draws.items()}
 
     def iterate(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, starting at step `start_step`."""
@@ -275,29 +278,27 @@ class BatchLoader:
 
     def _make_batch(self, draws: dict[str, torch.Tensor], part: slice) -> tuple[torch.Tensor, torch.Tensor]:
         idx = draws["order"][part]
-        labels = self.data.labels[idx]
         if "offsets" in draws:
-            images = crop(self._padded, idx, draws["offsets"][part])
+            images = crop(self._images, idx, draws["offsets"][part])
         else:
-            images = self.data.images[idx]
-        images = images.to(self.device, non_blocking=True).float()
+            images = self._images[idx]
+        images = images.float()
         if "flip" in draws:
-            flip = draws["flip"][part].to(self.device).view(-1, 1, 1, 1)
-            images = torch.where(flip, images.flip(3), images)
+            images = torch.where(draws["flip"][part].view(-1, 1, 1, 1), images.flip(3), images)
         images = (images - self._mean) / self._std
         if "centres" in draws:
-            images = cutout(images, draws["centres"][part].to(self.device), self.augmentation.cutout)
+            images = cutout(images, draws["centres"][part], self.augmentation.cutout)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
+        return images, self._labels[idx]
 
 
 def crop(padded: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, size: int = 32) -> torch.Tensor:
     """Crop a `size` x `size` window at per-image (top, left) offsets from padded images, in one gather."""
-    ar = torch.arange(size)
+    ar = torch.arange(size, device=padded.device)
     rows = (offsets[:, 0:1] + ar).view(-1, 1, size, 1)
     cols = (offsets[:, 1:2] + ar).view(-1, 1, 1, size)
-    channels = torch.arange(padded.shape[1]).view(1, -1, 1, 1)
+    channels = torch.arange(padded.shape[1], device=padded.device).view(1, -1, 1, 1)
     return padded[idx.view(-1, 1, 1, 1), channels, rows, cols]
 
 

@@ -231,10 +231,12 @@ def fit(
     progress: bool = True,
     writer=None,
     log_every: float = 60.0,
+    first_step_note: str = "",
 ) -> list[dict[str, Any]]:
     """Run (or continue) `job` for `epochs` epochs; returns all metrics records of the run.
 
     `progress` shows a bar per epoch on a terminal, else a line every `log_every` seconds (see Progress).
+    With a `first_step_note`, the wall time of this process's first step is logged with it.
     """
     main = is_main_process()
     epoch, start_step, totals = 0, 0, EpochTotals()
@@ -280,6 +282,9 @@ def fit(
                 now = time.perf_counter()
                 step += 1
                 pending.add(step, stats, images, now - tick)
+                if first_step_note and main:
+                    click.echo(f"first step: {now - tick:.1f} s ({first_step_note})", err=True)
+                    first_step_note = ""
                 tick = now
                 stop = stop_vote(bool(received))
                 checkpoint_due = checkpoint_every and step % checkpoint_every == 0 and step < n_steps

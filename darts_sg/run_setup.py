@@ -69,12 +69,16 @@ def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.devic
 def fit_run(
     job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool, log_every: float = 60.0
 ) -> list[dict[str, Any]]:
-    """Run `job` for the configured epochs with TensorBoard; `script` names the command that resumes it."""
+    """Run `job` for the configured epochs with TensorBoard; `script` names the command that resumes it.
+
+    Under --compile the first step's time, which holds the compilation, is logged.
+    """
+    compiling = getattr(getattr(job, "acceleration", None), "compile", False)
     with open_writer(run) as writer:
         return fit(
             job, run, config.epochs, config.checkpoint_every, resume,
             resume_hint=f"python {script} --resume {run.path}", progress=progress, writer=writer,
-            log_every=log_every,
+            log_every=log_every, first_step_note="includes compiling the cells" if compiling else "",
         )  # fmt: skip
 
 

@@ -121,6 +121,52 @@ def test_bf16_search_step_is_finite_on_cuda():
     assert all(torch.isfinite(a).all() for a in model.alphas())
 
 
+def test_fp16_search_step_scales_and_skips_overflows_on_cuda():
+    from darts_sg.precision import autocast
+
+    model = darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10).cuda()
+    train, val = _to(_batch(), "cuda"), _to(_batch(), "cuda")
+    w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9)
+    for scale, skipped in ((2.0**10, 0), (2.0**60, 1)):  # 2^60 overflows fp16 gradients
+        w_scaler = torch.amp.GradScaler("cuda", init_scale=scale)
+        architect = Architect(model, lr=3e-3, order=1, scaler=torch.amp.GradScaler("cuda", init_scale=scale))
+        with autocast(torch.device("cuda"), "fp16"):
+            val_loss, alpha_skipped = architect.step(train, val, w_opt, 0.025)
+            with frozen(model.alphas()):
+                loss, _, weight_skipped = weight_step(model, w_opt, train, 5.0, scaler=w_scaler)
+        assert torch.isfinite(val_loss) and torch.isfinite(loss)
+        assert (int(alpha_skipped), int(weight_skipped)) == (skipped, skipped)
+        assert all(torch.isfinite(a).all() for a in model.alphas())
+
+
+def test_batches_held_on_the_gpu_equal_the_cpu_ones(data_root):
+    from darts_sg.data import BatchLoader, DataAugmentation, load_cifar
+
+    data = load_cifar("cifar10", data_root, train=True).slice(0, 256)
+    augmentation = DataAugmentation(cutout=16)
+    cpu, gpu = (BatchLoader(data, 64, augmentation, seed=3, device=d) for d in ("cpu", "cuda"))
+    for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(cpu.iterate(2, 1), gpu.iterate(2, 1)):
+        assert x_gpu.is_cuda and torch.equal(y_gpu.cpu(), y_cpu)
+        torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=0, atol=1e-6)
+
+
+def test_compiled_cells_agree_with_eager_on_cuda():
+    import dataclasses
+
+    from darts_sg.accelerate import accelerate, device_policy
+
+    eager, compiled = _pair(lambda: darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10))
+    cuda = torch.device("cuda")
+    eager = accelerate(eager.cuda(), cuda, device_policy("cuda"))
+    compiled = accelerate(compiled, cuda, dataclasses.replace(device_policy("cuda"), compile=True))
+    x, y = _to(_batch(), "cuda")
+    for model in (eager, compiled):
+        F.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-5)
+    for p, q in zip(compiled.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5)
+
+
 def _run(args, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
