@@ -15,6 +15,13 @@ rate, so the GEMM peak is an upper bound no step of this network comes near.
     python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
     python benchmarks/bench_steps.py --only search-fo    # one step kind
     python benchmarks/bench_steps.py --warmup 1 --steps 3 --out benchmarks/results.md
+    python benchmarks/bench_steps.py --device cuda --out benchmarks/results-cuda.md   # on a GPU
+
+With `--device cuda` the rows are the first-order, second-order and retraining steps at the
+same settings under the device's policy, eager and compiled (`--compile`), in fp32 (TF32
+convolutions, torch's default), bf16 and fp16 with loss scaling, each timed after
+`torch.cuda.synchronize`, with the peak GPU memory and the time to build, warm up and compile;
+and the data pipeline with CIFAR-10 held on the GPU. The GPU's name heads the table.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
 FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
-        "fast_batchnorm": True, "keep_layout": True, "foreach": True, "amp": False}  # fmt: skip
-REFERENCE = {key: False for key in FAST}
+        "fast_batchnorm": True, "keep_layout": True, "foreach": True, "amp": "off"}  # fmt: skip
+REFERENCE = {**{key: False for key in FAST}, "amp": "off"}
 DEFAULTS = {**FAST, "foreach": False}
 
 # (step kind, row label, options)
@@ -44,14 +51,14 @@ ROWS = [
     ("search-fo", "+ shared ReLU", {**DEFAULTS, "fused_sum": False}),
     ("search-fo", "+ fused weighted sum (= defaults)", DEFAULTS),
     ("search-fo", "+ foreach optimizers", FAST),
-    ("search-fo", "defaults + bf16 autocast", {**DEFAULTS, "amp": True}),
+    ("search-fo", "defaults + bf16 autocast", {**DEFAULTS, "amp": "bf16"}),
     ("search-fo", "defaults + partial channels K=4", {**DEFAULTS, "partial_channels": 4}),
     ("search-so", "reference-like", REFERENCE),
     ("search-so", "defaults", DEFAULTS),
     ("search-so", "defaults + partial channels K=4", {**DEFAULTS, "partial_channels": 4}),
     ("retrain", "reference-like", REFERENCE),
     ("retrain", "defaults", DEFAULTS),
-    ("retrain", "defaults + bf16 autocast", {**DEFAULTS, "amp": True}),
+    ("retrain", "defaults + bf16 autocast", {**DEFAULTS, "amp": "bf16"}),
     ("data", "batched tensor augmentation", {}),
     ("search-fo", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
     ("search-so", "defaults + recomputed cells", {**DEFAULTS, "recompute_cells": True}),
@@ -62,6 +69,18 @@ ROWS = [
     ("search-fo", "defaults (sgblock space)", {**DEFAULTS, "space": "sgblock"}),
 ]
 
+# On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
+# substitutes), eager or compiled, fp32 (TF32 convolutions, torch's default) or mixed precision.
+CUDA_ROWS = [
+    (kind, label, {"amp": amp, "compile": compiled})
+    for kind in ("search-fo", "search-so", "retrain")
+    for label, amp, compiled in (
+        ("eager fp32", "off", False), ("eager bf16", "bf16", False), ("eager fp16 + GradScaler", "fp16", False),
+        ("compiled fp32", "off", True), ("compiled bf16", "bf16", True),
+    )
+    if not (kind == "search-so" and amp == "fp16")  # refused: second order needs unscaled gradients
+] + [("data", "CIFAR-10 held on the GPU, augmentation there", {})]
+
 
 def worker(spec: dict) -> dict:
     """Time one configuration in this process; return figures as a dict."""
@@ -69,70 +88,94 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    kind = spec["kind"]
+    kind, device = spec["kind"], spec.get("device", "cpu")
     if kind == "data":
         return _data_worker(spec)
     if kind == "gemm":
         return _gemm_worker()
-    step, images = build_step(kind, spec["options"], spec["space"])
+    cuda = device == "cuda"
+    started = time.perf_counter()
+    step, images = build_step(kind, spec["options"], spec["space"], device=device)
     for _ in range(spec["warmup"]):
         step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    first_steps = time.perf_counter() - started  # building, warm-up and (compiled rows) compilation
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(spec["steps"]):
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
+    if cuda:
+        return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,
+                "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3}  # fmt: skip
     peak = _peak_rss_gb()  # before the FLOP count, which runs a smaller batch
     return {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak,
             "gflop_per_step": _step_gflop(kind, spec["options"], spec["space"], images)}  # fmt: skip
 
 
-def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None):
-    """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step)."""
+def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None, device: str = "cpu"):
+    """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step).
+
+    On the CPU every speed switch comes from `opts`; on CUDA the device's policy, with `opts`'
+    amp and compile.
+    """
+    import dataclasses
+
     import torch
 
     import darts_sg
-    from darts_sg.accelerate import Acceleration, accelerate
+    from darts_sg.accelerate import Acceleration, accelerate, device_policy
     from darts_sg.architect import Architect, frozen
     from darts_sg.engine import weight_step
+    from darts_sg.precision import autocast, grad_scaler
 
-    acceleration = Acceleration(
-        channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
-        keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
-        recompute_cells=opts.get("recompute_cells", False), amp="bf16" if opts["amp"] else "off", cudnn_benchmark=False,
-    )  # fmt: skip
-    memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts["amp"])
+    device = torch.device(device)
+    if device.type == "cpu":
+        acceleration = Acceleration(
+            channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
+            keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
+            recompute_cells=opts.get("recompute_cells", False), amp=opts["amp"], cudnn_benchmark=False,
+        )  # fmt: skip
+        foreach, skip_none = opts["foreach"], opts["skip_none"]
+    else:
+        acceleration = dataclasses.replace(device_policy(device.type), amp=opts["amp"], compile=opts["compile"])
+        foreach, skip_none = None, True  # torch's default optimizers; `none` never built, as in the jobs
+    memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
+    w_scaler = grad_scaler(device, acceleration.amp)
 
     def batch(size):
         x = torch.randn(size, 3, 32, 32).contiguous(memory_format=memory_format)
-        return x, torch.randint(0, 10, (size,))
+        return x.to(device), torch.randint(0, 10, (size,)).to(device)
 
     if kind.startswith("search"):
         images = batch_size or 64
         model = darts_sg.build_supernet(
-            space, C=16, layers=8, num_classes=10, partial_channels=opts.get("partial_channels", 1), skip_none=opts["skip_none"],
+            space, C=16, layers=8, num_classes=10, partial_channels=opts.get("partial_channels", 1), skip_none=skip_none,
         )  # fmt: skip
-        model = accelerate(model, torch.device("cpu"), acceleration)
-        w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
-        architect = Architect(model, order=2 if kind == "search-so" else 1)
-        architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=opts["foreach"])
+        model = accelerate(model, device, acceleration)
+        w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=foreach)
+        architect = Architect(model, order=2 if kind == "search-so" else 1, scaler=grad_scaler(device, acceleration.amp))
+        architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=foreach)
         train, val = batch(images), batch(images)
 
         def step():
-            with autocast:
+            with autocast(device, acceleration.amp):
                 architect.step(train, val, w_opt, 0.025)
                 with frozen(model.alphas()):
-                    weight_step(model, w_opt, train, 5.0)
+                    weight_step(model, w_opt, train, 5.0, scaler=w_scaler)
 
         return step, images
     images = batch_size or 96
     model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
-    model = accelerate(model, torch.device("cpu"), acceleration)
+    model = accelerate(model, device, acceleration)
     model.drop_path_prob = 0.2
     model.train()
-    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=opts["foreach"])
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=foreach)
     data = batch(images)
 
     def loss_fn(output, y):
@@ -140,8 +183,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None)
         return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
 
     def step():
-        with autocast:
-            weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn)
+        with autocast(device, acceleration.amp):
+            weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn, w_scaler)
 
     return step, images
 
@@ -175,28 +218,59 @@ def _gemm_worker(n: int = 2048, repeats: int = 20) -> dict:
 
 
 def _data_worker(spec: dict) -> dict:
+    import torch
+
     from darts_sg.data import DataAugmentation, BatchLoader, load_cifar10
 
+    device = spec.get("device", "cpu")
     data = load_cifar10(spec.get("data_root"))
-    loader = BatchLoader(data, 96, DataAugmentation(cutout=16), channels_last=True)
+    loader = BatchLoader(data, 96, DataAugmentation(cutout=16), channels_last=device == "cpu", device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start, n = time.perf_counter(), 0
     for x, _ in loader.iterate(0):
         n += x.shape[0]
+    sync()
     seconds = time.perf_counter() - start
-    return {"s_per_step": seconds / len(loader), "images_per_s": n / seconds, "peak_rss_gb": _peak_rss_gb()}
+    memory = {"peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3} if device == "cuda" else {"peak_rss_gb": _peak_rss_gb()}
+    return {"s_per_step": seconds / len(loader), "images_per_s": n / seconds, **memory}
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 
 
+def run_row(spec: dict, timeout: float) -> tuple[dict | None, str]:
+    """Run one row in a fresh process: (figures, "") or (None, why it gave none)."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, cwd=ROOT, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        steps = spec["warmup"] + spec["steps"]
+        return None, f"> {timeout / steps:.0f} (stopped after {timeout:.0f} s for {steps} steps)"
+    if proc.returncode != 0:
+        return None, "failed: " + (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+
+
+def write_out(out: Path | None, header: str, lines: list[str], raw: dict) -> None:
+    """The table so far and its raw figures (after every row, so a stopped run keeps what it measured)."""
+    if out:
+        from darts_sg.io import atomic_write_text
+
+        atomic_write_text(out, "\n".join([header, *lines]) + "\n")
+        atomic_write_text(out.with_suffix(".json"), json.dumps(raw, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cpu: the option-by-option table; cuda: eager / AMP / compiled steps on the GPU")  # fmt: skip
     parser.add_argument("--only", choices=["search-fo", "search-so", "retrain", "data"], action="append")
     parser.add_argument("--space", default="darts", help="search space of the search rows that name none (darts, sgblock, invres)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 1 on the CPU, 5 on CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on the CPU, 20 on CUDA)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
     parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run; the GEMM row always runs")
@@ -205,6 +279,44 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    cuda = args.device == "cuda"
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    args.steps = args.steps if args.steps is not None else (20 if cuda else 3)
+    (cuda_table if cuda else cpu_table)(args)
+
+
+def cuda_table(args) -> None:
+    """Eager / AMP / compiled search and retraining steps on the GPU: images/s and peak GPU memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("bench_steps.py --device cuda: no CUDA device here")
+    name = torch.cuda.get_device_name()
+    print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; {args.warmup} warm-up steps, median of {args.steps}")
+    header = (f"| step ({name}) | precision, mode | s/step | images/s | peak GPU memory (GB) | build + warm-up (s) |\n"
+              "|---|---|---:|---:|---:|---:|")  # fmt: skip
+    print(header, flush=True)
+    lines, results = [], []
+    for kind, label, options in CUDA_ROWS:
+        if args.only and kind not in args.only:
+            continue
+        spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
+                "data_root": args.data_root, "device": "cuda"}  # fmt: skip
+        figures, failure = run_row(spec, args.timeout)
+        if figures is None:
+            lines.append(f"| {kind} | {label} | {failure} | | | |")
+        else:
+            results.append({"kind": kind, "label": label, "options": options, **figures})
+            warm = f"{figures['warmup_s']:.1f}" if "warmup_s" in figures else ""
+            lines.append(f"| {kind} | {label} | {figures['s_per_step']:.4f} | {figures['images_per_s']:.0f} | "
+                         f"{figures['peak_gpu_gb']:.2f} | {warm} |")  # fmt: skip
+        print(lines[-1], flush=True)
+        write_out(args.out, header, lines, {"gpu": name, "torch": torch.__version__, "space": args.space,
+                                            "warmup": args.warmup, "steps": args.steps, "rows": results})  # fmt: skip
+
+
+def cpu_table(args) -> None:
+    """Every CPU speed option, row by row, against the CPU's GEMM peak."""
     results = []
     header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) |\n"
               "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
@@ -217,18 +329,10 @@ def main() -> None:
             continue
         spec = {"kind": kind, "options": options, "space": options.get("space", args.space), "warmup": args.warmup, "steps": args.steps,
                 "data_root": args.data_root}  # fmt: skip
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True, cwd=ROOT, timeout=args.timeout)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            steps = args.warmup + args.steps
-            print(f"| {kind} | {label} | > {args.timeout / steps:.0f} (stopped after {args.timeout:.0f} s for {steps} steps) | | | | | |", flush=True)
+        figures, failure = run_row(spec, args.timeout)
+        if figures is None:
+            print(f"| {kind} | {label} | {failure} | | | | | |", flush=True)
             continue
-        if proc.returncode != 0:
-            reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            print(f"| {kind} | {label} | failed: {reason} | | | | | |", flush=True)
-            continue
-        figures = json.loads(proc.stdout.strip().splitlines()[-1])
         gflops = figures.get("gflop_per_step", 0.0) / figures["s_per_step"]
         if kind == "gemm":
             peak = gflops
@@ -236,12 +340,8 @@ def main() -> None:
         figures["percent_of_gemm_peak"] = 100 * gflops / peak if peak else None
         results.append({"kind": kind, "label": label, "options": options, **figures})
         print(format_row(results[-1]), flush=True)
-        if args.out:  # after every row, so a stopped run keeps what it measured
-            from darts_sg.io import atomic_write_text
-
-            atomic_write_text(args.out, "\n".join([header] + [format_row(r) for r in results]) + "\n")
-            raw = {"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}
-            atomic_write_text(args.out.with_suffix(".json"), json.dumps(raw, indent=2))
+        raw = {"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}
+        write_out(args.out, header, [format_row(r) for r in results], raw)
 
 
 def format_row(r: dict) -> str:
