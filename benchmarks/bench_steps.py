@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -67,6 +68,11 @@ ROWS = [
     ("retrain", "defaults with native batch norm", {**DEFAULTS, "fast_batchnorm": False}),
     ("search-fo", "defaults with native batch norm (sgblock space)", {**DEFAULTS, "fast_batchnorm": False, "space": "sgblock"}),
     ("search-fo", "defaults (sgblock space)", {**DEFAULTS, "space": "sgblock"}),
+    ("search-fo", "defaults (invres space)", {**DEFAULTS, "space": "invres"}),
+    ("search-so", "defaults (sgblock space)", {**DEFAULTS, "space": "sgblock"}),
+    ("search-fo", "defaults + partial channels K=4 (sgblock space)", {**DEFAULTS, "partial_channels": 4, "space": "sgblock"}),
+    ("search-so", "defaults (invres space)", {**DEFAULTS, "space": "invres"}),
+    ("search-fo", "defaults + partial channels K=4 (invres space)", {**DEFAULTS, "partial_channels": 4, "space": "invres"}),
 ]
 
 # On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
@@ -114,8 +120,10 @@ def worker(spec: dict) -> dict:
         return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,
                 "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3}  # fmt: skip
     peak = _peak_rss_gb()  # before the FLOP count, which runs a smaller batch
-    return {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak,
-            "gflop_per_step": _step_gflop(kind, spec["options"], spec["space"], images)}  # fmt: skip
+    figures = {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak}
+    if spec.get("count_flops", True):
+        figures["gflop_per_step"] = _step_gflop(kind, spec["options"], spec["space"], images)
+    return figures
 
 
 def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None, device: str = "cpu"):
@@ -275,6 +283,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
     parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run; the GEMM row always runs")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one row may take before it is reported as too slow")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the chosen rows this many times in turn (A B A B ...) and end with each row's median and its "
+                             "ratio to the first row, pair by pair, so a comparison holds while the machine's speed drifts")  # fmt: skip
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -316,32 +327,66 @@ def cuda_table(args) -> None:
 
 
 def cpu_table(args) -> None:
-    """Every CPU speed option, row by row, against the CPU's GEMM peak."""
+    """Every CPU speed option, row by row, against the CPU's GEMM peak (with --repeat, in turns, then ratios)."""
     results = []
     header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) |\n"
               "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    print(cpu_line())
     print(header, flush=True)
     wanted = {int(r) for r in args.rows.split(",")} if args.rows else None
     rows = [("gemm", "fp32 2048x2048 matmul, 2 threads", {})] + ROWS  # the ceiling, measured in the same run
+    chosen = [(n, row) for n, row in enumerate(rows) if not n or not ((args.only and row[0] not in args.only) or (wanted and n not in wanted))]
     peak = None
-    for number, (kind, label, options) in enumerate(rows):
-        if number and ((args.only and kind not in args.only) or (wanted and number not in wanted)):
-            continue
-        spec = {"kind": kind, "options": options, "space": options.get("space", args.space), "warmup": args.warmup, "steps": args.steps,
-                "data_root": args.data_root}  # fmt: skip
-        figures, failure = run_row(spec, args.timeout)
-        if figures is None:
-            print(f"| {kind} | {label} | {failure} | | | | | |", flush=True)
-            continue
-        gflops = figures.get("gflop_per_step", 0.0) / figures["s_per_step"]
-        if kind == "gemm":
-            peak = gflops
-        figures["gflop_per_s"] = gflops
-        figures["percent_of_gemm_peak"] = 100 * gflops / peak if peak else None
-        results.append({"kind": kind, "label": label, "options": options, **figures})
-        print(format_row(results[-1]), flush=True)
-        raw = {"space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}
-        write_out(args.out, header, [format_row(r) for r in results], raw)
+    for turn in range(args.repeat):
+        for number, (kind, label, options) in chosen:
+            if number == 0 and turn:
+                continue  # the GEMM ceiling once
+            spec = {"kind": kind, "options": options, "space": options.get("space", args.space), "warmup": args.warmup,
+                    "steps": args.steps, "data_root": args.data_root, "count_flops": turn == 0}  # fmt: skip
+            figures, failure = run_row(spec, args.timeout)
+            if figures is None:
+                print(f"| {kind} | {label} | {failure} | | | | | |", flush=True)
+                continue
+            gflops = figures.get("gflop_per_step", 0.0) / figures["s_per_step"]
+            if kind == "gemm":
+                peak = gflops
+            figures["gflop_per_s"] = gflops
+            figures["percent_of_gemm_peak"] = 100 * gflops / peak if peak else None
+            results.append({"number": number, "turn": turn, "kind": kind, "label": label, "options": options, **figures})
+            print(format_row(results[-1]), flush=True)
+            raw = {"cpu": cpu_line(), "space": args.space, "warmup": args.warmup, "steps": args.steps, "rows": results}
+            write_out(args.out, cpu_line() + "\n\n" + header, [format_row(r) for r in results], raw)
+    if args.repeat > 1:
+        print(paired_summary(results))
+
+
+def paired_summary(results: list[dict]) -> str:
+    """Each repeated row's median s/step and its ratio to the first step row, turn by turn (min, median, max)."""
+    import statistics
+
+    rows = [r for r in results if r["kind"] != "gemm"]
+    numbers = list(dict.fromkeys(r["number"] for r in rows))
+    by = {(r["number"], r["turn"]): r for r in rows}
+    lines = ["| row | options | turns | median s/step | ratio to row " + str(numbers[0]) + ": min / median / max |",
+             "|---|---|---:|---:|---|"]  # fmt: skip
+    for n in numbers:
+        mine = [r for r in rows if r["number"] == n]
+        ratios = [by[n, r["turn"]]["s_per_step"] / by[numbers[0], r["turn"]]["s_per_step"] for r in mine if (numbers[0], r["turn"]) in by]
+        med = statistics.median(r["s_per_step"] for r in mine)
+        spread = f"{min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f}" if ratios else ""
+        lines.append(f"| {n} | {mine[0]['label']} | {len(mine)} | {med:.3f} | {spread} |")
+    return "\n".join(lines)
+
+
+def cpu_line() -> str:
+    """The CPU's model and the vector extensions that matter for these kernels (lscpu)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "CPU: unknown (no lscpu)"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = [f for f in fields.get("Flags", "").split() if f.startswith(("avx2", "avx512f", "avx512_bf16", "amx"))]
+    return f"CPU: {fields.get('Model name', '?').strip()}, {os.cpu_count()} cores, flags: {' '.join(flags) or 'no AVX2'}"
 
 
 def format_row(r: dict) -> str:

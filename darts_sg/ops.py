@@ -139,12 +139,12 @@ class SandGlass(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(C_in, C_in, 3, 1, 1, groups=C_in, bias=False),
             nn.BatchNorm2d(C_in, affine=affine),
-            nn.ReLU6(inplace=False),
+            nn.ReLU6(inplace=True),
             nn.Conv2d(C_in, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden, affine=affine),
             nn.Conv2d(hidden, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
-            nn.ReLU6(inplace=False),
+            nn.ReLU6(inplace=True),
             nn.Conv2d(C_out, C_out, 3, stride, 1, groups=C_out, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -170,10 +170,10 @@ class InvertedResidual(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(C_in, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden, affine=affine),
-            nn.ReLU6(inplace=False),
+            nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
             nn.BatchNorm2d(hidden, affine=affine),
-            nn.ReLU6(inplace=False),
+            nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )

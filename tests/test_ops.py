@@ -126,3 +126,26 @@ def test_ops_are_plain_modules():
     assert {type(m) for m in op.modules()} <= {type(op), torch.nn.ReLU, torch.nn.Conv2d, torch.nn.BatchNorm2d}
     reduce = build_op("skip_connect", 8, 2, affine=True)
     assert [c.stride for c in (reduce.conv_1, reduce.conv_2)] == [(2, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("name", ["sg_block", "inv_res"])
+def test_in_place_relu6_gives_the_out_of_place_values_and_gradients_bit_for_bit(name):
+    """ReLU6 runs in place (its backward reads the clamped output, which tells the same 0 < x < 6 mask),
+    which keeps one activation less per ReLU6; values and gradients are those of the out-of-place block."""
+    import copy
+
+    torch.manual_seed(0)
+    block = build_op(name, 16, 1, affine=True, options=OpOptions())
+    plain = copy.deepcopy(block)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.ReLU6):
+            module.inplace = False
+    assert any(m.inplace for m in block.modules() if isinstance(m, torch.nn.ReLU6))
+    x = (3 * torch.randn(4, 16, 8, 8)).requires_grad_(True)
+    grads = []
+    for net in (block, plain):
+        out = net(x)
+        grads.append(torch.autograd.grad(out, [x, *net.parameters()], torch.randn_like(out, generator=torch.Generator().manual_seed(1))))
+        grads[-1] = (out, *grads[-1])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

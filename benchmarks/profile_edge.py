@@ -1,0 +1,93 @@
+"""Where one edge op's time goes: forward + backward of a single op at the supernet's shapes, by kernel.
+
+    python benchmarks/profile_edge.py                          # sg_block, sep_conv_3x3, inv_res at C=16, 32x32
+    python benchmarks/profile_edge.py --ops sg_block --C 32 --size 16 --stride 2 --kernels
+
+The op is built as the supernet builds it (affine=False) and accelerated with the CPU policy
+(channels-last, wide-view batch norm, ...), then timed on a fixed random batch (2 threads,
+median of --steps after warm-up): forward and backward with respect to the input and the
+weights, as in a weight step. Each row gives the op's GFLOP (forward + backward,
+``darts_sg.flops``) and GFLOP/s, so ops that cost more than their work stand out. With
+--kernels, the profiler's table of the first op's kernels follows (self CPU time; the
+profiler's overhead inflates the total, read the shares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.flops import flop_counter
+from darts_sg.ops import OpOptions, build_op
+
+from bench_steps import cpu_line
+
+
+def edge_step(name: str, C: int, size: int, stride: int, batch: int):
+    """A closure running forward + backward of op `name` on a fixed channels-last batch."""
+    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), device_policy("cpu"))
+    op.train()
+    x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.no_grad():
+        grad = torch.randn_like(op(x))  # a dense channels-last gradient, as the cell hands back
+
+    def step():
+        op.zero_grad(set_to_none=True)
+        x.grad = None
+        op(x).backward(grad)
+
+    return step
+
+
+def time_step(step, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="sg_block,sep_conv_3x3,inv_res,dil_conv_3x3")
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--kernels", action="store_true", help="also print the profiler's kernel table of the first op")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    print(f"{cpu_line()}; torch {torch.__version__}, 2 threads")
+    print(f"edge op forward + backward, C={args.C}, {args.size}x{args.size}, stride {args.stride}, batch {args.batch}")
+    print("| op | ms | GFLOP | GFLOP/s |\n|---|---:|---:|---:|")
+    names = args.ops.split(",")
+    for name in names:
+        step = edge_step(name, args.C, args.size, args.stride, args.batch)
+        seconds = time_step(step, args.warmup, args.steps)
+        counter = flop_counter()
+        with counter:
+            step()
+        gflop = counter.get_total_flops() / 1e9
+        print(f"| {name} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} |", flush=True)
+    if args.kernels:
+        from torch.profiler import ProfilerActivity, profile
+
+        step = edge_step(names[0], args.C, args.size, args.stride, args.batch)
+        time_step(step, args.warmup, 1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
