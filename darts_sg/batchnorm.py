@@ -47,11 +47,19 @@ def _unwide(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return m.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def _normalized(x: torch.Tensor, k: int, mean, invstd, weight, bias) -> torch.Tensor:
-    """(x - mean) * invstd * weight + bias per channel, as one pass over the wide view of `x`."""
+def _normalized(x: torch.Tensor, k: int, mean, invstd, weight, bias, into: torch.Tensor | None = None) -> torch.Tensor:
+    """(x - mean) * invstd * weight + bias per channel, as one pass over the wide view of `x`.
+
+    With `into` (a channels-last tensor like `x`), the result is written through its wide view
+    and `into` is returned: a tensor of its own rather than a view, which the training Function
+    needs so that the next layer may work in place on its output (an in-place ReLU6).
+    """
     scale = invstd if weight is None else invstd * weight
     shift = -mean * scale if bias is None else bias - mean * scale
-    return _unwide(torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k)), x)
+    if into is None:
+        return _unwide(torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k)), x)
+    torch.addcmul(shift.repeat(k), _wide(x, k), scale.repeat(k), out=_wide(into, k))
+    return into
 
 
 class _WideBatchNorm(torch.autograd.Function):
@@ -67,7 +75,7 @@ class _WideBatchNorm(torch.autograd.Function):
         mean = mean_cols.mean(0)
         var = var_cols.mean(0) + (mean_cols - mean).pow(2).mean(0)  # every column has N*H*W/k rows
         invstd = torch.rsqrt(var + eps)
-        out = _normalized(x, k, mean, invstd, weight, bias)
+        out = _normalized(x, k, mean, invstd, weight, bias, into=torch.empty_like(x, memory_format=torch.channels_last))
         ctx.k, ctx.eps = k, eps
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.mark_non_differentiable(mean, var)

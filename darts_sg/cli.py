@@ -15,6 +15,7 @@ import click
 
 from .accelerate import FLAGS, device_policy
 from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
+from .distributed import leave_process_group
 from .errors import UserError
 from .precision import AMP_MODES
 from .search import SEARCH_PRESETS, SearchConfig, run_search
@@ -330,6 +331,7 @@ def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | N
 
     try:
         command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        leave_process_group()
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -342,6 +344,7 @@ def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | N
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except Interrupted as exc:
+        leave_process_group()  # every process stopped after the same step: no collective is in flight
         click.echo(str(exc), err=True)
         sys.exit(128 + exc.signum)
     except NonFiniteLoss as exc:

@@ -8,7 +8,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["StopVote", "average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process", "world"]
+__all__ = [
+    "StopVote", "average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process",
+    "leave_process_group", "world",
+]  # fmt: skip
 
 
 def init_from_environment(device: str = "auto") -> tuple[int, int]:
@@ -21,6 +24,12 @@ def init_from_environment(device: str = "auto") -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10))
     return dist.get_rank(), dist.get_world_size()
+
+
+def leave_process_group() -> None:
+    """Leave the process group at the end of a job (a process that exits while still in it may abort)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:

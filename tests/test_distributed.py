@@ -116,6 +116,7 @@ STOP_WORKER = """
 import json, os, signal, sys
 import torch
 import torch.distributed as dist
+from darts_sg.distributed import leave_process_group
 from darts_sg.engine import Interrupted, fit
 from darts_sg.runs import RunDirectory
 
@@ -160,6 +161,7 @@ except Interrupted as stop:
     outcome = str(stop)
 with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as f:
     f.write(outcome)
+leave_process_group()  # as the command line does after a job
 """
 
 
