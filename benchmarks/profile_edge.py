@@ -7,7 +7,8 @@ The op is built as the supernet builds it (affine=False) and accelerated with th
 (channels-last, wide-view batch norm, ...), then timed on a fixed random batch (2 threads,
 median of --steps after warm-up): forward and backward with respect to the input and the
 weights, as in a weight step. Each row gives the op's GFLOP (forward + backward,
-``darts_sg.flops``) and GFLOP/s, so ops that cost more than their work stand out. With
+``darts_sg.flops``) and GFLOP/s, so ops that cost more than their work stand out, and the MiB
+autograd keeps for its backward (the input excluded: in the supernet every op shares it). With
 --kernels, the profiler's table of the first op's kernels follows (self CPU time; the
 profiler's overhead inflates the total, read the shares).
 """
@@ -42,6 +43,26 @@ def edge_step(name: str, C: int, size: int, stride: int, batch: int):
     return step
 
 
+def saved_mib(name: str, C: int, size: int, stride: int, batch: int) -> float:
+    """MiB of the tensors autograd keeps for the op's backward (each storage once, the op's input excluded)."""
+    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), device_policy("cpu"))
+    x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    seen = {x.untyped_storage().data_ptr()}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        op(x)
+    return total / 2**20
+
+
 def time_step(step, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
@@ -68,7 +89,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"{cpu_line()}; torch {torch.__version__}, 2 threads")
     print(f"edge op forward + backward, C={args.C}, {args.size}x{args.size}, stride {args.stride}, batch {args.batch}")
-    print("| op | ms | GFLOP | GFLOP/s |\n|---|---:|---:|---:|")
+    print("| op | ms | GFLOP | GFLOP/s | saved for backward (MiB) |\n|---|---:|---:|---:|---:|")
     names = args.ops.split(",")
     for name in names:
         step = edge_step(name, args.C, args.size, args.stride, args.batch)
@@ -77,7 +98,8 @@ def main() -> None:
         with counter:
             step()
         gflop = counter.get_total_flops() / 1e9
-        print(f"| {name} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} |", flush=True)
+        saved = saved_mib(name, args.C, args.size, args.stride, args.batch)
+        print(f"| {name} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} | {saved:.0f} |", flush=True)
     if args.kernels:
         from torch.profiler import ProfilerActivity, profile
 

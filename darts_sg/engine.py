@@ -133,14 +133,14 @@ class EpochTotals:
     def add(self, stats: dict[str, float], images: int, seconds: float) -> None:
         """Add one step: `stats` are the step's means (and counts), `images` its batch size."""
         for key, value in stats.items():
-            weight = 1 if key.startswith("skipped_") else images
-            self.sums[key] = self.sums.get(key, 0.0) + value * weight
+            self.sums[key] = self.sums.get(key, 0.0) + value * (1 if _is_count(key) else images)
         self.images += images
         self.seconds += seconds
 
     def summary(self) -> dict[str, float]:
         n = max(self.images, 1)
-        out = {k if k.startswith("skipped_") else f"train_{k}": v if k.startswith("skipped_") else v / n for k, v in self.sums.items()}
+        out = {key if _is_count(key) else f"train_{key}": total if _is_count(key) else total / n
+               for key, total in self.sums.items()}  # fmt: skip
         out["images_per_s"] = self.images / self.seconds if self.seconds > 0 else 0.0
         return out
 
@@ -179,6 +179,11 @@ class PendingSteps:
                 )
             totals.add(values, images, seconds)
         self.steps = []
+
+
+def _is_count(key: str) -> bool:
+    """Statistics summed as they are (fp16 steps skipped), not averaged over images."""
+    return key.startswith("skipped_")
 
 
 def _is_device_tensor(value: Any) -> bool:
