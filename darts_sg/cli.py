@@ -294,8 +294,8 @@ def export(run, fmt, output) -> None:
               help="Random genotypes per space, retrained under the same protocol (Li & Talwalkar 2019) " + _scale_defaults("random"))
 @click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 " + _scale_defaults("references"))
 @click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
-              help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 8-epoch retrainings at C=16, 8 cells on all 50k images, "
-                   "4 seeds, 3 random genotypes per space and DARTS_V2 (about 18 h on 2 cores: benchmarks/compare_cost.py); `quick` = a 2-hour smoke test of the "
+              help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 10-epoch retrainings at C=16, 8 cells on all 50k images, "
+                   "4 seeds, 3 random genotypes per space and DARTS_V2 (about 21 h on 2 cores: benchmarks/compare_cost.py); `quick` = a 2-hour smoke test of the "
                    "pipeline; `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
 @click.option("--augment-opt", multiple=True, metavar="KEY=VALUE", help="Override an augment (retraining) setting, e.g. --augment-opt layers=8 (repeatable).")
