@@ -20,7 +20,7 @@ from torch.func import functional_call
 from .distributed import average_gradients
 from .errors import UserError
 from .network import Supernet
-from .precision import scaler_step
+from .precision import NO_SCALING, scaler_step
 
 __all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "frozen", "unrolled_alpha_grads"]
 
@@ -148,7 +148,7 @@ class Architect:
         self.model = model
         self.order = order
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay)
-        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)  # an enabled one for fp16
+        self.scaler = scaler or NO_SCALING  # an enabled one for fp16
 
     def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float):
         """Alpha gradients and validation loss, first or second order."""

@@ -24,13 +24,10 @@ import torch.nn.functional as F
 
 from .distributed import StopVote, average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
-from .precision import scaler_step
+from .precision import NO_SCALING, scaler_step
 from .runs import RunDirectory, RunError
 
 __all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
-
-
-_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
 
 
 class Interrupted(Exception):
@@ -75,7 +72,7 @@ def weight_step(
     clip. Returns the loss and the model output, detached, and 1 if the step was skipped (an
     fp16 overflow) else 0.
     """
-    scaler = scaler or _NO_SCALING
+    scaler = scaler or NO_SCALING
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
     output = model(x)

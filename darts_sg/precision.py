@@ -12,15 +12,11 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["AMP_MODES", "autocast", "check_amp", "grad_scaler", "load_scaler_state", "native_bf16_cpu", "scaler_step"]
+__all__ = ["AMP_MODES", "NO_SCALING", "autocast", "check_amp", "grad_scaler", "load_scaler_state", "scaler_step"]
 
 AMP_MODES = ("off", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 runs emulated and slow."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # stateless: every call passes through
 
 
 def check_amp(mode: str, device: torch.device) -> None:
@@ -37,8 +33,8 @@ def autocast(device: torch.device, mode: str):
 
 
 def grad_scaler(device: torch.device, mode: str) -> torch.amp.GradScaler:
-    """A loss scaler for fp16 on `device`; a disabled one (every call a pass-through) otherwise."""
-    return torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+    """A loss scaler for fp16 on `device`; the pass-through `NO_SCALING` otherwise."""
+    return torch.amp.GradScaler(device.type) if mode == "fp16" else NO_SCALING
 
 
 def scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
