@@ -109,13 +109,7 @@ def worker(spec: dict) -> dict:
     first_steps = time.perf_counter() - started  # building, warm-up and (compiled rows) compilation
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(spec["steps"]):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
+    median = median_step_seconds(step, spec["steps"], sync)
     if cuda:
         return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,
                 "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3}  # fmt: skip
@@ -124,6 +118,18 @@ def worker(spec: dict) -> dict:
     if spec.get("count_flops", True):
         figures["gflop_per_step"] = _step_gflop(kind, spec["options"], spec["space"], images)
     return figures
+
+
+def median_step_seconds(step, steps: int, sync=lambda: None) -> float:
+    """Median wall time of `steps` calls of `step` (the upper middle one for an even count); `sync`
+    waits for the device after each call."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None, device: str = "cpu"):

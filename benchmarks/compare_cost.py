@@ -11,10 +11,6 @@ threads, median of timed steps after a warm-up; the estimate multiplies by the s
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import subprocess
-import time
 
 import torch
 
@@ -26,26 +22,13 @@ from darts_sg.compare import CompareSpec, augment_settings, search_settings
 from darts_sg.engine import weight_step
 from darts_sg.search import SearchConfig
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags"))
-        return f"{name} ({' '.join(f for f in flags if f.startswith(('avx', 'amx')))})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from bench_steps import cpu_line, median_step_seconds
 
 
 def median_seconds(step, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_step_seconds(step, steps)
 
 
 def batch(size: int, channels_last: bool):
@@ -99,7 +82,7 @@ def main() -> None:
     torch.manual_seed(0)
     spec = CompareSpec.for_preset(args.scale)
     s_settings, a_settings = search_settings(spec), augment_settings(spec)
-    print(f"{cpu_model()}, torch {torch.__version__}, 2 threads; scale `{args.scale}`, median of {args.steps} steps")
+    print(f"{cpu_line()}, torch {torch.__version__}, 2 threads; scale `{args.scale}`, median of {args.steps} steps")
     print("| step | batch | s/step | steps per unit | minutes per unit (steps only) |")
     print("|---|---:|---:|---:|---:|")
     search_minutes = []

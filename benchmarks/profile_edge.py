@@ -16,7 +16,6 @@ profiler's overhead inflates the total, read the shares).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -24,7 +23,7 @@ from darts_sg.accelerate import accelerate, device_policy
 from darts_sg.flops import flop_counter
 from darts_sg.ops import OpOptions, build_op
 
-from bench_steps import cpu_line
+from bench_steps import cpu_line, median_step_seconds
 
 
 def edge_step(name: str, C: int, size: int, stride: int, batch: int):
@@ -66,12 +65,7 @@ def saved_mib(name: str, C: int, size: int, stride: int, batch: int) -> float:
 def time_step(step, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median_step_seconds(step, steps)
 
 
 def main() -> None:
