@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
 FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
-        "fast_batchnorm": True, "keep_layout": True, "foreach": True, "amp": "off"}  # fmt: skip
+        "fast_batchnorm": True, "keep_layout": True, "lean_relu6": True, "foreach": True, "amp": "off"}  # fmt: skip
 REFERENCE = {**{key: False for key in FAST}, "amp": "off"}
 DEFAULTS = {**FAST, "foreach": False}
 
@@ -73,6 +73,8 @@ ROWS = [
     ("search-fo", "defaults + partial channels K=4 (sgblock space)", {**DEFAULTS, "partial_channels": 4, "space": "sgblock"}),
     ("search-so", "defaults (invres space)", {**DEFAULTS, "space": "invres"}),
     ("search-fo", "defaults + partial channels K=4 (invres space)", {**DEFAULTS, "partial_channels": 4, "space": "invres"}),
+    ("search-fo", "defaults with torch's ReLU6 (sgblock space)", {**DEFAULTS, "lean_relu6": False, "space": "sgblock"}),
+    ("search-fo", "defaults with torch's ReLU6 (invres space)", {**DEFAULTS, "lean_relu6": False, "space": "invres"}),
 ]
 
 # On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
@@ -153,7 +155,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         acceleration = Acceleration(
             channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
             keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
-            recompute_cells=opts.get("recompute_cells", False), amp=opts["amp"], cudnn_benchmark=False,
+            recompute_cells=opts.get("recompute_cells", False), lean_relu6=opts.get("lean_relu6", False), amp=opts["amp"], cudnn_benchmark=False,
         )  # fmt: skip
         foreach, skip_none = opts["foreach"], opts["skip_none"]
     else:

@@ -21,6 +21,7 @@ flag                      plain module -> substitute                      where 
                           layout-keeping gradients (``darts_sg.layout``)
 ``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
 ``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
+``lean_relu6``            ``nn.ReLU6`` -> `LeanReLU6` (keeps its output)  any device (less memory)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
@@ -49,6 +50,7 @@ from .network import CellNetwork
 from .ops import FactorizedReduce
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 from .precision import check_amp
+from .relu6 import LeanReLU6
 
 __all__ = ["Acceleration", "FLAGS", "accelerate", "device_policy", "resolve_acceleration"]
 
@@ -66,6 +68,7 @@ class Acceleration:
     share_relu: bool
     fused_sum: bool
     recompute_cells: bool
+    lean_relu6: bool
     amp: str  # off, bf16 or fp16 (darts_sg.precision)
     cudnn_benchmark: bool
     compile: bool = False
@@ -90,6 +93,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         share_relu=True,
         fused_sum=True,
         recompute_cells=False,
+        lean_relu6=True,
         amp="off",  # on a CPU without bf16 instructions it was more than 10x slower
         cudnn_benchmark=device_type == "cuda" and not deterministic,
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
@@ -133,6 +137,8 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
             _recast(module, LayoutKeepingFactorizedReduce)
         elif a.keep_layout and _is_global_pool(module):
             _recast(module, LayoutKeepingGlobalPool)
+        elif a.lean_relu6 and type(module) is nn.ReLU6:
+            _recast(module, LeanReLU6)
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
             _recast(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
     if isinstance(model, CellNetwork):

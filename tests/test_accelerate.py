@@ -17,10 +17,11 @@ from darts_sg.fused_mixed_op import FusedMixedOp
 from darts_sg.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from darts_sg.ops import FactorizedReduce
 from darts_sg.polyphase import PolyphaseDilatedConv2d
+from darts_sg.relu6 import LeanReLU6
 
 CPU = torch.device("cpu")
 CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout")
-SUBSTITUTE_CLASSES = (WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp)
+SUBSTITUTE_CLASSES = (WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp, LeanReLU6)
 
 
 def _supernet():
@@ -35,14 +36,14 @@ def _kinds(model):
 def test_cpu_policy_takes_every_cpu_substitute():
     policy = device_policy("cpu")
     assert all(getattr(policy, name) for name in CPU_SUBSTITUTES)
-    assert policy.share_relu and policy.fused_sum
+    assert policy.share_relu and policy.fused_sum and policy.lean_relu6
     assert not policy.recompute_cells and policy.amp == "off" and not policy.cudnn_benchmark
 
 
 def test_cuda_policy_takes_no_cpu_substitute_and_benchmarks_cudnn():
     policy = device_policy("cuda")
     assert not any(getattr(policy, name) for name in CPU_SUBSTITUTES)
-    assert policy.share_relu and policy.fused_sum
+    assert policy.share_relu and policy.fused_sum and policy.lean_relu6
     assert policy.cudnn_benchmark
     assert not device_policy("cuda", deterministic=True).cudnn_benchmark
 
@@ -60,7 +61,7 @@ def test_an_explicit_flag_overrides_the_policy():
 def test_the_model_code_builds_plain_modules():
     kinds = _kinds(_supernet()) | _kinds(darts_sg.build_network("darts_v2", C=8, layers=5, auxiliary=True))
     assert not kinds & set(SUBSTITUTE_CLASSES)
-    assert {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d} <= kinds
+    assert {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d, nn.ReLU6} <= kinds
 
 
 def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
@@ -69,7 +70,7 @@ def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     accelerate(model, CPU, device_policy("cpu"))
     assert set(SUBSTITUTE_CLASSES) <= _kinds(model)
-    assert not {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d} & _kinds(model)
+    assert not {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d, nn.ReLU6} & _kinds(model)
     dilated = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.dilation[0] > 1]
     assert dilated and all(type(m) is PolyphaseDilatedConv2d for m in dilated)
     # the very same parameter objects (an optimizer made before still works), same keys and values
@@ -83,7 +84,7 @@ def test_the_cuda_policy_leaves_the_cpu_substitutes_out():
     model = accelerate(_supernet(), CPU, device_policy("cuda"))  # what a CUDA run applies, checked on the CPU
     kinds = _kinds(model)
     assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool}
-    assert FusedMixedOp in kinds
+    assert {FusedMixedOp, LeanReLU6} <= kinds
     assert model.stem[0].weight.is_contiguous()
 
 

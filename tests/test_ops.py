@@ -130,8 +130,9 @@ def test_ops_are_plain_modules():
 
 @pytest.mark.parametrize("name", ["sg_block", "inv_res"])
 def test_in_place_relu6_gives_the_out_of_place_values_and_gradients_bit_for_bit(name):
-    """ReLU6 runs in place (its backward reads the clamped output, which tells the same 0 < x < 6 mask),
-    which keeps one activation less per ReLU6; values and gradients are those of the out-of-place block."""
+    """ReLU6 runs in place, the blocks' usual form; values and gradients are those of the out-of-place block.
+    (torch's in-place hardtanh keeps a copy of its input for the backward, so in place alone saves no
+    memory; `darts_sg.relu6.LeanReLU6` does, tests/test_relu6.py.)"""
     import copy
 
     torch.manual_seed(0)
