@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _code_map() -> dict[str, set[str]]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Code map", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z_]+)\.py` \|[^|]*\| ([^|]*) \|$", section, flags=re.MULTILINE)
+    rows = re.findall(r"^\| `([a-z0-9_]+)\.py` \|[^|]*\| ([^|]*) \|$", section, flags=re.MULTILINE)
     return {module: {name.strip() for name in allowed.split(",") if name.strip() != "(none)"} for module, allowed in rows}
 
 
