@@ -21,6 +21,7 @@ import torch
 
 from darts_sg.accelerate import accelerate, device_policy
 from darts_sg.flops import flop_counter
+from darts_sg.memory import counting_saved_bytes
 from darts_sg.ops import OpOptions, build_op
 
 from bench_steps import cpu_line, median_step_seconds
@@ -46,20 +47,10 @@ def saved_mib(name: str, C: int, size: int, stride: int, batch: int) -> float:
     """MiB of the tensors autograd keeps for the op's backward (each storage once, the op's input excluded)."""
     op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), device_policy("cpu"))
     x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    seen = {x.untyped_storage().data_ptr()}
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    counts: dict[None, int] = {}
+    with counting_saved_bytes(counts, exclude=(x,)):
         op(x)
-    return total / 2**20
+    return sum(counts.values()) / 2**20
 
 
 def time_step(step, warmup: int, steps: int) -> float:

@@ -11,35 +11,48 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .recompute import running_stats_kept
 
-__all__ = ["activation_gb", "available_gb", "memory_report"]
+__all__ = ["activation_gb", "available_gb", "counting_saved_bytes", "memory_report"]
 
 PROBE_BATCHES = (2, 4)
 
 
 @contextmanager
+def counting_saved_bytes(counts: dict, key: Callable[[], Any] = lambda: None, exclude: tuple[torch.Tensor, ...] = ()):
+    """Add the bytes of the tensors autograd saves inside the block to `counts[key()]`.
+
+    Each storage is counted once (a storage saved twice is kept once); the storages of `exclude`
+    (e.g. an input that something else keeps anyway) are not counted.
+    """
+    seen = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            k = key()
+            counts[k] = counts.get(k, 0) + storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+@contextmanager
 def _saved_bytes_counter(per_cell: dict[int | None, int], cells: nn.ModuleList):
     """Count the bytes of the tensors autograd saves, per cell index (None: outside the cells)."""
-    seen: set[int] = set()
     current: list[int | None] = [None]
     hooks = [
         cell.register_forward_pre_hook(lambda _m, _a, i=i: current.__setitem__(0, i)) for i, cell in enumerate(cells)
     ] + [cell.register_forward_hook(lambda *_: current.__setitem__(0, None)) for cell in cells]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:  # a storage saved twice is kept once
-            seen.add(storage.data_ptr())
-            per_cell[current[0]] = per_cell.get(current[0], 0) + storage.nbytes()
-        return t
-
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with counting_saved_bytes(per_cell, key=lambda: current[0]):
             yield
     finally:
         for hook in hooks:

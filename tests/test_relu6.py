@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.memory import counting_saved_bytes
 from darts_sg.ops import OpOptions, build_op
 from darts_sg.relu6 import LeanReLU6
 
@@ -52,18 +53,10 @@ def test_second_derivatives_are_torchs():
 
 
 def _saved_bytes(op, x):
-    seen, total = {x.untyped_storage().data_ptr()}, 0
-
-    def pack(t):
-        nonlocal total
-        if t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    counts = {}
+    with counting_saved_bytes(counts, exclude=(x,)):
         op(x)
-    return total
+    return sum(counts.values())
 
 
 @pytest.mark.parametrize("name", ["sg_block", "inv_res"])
