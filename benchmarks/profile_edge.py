@@ -2,6 +2,7 @@
 
     python benchmarks/profile_edge.py                          # sg_block, sep_conv_3x3, inv_res at C=16, 32x32
     python benchmarks/profile_edge.py --ops sg_block --C 32 --size 16 --stride 2 --kernels
+    python benchmarks/profile_edge.py --ops sg_block,sep_conv_3x3 --compile   # also torch.compile'd
 
 The op is built as the supernet builds it (affine=False) and accelerated with the CPU policy
 (channels-last, wide-view batch norm, ...), then timed on a fixed random batch (2 threads,
@@ -10,12 +11,16 @@ weights, as in a weight step. Each row gives the op's GFLOP (forward + backward,
 ``darts_sg.flops``) and GFLOP/s, so ops that cost more than their work stand out, and the MiB
 autograd keeps for its backward (the input excluded: in the supernet every op shares it). With
 --kernels, the profiler's table of the first op's kernels follows (self CPU time; the
-profiler's overhead inflates the total, read the shares).
+profiler's overhead inflates the total, read the shares). With --compile, each op is also timed
+compiled (``torch.compile`` of the plain op, channels-last, inductor's default mode; compile time
+printed), which fuses the batch norms and ReLU6 with their neighbours: what eager code cannot do.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 
 import torch
 
@@ -27,9 +32,17 @@ from darts_sg.ops import OpOptions, build_op
 from bench_steps import cpu_line, median_step_seconds
 
 
-def edge_step(name: str, C: int, size: int, stride: int, batch: int):
-    """A closure running forward + backward of op `name` on a fixed channels-last batch."""
-    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), device_policy("cpu"))
+def edge_step(name: str, C: int, size: int, stride: int, batch: int, compiled: bool = False):
+    """A closure running forward + backward of op `name` on a fixed channels-last batch.
+
+    compiled: the plain op (channels-last, no eager substitutes) under ``torch.compile``.
+    """
+    policy = device_policy("cpu")
+    if compiled:  # the compiler fuses the plain modules; the substitutes' autograd Functions would break its graph
+        policy = dataclasses.replace(policy, fast_batchnorm=False, lean_relu6=False, fast_dilated=False)
+    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), policy)
+    if compiled:
+        op.compile()
     op.train()
     x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     with torch.no_grad():
@@ -69,6 +82,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--kernels", action="store_true", help="also print the profiler's kernel table of the first op")
+    parser.add_argument("--compile", action="store_true", help="also time each op under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -85,6 +99,13 @@ def main() -> None:
         gflop = counter.get_total_flops() / 1e9
         saved = saved_mib(name, args.C, args.size, args.stride, args.batch)
         print(f"| {name} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} | {saved:.0f} |", flush=True)
+        if args.compile:
+            step = edge_step(name, args.C, args.size, args.stride, args.batch, compiled=True)
+            start = time.perf_counter()
+            step()  # the first call compiles forward and backward
+            compile_s = time.perf_counter() - start
+            seconds = time_step(step, args.warmup, args.steps)
+            print(f"| {name}, compiled ({compile_s:.0f} s to compile) | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} | |", flush=True)
     if args.kernels:
         from torch.profiler import ProfilerActivity, profile
 

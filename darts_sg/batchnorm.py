@@ -69,9 +69,9 @@ class _WideBatchNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, k: int, eps: float):
         C = x.shape[1]
         xw = _wide(x, k)
-        _, mean_cols, invstd_cols = torch.ops.aten.native_batch_norm(xw, None, None, None, None, True, 0.0, eps)
-        mean_cols = mean_cols.view(k, C)
-        var_cols = (invstd_cols.view(k, C).pow(-2) - eps).clamp_min(0.0)
+        # per-column batch mean and biased variance, without the normalised output native_batch_norm also writes
+        mean_cols, var_cols = torch.ops.aten.batch_norm_update_stats(xw, None, None, 0.0)
+        mean_cols, var_cols = mean_cols.view(k, C), var_cols.view(k, C)
         mean = mean_cols.mean(0)
         var = var_cols.mean(0) + (mean_cols - mean).pow(2).mean(0)  # every column has N*H*W/k rows
         invstd = torch.rsqrt(var + eps)
