@@ -5,6 +5,8 @@ inputs with 2 threads, like ../shared/BASELINES.md: warm-up steps, then the medi
 steps. The `reference-like` row turns off every speed option of ours (NCHW, `none` computed,
 native dilated convolutions, one ReLU per op, unfused weighted sums, for-loop optimizers) to
 approximate the reference implementation on the same machine; the BASELINES figures were measured on another CPU.
+Every worker runs under tcmalloc where it is installed, as the jobs do (`darts_sg.allocator`),
+except the rows whose options say glibc's malloc.
 
 Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step row gives its
 GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter with the weight
@@ -34,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from darts_sg.allocator import ALLOCATOR_ENV, relaunch_with_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +79,9 @@ ROWS = [
     ("search-fo", "defaults + partial channels K=4 (invres space)", {**DEFAULTS, "partial_channels": 4, "space": "invres"}),
     ("search-fo", "defaults with torch's ReLU6 (sgblock space)", {**DEFAULTS, "lean_relu6": False, "space": "sgblock"}),
     ("search-fo", "defaults with torch's ReLU6 (invres space)", {**DEFAULTS, "lean_relu6": False, "space": "invres"}),
+    ("search-fo", "defaults with glibc's malloc", {**DEFAULTS, "allocator": "system"}),
+    ("search-fo", "defaults with glibc's malloc (sgblock space)", {**DEFAULTS, "allocator": "system", "space": "sgblock"}),
+    ("retrain", "defaults with glibc's malloc", {**DEFAULTS, "allocator": "system"}),
 ]
 
 # On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
@@ -93,6 +100,8 @@ CUDA_ROWS = [
 def worker(spec: dict) -> dict:
     """Time one configuration in this process; return figures as a dict."""
     import torch
+
+    from darts_sg.allocator import loaded_allocator
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -116,7 +125,7 @@ def worker(spec: dict) -> dict:
         return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,
                 "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3}  # fmt: skip
     peak = _peak_rss_gb()  # before the FLOP count, which runs a smaller batch
-    figures = {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak}
+    figures = {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak, "allocator": loaded_allocator()}
     if spec.get("count_flops", True):
         figures["gflop_per_step"] = _step_gflop(kind, spec["options"], spec["space"], images)
     return figures
@@ -258,9 +267,11 @@ def _peak_rss_gb() -> float:
 
 def run_row(spec: dict, timeout: float) -> tuple[dict | None, str]:
     """Run one row in a fresh process: (figures, "") or (None, why it gave none)."""
+    # the worker relaunches itself with tcmalloc as the jobs do, unless the row asks for glibc's malloc
+    env = {**os.environ, ALLOCATOR_ENV: spec.get("options", {}).get("allocator", "auto")}
     try:
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, cwd=ROOT, timeout=timeout)  # fmt: skip
+                              text=True, cwd=ROOT, timeout=timeout, env=env)  # fmt: skip
     except subprocess.TimeoutExpired:
         steps = spec["warmup"] + spec["steps"]
         return None, f"> {timeout / steps:.0f} (stopped after {timeout:.0f} s for {steps} steps)"
@@ -296,6 +307,7 @@ def main() -> None:
                              "ratio to the first row, pair by pair, so a comparison holds while the machine's speed drifts")  # fmt: skip
     args = parser.parse_args()
     if args.worker:
+        relaunch_with_tcmalloc()
         print(json.dumps(worker(json.loads(args.worker))))
         return
     cuda = args.device == "cuda"
@@ -340,6 +352,8 @@ def cpu_table(args) -> None:
     header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) |\n"
               "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     print(cpu_line())
+    print("Each row in a fresh process, under tcmalloc where installed (darts_sg.allocator, as the jobs run), "
+          "unless its options say glibc's malloc.")
     print(header, flush=True)
     wanted = {int(r) for r in args.rows.split(",")} if args.rows else None
     rows = [("gemm", "fp32 2048x2048 matmul, 2 threads", {})] + ROWS  # the ceiling, measured in the same run

@@ -25,6 +25,7 @@ import time
 import torch
 
 from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
 from darts_sg.flops import flop_counter
 from darts_sg.memory import counting_saved_bytes
 from darts_sg.ops import OpOptions, build_op
@@ -66,6 +67,15 @@ def saved_mib(name: str, C: int, size: int, stride: int, batch: int) -> float:
     return sum(counts.values()) / 2**20
 
 
+def memory_pass_line(C: int, size: int, batch: int, warmup: int, steps: int) -> str:
+    """The time of one copy of a full-width tensor of the edge: the unit to read elementwise kernels in."""
+    x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.empty_like(x)
+    seconds = time_step(lambda: y.copy_(x), warmup, 10 * steps)
+    mib = x.numel() * x.element_size() / 2**20
+    return f"one copy of a {mib:.0f} MiB activation (read + write): {1000 * seconds:.3f} ms, {2 * mib / 1024 / seconds:.0f} GiB/s"
+
+
 def time_step(step, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
@@ -84,10 +94,12 @@ def main() -> None:
     parser.add_argument("--kernels", action="store_true", help="also print the profiler's kernel table of the first op")
     parser.add_argument("--compile", action="store_true", help="also time each op under torch.compile")
     args = parser.parse_args()
+    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    print(f"{cpu_line()}; torch {torch.__version__}, 2 threads")
+    print(f"{cpu_line()}; torch {torch.__version__}, 2 threads, allocator: {loaded_allocator()}")
     print(f"edge op forward + backward, C={args.C}, {args.size}x{args.size}, stride {args.stride}, batch {args.batch}")
+    print(memory_pass_line(args.C, args.size, args.batch, args.warmup, args.steps))
     print("| op | ms | GFLOP | GFLOP/s | saved for backward (MiB) |\n|---|---:|---:|---:|---:|")
     names = args.ops.split(",")
     for name in names:

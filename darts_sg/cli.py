@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
+from .allocator import relaunch_with_tcmalloc
 from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
 from .distributed import leave_process_group
 from .errors import UserError
@@ -331,6 +332,7 @@ def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | N
     from .engine import Interrupted, NonFiniteLoss
 
     try:
+        relaunch_with_tcmalloc()  # a process entry point: the allocator is chosen before any work
         command.main(args=args, prog_name=prog_name, standalone_mode=False)
         leave_process_group()
     except click.exceptions.Exit as exc:

@@ -9,6 +9,7 @@ import click
 import torch
 
 from .accelerate import FLAGS, Acceleration, resolve_acceleration
+from .allocator import loaded_allocator
 from .distributed import is_main_process
 from .engine import fit
 from .memory import memory_report
@@ -54,14 +55,15 @@ def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.devic
     """Validate `config`, set up the process, decide the acceleration and record both in `run`.
 
     Returns (device, rank, world size, acceleration); config.json gets the config and, under
-    "acceleration", what the job will apply on this device.
+    "acceleration", what the job will apply on this device, and under "allocator" the memory
+    allocator the process runs with (``darts_sg.allocator``).
     """
     config.validate()
     rank, world = configure_process(config)
     device = resolve_device(config.device)
     acceleration = resolve_acceleration(config, device)
     if is_main_process():
-        record = {**config.to_dict(), "acceleration": acceleration.to_dict()}
+        record = {**config.to_dict(), "acceleration": acceleration.to_dict(), "allocator": loaded_allocator()}
         run.update_config(record) if resume else run.create(record)
     return device, rank, world, acceleration
 

@@ -1,0 +1,86 @@
+"""The jobs relaunch themselves with tcmalloc where it is installed, and compute the same numbers bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from darts_sg.allocator import ALLOCATOR_ENV, find_tcmalloc, relaunch_env
+from darts_sg.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = "libtcmalloc_minimal.so.4"
+
+needs_tcmalloc = pytest.mark.skipif(find_tcmalloc() is None, reason="tcmalloc is not installed (scripts/setup.sh installs it)")
+
+
+def test_relaunch_env_preloads_tcmalloc_once():
+    env = relaunch_env({"PATH": "/bin"}, LIB)
+    assert env["LD_PRELOAD"] == LIB and env["PATH"] == "/bin"
+    assert relaunch_env(env, LIB) is None  # relaunched already: never a loop
+    assert relaunch_env({"LD_PRELOAD": "libfoo.so"}, LIB)["LD_PRELOAD"] == f"{LIB}:libfoo.so"  # the user's preloads kept
+
+
+@pytest.mark.parametrize(
+    "environ, library",
+    [({ALLOCATOR_ENV: "system"}, LIB), ({}, None), ({"LD_PRELOAD": f"/usr/lib/{LIB}"}, LIB)],
+    ids=["asked-for-system", "not-installed", "already-preloaded"],
+)
+def test_no_relaunch(environ, library):
+    assert relaunch_env(environ, library) is None
+
+
+def test_unknown_choice_is_a_one_line_error():
+    with pytest.raises(UserError, match=f"{ALLOCATOR_ENV}='jemalloc' is not a choice; use auto"):
+        relaunch_env({ALLOCATOR_ENV: "jemalloc"}, LIB)
+
+
+# A relaunched process: which allocator it runs under, and a fingerprint of a supernet step (sgblock
+# space, the CPU policy): the loss and every gradient, as bytes.
+STEP = """
+import hashlib, torch
+from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
+relaunch_with_tcmalloc()
+from darts_sg import build_supernet
+from darts_sg.accelerate import accelerate, device_policy
+torch.manual_seed(0); torch.set_num_threads(2)
+model = accelerate(build_supernet("sgblock", C=8, layers=3), torch.device("cpu"), device_policy("cpu"))
+x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 10)
+loss.backward()
+digest = hashlib.sha256(loss.detach().numpy().tobytes())
+for p in list(model.weights()) + list(model.alphas()):
+    digest.update(p.grad.numpy().tobytes())
+print(loaded_allocator(), digest.hexdigest())
+"""
+
+
+def _run_step(choice: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "DARTS_SG_RELAUNCHED")}
+    result = subprocess.run([sys.executable, "-c", STEP], env={**env, ALLOCATOR_ENV: choice}, capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@needs_tcmalloc
+def test_relaunched_under_tcmalloc_the_step_is_bit_identical():
+    allocator, fingerprint = _run_step("auto")
+    system, system_fingerprint = _run_step("system")
+    assert (allocator, system) == ("tcmalloc", "system")
+    assert fingerprint == system_fingerprint
+
+
+@needs_tcmalloc
+def test_the_entry_points_relaunch_and_record_the_allocator(tmp_path, planted_data_root):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "augment.py"), "--preset", "smoke", "--genotype", "darts_v2", "--data-root",
+         str(planted_data_root), "--train-subset", "0", "--test-subset", "0", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["allocator"] == "tcmalloc"
