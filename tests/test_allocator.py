@@ -58,10 +58,15 @@ print(loaded_allocator(), digest.hexdigest())
 """
 
 
-def _run_step(choice: str) -> list[str]:
+def _fresh_env(choice: str) -> dict[str, str]:
+    """This environment as a shell gives it to a new command: nothing preloaded (scripts/test.sh preloads tcmalloc)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "DARTS_SG_RELAUNCHED")}
-    result = subprocess.run([sys.executable, "-c", STEP], env={**env, ALLOCATOR_ENV: choice}, capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    return {**env, ALLOCATOR_ENV: choice}
+
+
+def _run_step(choice: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", STEP], env=_fresh_env(choice), capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
@@ -80,7 +85,7 @@ def test_the_entry_points_relaunch_and_record_the_allocator(tmp_path, planted_da
     result = subprocess.run(
         [sys.executable, str(ROOT / "augment.py"), "--preset", "smoke", "--genotype", "darts_v2", "--data-root",
          str(planted_data_root), "--train-subset", "0", "--test-subset", "0", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=_fresh_env("auto"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["allocator"] == "tcmalloc"
