@@ -161,11 +161,9 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
 
     device = torch.device(device)
     if device.type == "cpu":
-        acceleration = Acceleration(
-            channels_last=opts["channels_last"], fast_dilated=opts["fast_dilated"], fast_batchnorm=opts.get("fast_batchnorm", False),
-            keep_layout=opts.get("keep_layout", False), share_relu=opts["share_relu"], fused_sum=opts["fused_sum"],
-            recompute_cells=opts.get("recompute_cells", False), lean_relu6=opts.get("lean_relu6", False), amp=opts["amp"], cudnn_benchmark=False,
-        )  # fmt: skip
+        # every switch the row does not name is off (rows written before a switch existed ran without it)
+        switches = {f.name: opts.get(f.name, False) for f in dataclasses.fields(Acceleration)}
+        acceleration = Acceleration(**{**switches, "amp": opts["amp"], "cudnn_benchmark": False})
         foreach, skip_none = opts["foreach"], opts["skip_none"]
     else:
         acceleration = dataclasses.replace(device_policy(device.type), amp=opts["amp"], compile=opts["compile"])
