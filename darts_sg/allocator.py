@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from .errors import UserError
 
-__all__ = ["ALLOCATOR_ENV", "find_tcmalloc", "loaded_allocator", "relaunch_env", "relaunch_with_tcmalloc"]
+__all__ = ["ALLOCATOR_ENV", "allocator_note", "find_tcmalloc", "loaded_allocator", "relaunch_env", "relaunch_with_tcmalloc"]
 
 ALLOCATOR_ENV = "DARTS_SG_ALLOCATOR"
 _CHOICES = ("auto", "system")
@@ -65,3 +65,13 @@ def loaded_allocator() -> str:
             return "tcmalloc" if any("tcmalloc" in line for line in maps) else "system"
     except OSError:
         return "system"
+
+
+def allocator_note(device_type: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """One line for a CPU job on glibc's malloc that did not ask for it: how to get tcmalloc; else None."""
+    if device_type != "cpu" or environ.get(ALLOCATOR_ENV) == "system" or loaded_allocator() == "tcmalloc":
+        return None
+    return (
+        "note: this CPU job runs on glibc's malloc; with tcmalloc installed (Debian: apt-get install "
+        f"libtcmalloc-minimal4) its steps run ~1.2x faster, same results; {ALLOCATOR_ENV}=system silences this"
+    )

@@ -9,7 +9,7 @@ import click
 import torch
 
 from .accelerate import FLAGS, Acceleration, resolve_acceleration
-from .allocator import loaded_allocator
+from .allocator import allocator_note, loaded_allocator
 from .distributed import is_main_process
 from .engine import fit
 from .memory import memory_report
@@ -93,6 +93,9 @@ def log(message: str) -> None:
 def log_memory(
     model: torch.nn.Module, config: Any, device: torch.device, world: int, channels_last: bool, image_size: int = 32
 ) -> None:
-    """Log whether a step's activations fit in memory (main process only: the probe costs a few forwards)."""
+    """Log whether a step's activations fit in memory, and a note if a CPU job runs without tcmalloc (main process only)."""
     if is_main_process():
         log(memory_report(model, config.batch_size // world, device, channels_last, image_size))
+        note = allocator_note(device.type)
+        if note:
+            log(note)

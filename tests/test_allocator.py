@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from darts_sg.allocator import ALLOCATOR_ENV, find_tcmalloc, relaunch_env
+from darts_sg import allocator
+from darts_sg.allocator import ALLOCATOR_ENV, allocator_note, find_tcmalloc, relaunch_env
 from darts_sg.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,15 @@ def test_no_relaunch(environ, library):
 def test_unknown_choice_is_a_one_line_error():
     with pytest.raises(UserError, match=f"{ALLOCATOR_ENV}='jemalloc' is not a choice; use auto"):
         relaunch_env({ALLOCATOR_ENV: "jemalloc"}, LIB)
+
+
+def test_a_cpu_job_on_glibc_malloc_says_how_to_get_tcmalloc(monkeypatch):
+    monkeypatch.setattr(allocator, "loaded_allocator", lambda: "system")
+    assert "apt-get install libtcmalloc-minimal4" in allocator_note("cpu", {})
+    assert allocator_note("cpu", {ALLOCATOR_ENV: "system"}) is None  # asked for
+    assert allocator_note("cuda", {}) is None
+    monkeypatch.setattr(allocator, "loaded_allocator", lambda: "tcmalloc")
+    assert allocator_note("cpu", {}) is None
 
 
 # A relaunched process: which allocator it runs under, and a fingerprint of a supernet step (sgblock
