@@ -3,6 +3,7 @@
     python benchmarks/profile_edge.py                          # sg_block, sep_conv_3x3, inv_res at C=16, 32x32
     python benchmarks/profile_edge.py --ops sg_block --C 32 --size 16 --stride 2 --kernels
     python benchmarks/profile_edge.py --ops sg_block,sep_conv_3x3 --compile   # also torch.compile'd
+    python benchmarks/profile_edge.py --ops sg_block,inv_res --without lean_blocks   # also with that switch off
 
 The op is built as the supernet builds it (affine=False) and accelerated with the CPU policy
 (channels-last, wide-view batch norm, ...), then timed on a fixed random batch (2 threads,
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.accelerate import Acceleration, accelerate, device_policy
 from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
 from darts_sg.flops import flop_counter
 from darts_sg.memory import counting_saved_bytes
@@ -33,14 +34,15 @@ from darts_sg.ops import OpOptions, build_op
 from bench_steps import cpu_line, median_step_seconds
 
 
-def edge_step(name: str, C: int, size: int, stride: int, batch: int, compiled: bool = False):
+def edge_step(name: str, C: int, size: int, stride: int, batch: int, compiled: bool = False, without: str | None = None):
     """A closure running forward + backward of op `name` on a fixed channels-last batch.
 
-    compiled: the plain op (channels-last, no eager substitutes) under ``torch.compile``.
+    compiled: the plain op (channels-last, no eager substitutes) under ``torch.compile``;
+    without: the name of a switch of the CPU policy (``darts_sg.accelerate.Acceleration``) to turn off.
     """
-    policy = device_policy("cpu")
+    policy = _policy(without)
     if compiled:  # the compiler fuses the plain modules; the substitutes' autograd Functions would break its graph
-        policy = dataclasses.replace(policy, fast_batchnorm=False, lean_relu6=False, fast_dilated=False)
+        policy = dataclasses.replace(policy, fast_batchnorm=False, lean_relu6=False, fast_dilated=False, lean_blocks=False)
     op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), policy)
     if compiled:
         op.compile()
@@ -57,9 +59,15 @@ def edge_step(name: str, C: int, size: int, stride: int, batch: int, compiled: b
     return step
 
 
-def saved_mib(name: str, C: int, size: int, stride: int, batch: int) -> float:
+def _policy(without: str | None) -> Acceleration:
+    """The CPU policy, with the switch `without` turned off."""
+    policy = device_policy("cpu")
+    return policy if without is None else dataclasses.replace(policy, **{without: False})
+
+
+def saved_mib(name: str, C: int, size: int, stride: int, batch: int, without: str | None = None) -> float:
     """MiB of the tensors autograd keeps for the op's backward (each storage once, the op's input excluded)."""
-    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), device_policy("cpu"))
+    op = accelerate(build_op(name, C, stride, affine=False, options=OpOptions()), torch.device("cpu"), _policy(without))
     x = torch.randn(batch, C, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     counts: dict[None, int] = {}
     with counting_saved_bytes(counts, exclude=(x,)):
@@ -93,6 +101,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--kernels", action="store_true", help="also print the profiler's kernel table of the first op")
     parser.add_argument("--compile", action="store_true", help="also time each op under torch.compile")
+    parser.add_argument("--without", action="append", default=[], metavar="SWITCH",
+                        help="also time each op with this switch of the CPU policy off, e.g. lean_blocks (repeatable)")
     args = parser.parse_args()
     relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
     torch.set_num_threads(2)
@@ -111,6 +121,10 @@ def main() -> None:
         gflop = counter.get_total_flops() / 1e9
         saved = saved_mib(name, args.C, args.size, args.stride, args.batch)
         print(f"| {name} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} | {saved:.0f} |", flush=True)
+        for switch in args.without:
+            seconds = time_step(edge_step(name, args.C, args.size, args.stride, args.batch, without=switch), args.warmup, args.steps)
+            saved = saved_mib(name, args.C, args.size, args.stride, args.batch, without=switch)
+            print(f"| {name}, without {switch} | {1000 * seconds:.2f} | {gflop:.3f} | {gflop / seconds:.1f} | {saved:.0f} |", flush=True)
         if args.compile:
             step = edge_step(name, args.C, args.size, args.stride, args.batch, compiled=True)
             start = time.perf_counter()

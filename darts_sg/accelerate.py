@@ -22,6 +22,9 @@ flag                      plain module -> substitute                      where 
 ``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
 ``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
 ``lean_relu6``            ``nn.ReLU6`` -> `LeanReLU6` (keeps its output)  any device (less memory)
+``lean_blocks``           the bodies of ``SandGlass`` and                 CPU (less memory); CUDA
+                          ``InvertedResidual`` -> `LeanSequential`        untested, off there
+                          (BN-ReLU6-conv keeps only the BN's input)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
@@ -47,7 +50,8 @@ from .cells import MixedOp
 from .fused_mixed_op import FusedMixedOp
 from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from .network import CellNetwork
-from .ops import FactorizedReduce
+from .norm_act_conv import LeanSequential
+from .ops import FactorizedReduce, InvertedResidual, SandGlass
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 from .precision import check_amp
 from .relu6 import LeanReLU6
@@ -72,6 +76,7 @@ class Acceleration:
     amp: str  # off, bf16 or fp16 (darts_sg.precision)
     cudnn_benchmark: bool
     compile: bool = False
+    lean_blocks: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -97,6 +102,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         amp="off",  # on a CPU without bf16 instructions it was more than 10x slower
         cudnn_benchmark=device_type == "cuda" and not deterministic,
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
+        lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel, and the GPU tests have not run yet
     )
 
 
@@ -139,6 +145,8 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
             _recast(module, LayoutKeepingGlobalPool)
         elif a.lean_relu6 and type(module) is nn.ReLU6:
             _recast(module, LeanReLU6)
+        elif a.lean_blocks and type(module) in (SandGlass, InvertedResidual):
+            _recast(module.body, LeanSequential)
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
             _recast(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
     if isinstance(model, CellNetwork):

@@ -15,13 +15,16 @@ from darts_sg.cells import MixedOp
 from darts_sg.config import RunConfig
 from darts_sg.fused_mixed_op import FusedMixedOp
 from darts_sg.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
+from darts_sg.norm_act_conv import LeanSequential
 from darts_sg.ops import FactorizedReduce
 from darts_sg.polyphase import PolyphaseDilatedConv2d
 from darts_sg.relu6 import LeanReLU6
 
 CPU = torch.device("cpu")
-CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout")
-SUBSTITUTE_CLASSES = (WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp, LeanReLU6)
+CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout", "lean_blocks")
+SUBSTITUTE_CLASSES = (
+    WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp, LeanReLU6, LeanSequential,
+)
 
 
 def _supernet():
@@ -83,7 +86,7 @@ def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
 def test_the_cuda_policy_leaves_the_cpu_substitutes_out():
     model = accelerate(_supernet(), CPU, device_policy("cuda"))  # what a CUDA run applies, checked on the CPU
     kinds = _kinds(model)
-    assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool}
+    assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, LeanSequential}
     assert {FusedMixedOp, LeanReLU6} <= kinds
     assert model.stem[0].weight.is_contiguous()
 

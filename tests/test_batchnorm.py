@@ -23,7 +23,7 @@ def _pair(C, affine=True, momentum=0.1, track=True):
     return ours, reference
 
 
-@pytest.mark.parametrize("C", [36, 8, 24, 72])
+@pytest.mark.parametrize("C", [36, 8, 16, 24, 72])
 @pytest.mark.parametrize("affine", [True, False])
 def test_training_matches_torch(C, affine):
     ours, reference = _pair(C, affine)
@@ -75,6 +75,9 @@ def test_native_path_where_the_wide_one_does_not_apply():
     assert wide_factor(torch.randn(2, 32, 4, 4).contiguous(memory_format=CL)) == 1  # C multiple of 16
     assert wide_factor(torch.randn(1, 36, 1, 3).contiguous(memory_format=CL)) == 1  # 3 pixels, k = 4
     assert wide_factor(torch.randn(2, 36, 4, 4).contiguous(memory_format=CL)) == 4
+    assert wide_factor(torch.randn(2, 16, 4, 4).contiguous(memory_format=CL)) == 4  # 16 channels or fewer: 64 wide
+    assert wide_factor(torch.randn(2, 8, 4, 4).contiguous(memory_format=CL)) == 8
+    assert wide_factor(torch.randn(1, 8, 2, 3).contiguous(memory_format=CL)) == 2  # 6 pixels: 16 wide
 
 
 def test_wide_path_runs_in_the_substitute_only(monkeypatch):

@@ -1,6 +1,7 @@
 """LeanReLU6: torch's ReLU6, bit for bit, keeping only its output for the backward pass."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -63,7 +64,8 @@ def _saved_bytes(op, x):
 def test_the_blocks_compute_the_same_and_keep_two_activations_less(name):
     """Each block has two ReLU6; torch's in-place one keeps a copy of its input, the lean one nothing extra."""
     torch.manual_seed(0)
-    cpu, policy = torch.device("cpu"), device_policy("cpu")
+    # the blocks' plain bodies: the lean ones (--lean-blocks) apply their ReLU6 inside their runs (tests/test_norm_act_conv.py)
+    cpu, policy = torch.device("cpu"), dataclasses.replace(device_policy("cpu"), lean_blocks=False)
     lean = accelerate(build_op(name, 16, 1, affine=False, options=OpOptions()), cpu, policy)
     plain = accelerate(copy.deepcopy(lean), cpu, policy)
     for module in plain.modules():
