@@ -5,7 +5,7 @@
    also the weight gradient computed as two 5x3 ones (columns 0-2 and 2-4) on shifted inputs.
 2. Batch norm in training mode (channels-last, 2 threads), forward and backward: torch's
    kernel against darts_sg's wide-view path (`--fast-batchnorm`), at the channel counts of the
-   retraining network (36, 72, 144) and the supernet (16; 8 for a narrow sandglass block).
+   retraining network (36, 72, 144) and the supernet (16, 32, 64; 8 for a narrow sandglass block).
 3. torch.compile on one mixed op (C=16, 32x32, batch 64, the default edge options): forward +
    backward time eager vs compiled, and the compile time.
 
@@ -21,6 +21,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
+
+from bench_steps import cpu_line
 
 
 def _ms(fn, repeats: int = 10, warmup: int = 3) -> float:
@@ -67,7 +71,7 @@ def batchnorm_table() -> None:
 
     print("\n| batch | C | H=W | torch forward (ms) | torch backward (ms) | wide forward (ms) | wide backward (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, C, H in [(96, 36, 32), (96, 72, 16), (96, 144, 8), (64, 16, 32), (64, 8, 32)]:
+    for n, C, H in [(96, 36, 32), (96, 72, 16), (96, 144, 8), (64, 16, 32), (64, 32, 16), (64, 64, 8), (64, 8, 32)]:
         x = torch.randn(n, C, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
         g = torch.randn_like(x)
         cells, outputs = [], []
@@ -110,7 +114,9 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--only", choices=["depthwise", "batchnorm", "compile"], help="run one measurement")
     args = parser.parse_args()
+    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
     torch.set_num_threads(2)
+    print(f"{cpu_line()}; torch {torch.__version__}, 2 threads, allocator: {loaded_allocator()}")
     if args.only in (None, "depthwise"):
         depthwise_table()
     if args.only in (None, "batchnorm"):

@@ -3,9 +3,9 @@
 On the CPU, torch's channels-last batch-norm kernels are fast when the channel count is a
 multiple of 16 and several times slower otherwise (C = 36 and 72 of the DARTS retraining network,
 C = 8 of a narrow sandglass block; see ``benchmarks/bench_kernels.py``); at 16 channels and fewer
-they are slow too, bound by their per-row work (at C=16, 32x32, batch 64: statistics 0.29 ms and
-backward 0.74 ms on a 4 MiB tensor, against 0.13 and 0.31 ms 64 columns wide; benchmarks/results.md
-run 8). A channels-last tensor is
+they are slower than on a wider view (at C=16, 32x32, batch 64: forward 0.45-0.49 ms against
+0.32-0.37 ms 64 columns wide, backward the same within the noise; the darts first-order step 1.09x
+faster: benchmarks/results.md, run 8). A channels-last tensor is
 an ``(N*H*W, C)`` matrix in memory, so it can be viewed, without a copy, as an ``(N*H*W/k, k*C)``
 matrix whose width is a multiple of 16 (of 64 for C <= 16). On that wide view the native kernels run at full speed;
 the statistics of its ``k*C`` columns are merged into those of the ``C`` channels, and the

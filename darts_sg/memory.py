@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .ops import InvertedResidual, SandGlass
 from .recompute import running_stats_kept
 
 __all__ = ["activation_gb", "available_gb", "counting_saved_bytes", "memory_report"]
@@ -113,6 +114,12 @@ def available_gb(device: torch.device) -> float | None:
     return None
 
 
+def _has_plain_blocks(model: nn.Module) -> bool:
+    """True if a sandglass or inverted-residual block of `model` runs without --lean-blocks."""
+    blocks = (m for m in model.modules() if isinstance(m, (SandGlass, InvertedResidual)))
+    return any(type(block.body) is nn.Sequential for block in blocks)
+
+
 def memory_report(
     model: nn.Module, batch_size: int, device: torch.device, channels_last: bool = True, image_size: int = 32
 ) -> str:
@@ -124,7 +131,8 @@ def memory_report(
         return line
     line += f", {free:.1f} GB available"
     if need > 0.9 * free:
-        hints = ["--recompute-cells"] if not model.recompute_cells else []
+        hints = ["--lean-blocks"] if _has_plain_blocks(model) else []
+        hints += ["--recompute-cells"] if not model.recompute_cells else []
         hints += ["--partial-channels 4 (search)", "a smaller --batch-size"]
         line += f". WARNING: this step may not fit in memory; try {', '.join(hints)}"
     return line

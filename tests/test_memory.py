@@ -1,7 +1,11 @@
+import dataclasses
+
+import pytest
 import torch
 
 import darts_sg
 from darts_sg import memory
+from darts_sg.accelerate import accelerate, device_policy
 from darts_sg.memory import activation_gb, memory_report
 
 CPU = torch.device("cpu")
@@ -60,3 +64,11 @@ def test_report_warns_with_the_flags_that_help_when_memory_is_short(monkeypatch)
     line = memory_report(model, 32, CPU)
     assert "WARNING" in line and "--recompute-cells" in line and "--batch-size" in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_report_names_lean_blocks_only_where_the_blocks_run_plain(monkeypatch, lean):
+    monkeypatch.setattr(memory, "available_gb", lambda device: 1e-6)
+    model = darts_sg.build_supernet("sgblock", C=4, layers=3, num_classes=10, steps=2)
+    model = accelerate(model, CPU, dataclasses.replace(device_policy("cpu"), lean_blocks=lean))
+    assert ("--lean-blocks" in memory_report(model, 8, CPU)) is not lean
