@@ -4,7 +4,7 @@ In the sandglass and inverted-residual blocks every batch norm but the last is f
 convolution, with a ReLU6 between them or not. Autograd keeps two tensors of each such run for
 the backward pass: the batch norm's input (for its own gradient) and the convolution's input
 (the normalised, clamped activation, for the weight gradient). The second is a cheap function
-of the first: one elementwise pass with the batch statistics. `NormActConv` keeps the batch
+of the first: one elementwise pass with the batch statistics. `norm_act_conv` keeps the batch
 norm's input and its statistics, and recomputes the convolution's input during the backward
 pass, with the same kernel on the same values as in the forward pass, so the recomputed tensor
 is the forward's bit for bit. The gradients come from the kernels the plain modules' backward
