@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every option on. The jobs' defaults are the same minus foreach optimizers (no measurable gain).
 FAST = {"channels_last": True, "skip_none": True, "fast_dilated": True, "share_relu": True, "fused_sum": True,
-        "fast_batchnorm": True, "keep_layout": True, "lean_relu6": True, "lean_blocks": True, "fast_depthwise": True,
-        "foreach": True, "amp": "off"}  # fmt: skip
+        "fast_batchnorm": True, "keep_layout": True, "lean_relu6": True, "lean_blocks": True, "foreach": True, "amp": "off"}  # fmt: skip
 REFERENCE = {**{key: False for key in FAST}, "amp": "off"}
 DEFAULTS = {**FAST, "foreach": False}
 
@@ -86,9 +85,6 @@ ROWS = [
     ("search-fo", "defaults with plain blocks (sgblock space)", {**DEFAULTS, "lean_blocks": False, "space": "sgblock"}),
     ("search-fo", "defaults with plain blocks (invres space)", {**DEFAULTS, "lean_blocks": False, "space": "invres"}),
     ("search-so", "defaults with plain blocks (sgblock space)", {**DEFAULTS, "lean_blocks": False, "space": "sgblock"}),
-    ("search-fo", "defaults with torch's 5x5 depthwise weight gradient", {**DEFAULTS, "fast_depthwise": False}),
-    ("search-fo", "defaults with torch's 5x5 depthwise weight gradient (sgblock space)", {**DEFAULTS, "fast_depthwise": False, "space": "sgblock"}),
-    ("retrain", "defaults with torch's 5x5 depthwise weight gradient", {**DEFAULTS, "fast_depthwise": False}),
 ]
 
 # On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU

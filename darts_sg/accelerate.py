@@ -16,8 +16,6 @@ flag                      plain module -> substitute                      where 
 ``channels_last``         NCHW -> NHWC memory format                      oneDNN on the CPU
 ``fast_dilated``          dilated depthwise ``nn.Conv2d`` ->              CPU (slow dilated backward)
                           `PolyphaseDilatedConv2d`
-``fast_depthwise``        5x5 depthwise ``nn.Conv2d`` (and the 5x5 ones   CPU (slow 5x5 weight
-                          of ``fast_dilated``) -> `FastDepthwiseConv2d`   gradient)
 ``fast_batchnorm``        ``nn.BatchNorm2d`` -> `WideBatchNorm2d`         CPU, channels-last, C % 16
 ``keep_layout``           ``FactorizedReduce``, global pooling ->         CPU, channels-last
                           layout-keeping gradients (``darts_sg.layout``)
@@ -49,7 +47,6 @@ from torch import nn
 
 from .batchnorm import WideBatchNorm2d
 from .cells import MixedOp
-from .depthwise import FastDepthwiseConv2d, FastPolyphaseDilatedConv2d, is_depthwise_5x5
 from .fused_mixed_op import FusedMixedOp
 from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from .network import CellNetwork
@@ -80,7 +77,6 @@ class Acceleration:
     cudnn_benchmark: bool
     compile: bool = False
     lean_blocks: bool = False
-    fast_depthwise: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -107,7 +103,6 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         cudnn_benchmark=device_type == "cuda" and not deterministic,
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
         lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel, and the GPU tests have not run yet
-        fast_depthwise=cpu,
     )
 
 
@@ -143,10 +138,7 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
         if a.fast_batchnorm and type(module) is nn.BatchNorm2d:
             _recast(module, WideBatchNorm2d)
         elif a.fast_dilated and is_dilated_depthwise(module):
-            fast_5x5 = a.fast_depthwise and module.kernel_size == (5, 5)
-            _recast(module, FastPolyphaseDilatedConv2d if fast_5x5 else PolyphaseDilatedConv2d)
-        elif a.fast_depthwise and is_depthwise_5x5(module):
-            _recast(module, FastDepthwiseConv2d)
+            _recast(module, PolyphaseDilatedConv2d)
         elif a.keep_layout and type(module) is FactorizedReduce:
             _recast(module, LayoutKeepingFactorizedReduce)
         elif a.keep_layout and _is_global_pool(module):

@@ -80,7 +80,6 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: s
         option("--ir-expansion", "ir_expansion", "Inverted-residual expansion ratio t.", type=POSITIVE),
         option("--channels-last/--no-channels-last", "channels_last", "NHWC memory format (oneDNN's fast layout on CPU).", **flag),
         option("--fast-dilated/--native-dilated", "fast_dilated", "Compute dilated depthwise convs as undilated ones on polyphase components (exact, faster on CPU).", **flag),
-        option("--fast-depthwise/--native-depthwise", "fast_depthwise", "The weight gradient of 5x5 depthwise convs as four 3x3 ones (same results up to float rounding, several times faster on CPU).", **flag),
         option("--fast-batchnorm/--native-batchnorm", "fast_batchnorm", "Batch norm of channels-last CPU tensors with at most 16 channels or a channel count not a multiple of 16 on a wide view of the same memory (same results, several times faster there).", **flag),
         option("--keep-layout/--native-layout", "keep_layout", "Factorized reduce and global pooling whose gradients keep the channels-last layout (exact, faster on CPU).", **flag),
         option("--lean-relu6/--native-relu6", "lean_relu6", "ReLU6 (sandglass, inverted residual) keeping only its output for the backward pass (exact, less memory).", **flag),

@@ -51,11 +51,8 @@ class PolyphaseDilatedConv2d(nn.Conv2d):
         d, k, p = self.dilation[0], self.kernel_size[0], self.padding[0]
         same = self.dilation[1] == d and k % 2 == 1 and p == d * (k - 1) // 2 and self.padding_mode == "zeros"
         if same and self.stride == (d, d):
-            return self._undilated(subsample(x, d)[0], (k - 1) // 2)
+            return F.conv2d(subsample(x, d)[0], self.weight, None, 1, (k - 1) // 2, 1, self.groups)
         if same and self.stride == (1, 1) and x.shape[2] % d == 0 and x.shape[3] % d == 0:
-            return _batch_to_space(self._undilated(_space_to_batch(x, d), (k - 1) // 2), d)
+            y = F.conv2d(_space_to_batch(x, d), self.weight, None, 1, (k - 1) // 2, 1, self.groups)
+            return _batch_to_space(y, d)
         return super().forward(x)
-
-    def _undilated(self, x: torch.Tensor, padding: int) -> torch.Tensor:
-        """The undilated depthwise convolution with this module's weight, at stride 1."""
-        return F.conv2d(x, self.weight, None, 1, padding, 1, self.groups)

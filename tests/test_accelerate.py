@@ -13,7 +13,6 @@ from darts_sg.accelerate import FLAGS, Acceleration, accelerate, device_policy, 
 from darts_sg.batchnorm import WideBatchNorm2d
 from darts_sg.cells import MixedOp
 from darts_sg.config import RunConfig
-from darts_sg.depthwise import FastDepthwiseConv2d
 from darts_sg.fused_mixed_op import FusedMixedOp
 from darts_sg.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from darts_sg.norm_act_conv import LeanSequential
@@ -22,10 +21,9 @@ from darts_sg.polyphase import PolyphaseDilatedConv2d
 from darts_sg.relu6 import LeanReLU6
 
 CPU = torch.device("cpu")
-CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout", "lean_blocks", "fast_depthwise")
+CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout", "lean_blocks")
 SUBSTITUTE_CLASSES = (
     WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, FusedMixedOp, LeanReLU6, LeanSequential,
-    FastDepthwiseConv2d,
 )
 
 
@@ -77,7 +75,7 @@ def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
     assert set(SUBSTITUTE_CLASSES) <= _kinds(model)
     assert not {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d, nn.ReLU6} & _kinds(model)
     dilated = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.dilation[0] > 1]
-    assert dilated and all(isinstance(m, PolyphaseDilatedConv2d) for m in dilated)  # 5x5 ones: FastPolyphaseDilatedConv2d
+    assert dilated and all(type(m) is PolyphaseDilatedConv2d for m in dilated)
     # the very same parameter objects (an optimizer made before still works), same keys and values
     assert all(p is params[name] for name, p in model.named_parameters())
     assert model.state_dict().keys() == state.keys()
@@ -88,7 +86,7 @@ def test_accelerate_on_cpu_swaps_each_substitute_and_keeps_the_state():
 def test_the_cuda_policy_leaves_the_cpu_substitutes_out():
     model = accelerate(_supernet(), CPU, device_policy("cuda"))  # what a CUDA run applies, checked on the CPU
     kinds = _kinds(model)
-    assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, LeanSequential, FastDepthwiseConv2d}
+    assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, LeanSequential}
     assert {FusedMixedOp, LeanReLU6} <= kinds
     assert model.stem[0].weight.is_contiguous()
 
