@@ -46,9 +46,9 @@ def _auto_default(name: str) -> str:
 
 def help_with_default(cls: type, presets: dict[str, dict[str, Any]], name: str, text: str) -> str:
     """`text` followed by the default of the config field `name` of `cls`, and of each preset that changes it."""
-    if name in FLAGS:
-        return f"{text} [default: {_auto_default(name)}]"
     default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    if name in FLAGS and default is None:
+        return f"{text} [default: {_auto_default(name)}]"
     by_preset = [f"{preset} {_show(values[name])}" for preset, values in presets.items() if values.get(name, default) != default]
     return f"{text} [default: {'; '.join([_show(default), *by_preset])}]"
 

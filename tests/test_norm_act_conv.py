@@ -107,3 +107,15 @@ def test_the_runs_found_in_each_block():
     assert _runs(list(ir)) == [(1, 4), (4, 7)]  # BN-ReLU6-dw, BN-ReLU6-pw
     assert _runs([nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1, bias=False)]) == []  # only ReLU6
     assert _runs([nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1, bias=True)]) == []  # only bias-free convs
+
+
+def test_the_search_is_lean_by_default_and_the_retraining_when_asked():
+    """Retraining is not short of memory and the recomputation costs time: its default is --plain-blocks."""
+    from darts_sg.accelerate import resolve_acceleration
+    from darts_sg.augment import AugmentConfig
+    from darts_sg.search import SearchConfig
+
+    assert resolve_acceleration(SearchConfig(), CPU).lean_blocks
+    assert not resolve_acceleration(SearchConfig(device="cuda"), torch.device("cuda")).lean_blocks
+    assert not resolve_acceleration(AugmentConfig(), CPU).lean_blocks
+    assert resolve_acceleration(AugmentConfig(lean_blocks=True), CPU).lean_blocks

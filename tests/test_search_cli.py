@@ -174,6 +174,8 @@ def test_help_defaults_come_from_the_config_dataclasses(command, cls):
         assert f"[default: {default}" in helps[field.name], field.name
         checked += 1
     assert checked > 20
-    assert all("[default: auto" in helps[name] for name in FLAGS if name in helps)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    # a speed flag left to the device's policy says "auto"; one a job fixes (augment's lean_blocks) was checked above
+    assert all("[default: auto" in helps[name] for name in FLAGS if name in helps and defaults.get(name) is None)
     source = (ROOT / "darts_sg" / "cli.py").read_text()
     assert source.count("[default:") == 2  # the two f-strings of help_with_default; none typed by hand
