@@ -57,8 +57,8 @@ class AugmentConfig(RunConfig):
     label_smoothing: float = 0.0
     image_size: int = 224  # ImageNet crop size
     workers: int = 0  # ImageNet decoding processes
-    # off unless asked for: retraining is not short of memory, and the recomputation costs ~3% of a step
-    # (a searched invres cell at C=16, 8 cells, batch 96: benchmarks/results.md, run 8)
+    # off unless asked for: retraining is not short of memory, and the recomputation costs 3-7% of a step
+    # (a searched invres cell at C=16, 8 cells, batch 96: benchmarks/ab_switch.py, benchmarks/results.md run 8)
     lean_blocks: bool | None = False
 
     IDENTITY = (
