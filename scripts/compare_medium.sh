@@ -20,7 +20,8 @@ untrack_finished() {
 commit() {
   untrack_finished
   git add "$out"
-  git diff --cached --quiet -- "$out" || git commit -q -m "$1" -- "$out"
+  # the index, not `git commit -- PATH` (which would commit a dropped checkpoint's file again); stage nothing else meanwhile
+  git diff --cached --quiet -- "$out" || git commit -q -m "$1"
 }
 
 status_line() {
