@@ -39,6 +39,7 @@ if [ "${1:-}" = "--save" ]; then
   exit 0
 fi
 
+bash scripts/setup.sh  # a fresh machine: install what is missing first
 mkdir -p runs
 nohup python3 -m darts_sg.cli compare --preset medium --out "$out" --no-progress >> runs/compare-medium.log 2>&1 &
 pid=$!
