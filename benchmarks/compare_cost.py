@@ -54,10 +54,10 @@ def search_step(config: SearchConfig):
     return step
 
 
-def augment_step(config: AugmentConfig):
+def augment_step(config: AugmentConfig, genotype: str = "darts_v2"):
     device = torch.device("cpu")
     policy = device_policy("cpu")
-    net = darts_sg.build_network("darts_v2", C=config.init_channels, layers=config.layers, num_classes=10,
+    net = darts_sg.build_network(genotype, C=config.init_channels, layers=config.layers, num_classes=10,
                                  auxiliary=config.auxiliary_weight > 0, options=config.op_options())  # fmt: skip
     net = accelerate(net, device, policy)
     net.train()
@@ -99,6 +99,8 @@ def main() -> None:
     units = len(spec.seeds) * sum(search_minutes) + (len(spec.seeds) * len(spec.spaces) + spec.random * len(spec.spaces)
                                                      + len(spec.references)) * seconds * n / 60  # fmt: skip
     print(f"\nestimate for the whole scale (steps only, retrainings at DARTS_V2's step time): {units / 60:.1f} h")
+    print("a lower bound: searched and random cells with inv_res or sg_block edges retrain slower (benchmarks/results.md, "
+          "run 9: a searched invres cell's step 3.1x DARTS_V2's)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from torch import nn
 
 from .layout import is_channels_last
 
-__all__ = ["WideBatchNorm2d", "batch_norm_grads", "batch_stats", "normalized", "update_running_stats", "wide_factor"]
+__all__ = [
+    "WideBatchNorm2d", "batch_norm_grads", "batch_stats", "graph_grads", "normalized", "update_running_stats", "wide_factor",
+]
 
 _VECTOR_WIDTH = 16
 _NARROW_WIDTH = 64  # for C <= 16
@@ -135,17 +137,17 @@ class _WideBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate torch's own batch norm instead
-            return _differentiable_grads(ctx, grad_out, x, weight, bias, ctx.eps)
+            out = F.batch_norm(x, None, None, weight, bias, True, 0.0, ctx.eps)
+            return (*graph_grads(out, grad_out, (x, weight, bias), ctx.needs_input_grad[:3]), None, None)
         grads = batch_norm_grads(grad_out, x, ctx.k, mean, invstd, weight, ctx.eps, tuple(ctx.needs_input_grad[:3]))
         return (*grads, None, None)
 
 
-def _differentiable_grads(ctx, grad_out, x, weight, bias, eps):
-    """The gradients as a graph of their own (for higher derivatives), through F.batch_norm."""
-    wanted = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3]) if need]
-    out = F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
+def graph_grads(out: torch.Tensor, grad_out: torch.Tensor, inputs: tuple, needs: tuple) -> tuple:
+    """A custom Function's gradients as a graph of their own (for higher derivatives): those of `out`, recomputed with
+    the plain functions, for each of `inputs` whose `needs` flag is set (None for the others)."""
+    grads = iter(torch.autograd.grad(out, [t for t, need in zip(inputs, needs) if need], grad_out, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)
 
 
 class WideBatchNorm2d(nn.BatchNorm2d):

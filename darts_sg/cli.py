@@ -298,15 +298,19 @@ def export(run, fmt, output) -> None:
 @click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 " + _scale_defaults("references"))
 @click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
               help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 10-epoch retrainings at C=16, 8 cells on all 50k images, "
-                   "4 seeds, 3 random genotypes per space and DARTS_V2 (about 21 h on 2 cores: benchmarks/compare_cost.py); `quick` = a 2-hour smoke test of the "
+                   "4 seeds, 3 random genotypes per space and DARTS_V2 (about 40 h on 2 cores, from the units run so far: README); `quick` = a 2-hour smoke test of the "
                    "pipeline; `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
 @click.option("--augment-opt", multiple=True, metavar="KEY=VALUE", help="Override an augment (retraining) setting, e.g. --augment-opt layers=8 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
 @click.option("--report-only", is_flag=True, help="Rebuild the report from the finished units without running anything.")
-@click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs.")
-def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress) -> None:
+@click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs (with --jobs 1).")
+@click.option("--jobs", type=POSITIVE, default=1, show_default=True,
+              help="Units run at once, in worker processes sharing the CPU's threads: on 2 cores, 2 jobs train more images per "
+                   "second than 1 (benchmarks/bench_parallel_units.py). A unit's result does not depend on the units beside it; the thread count "
+                   "changes float rounding, as another CPU model does.")
+def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress, jobs) -> None:
     """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
     from .compare import CompareSpec, parse_overrides, run_compare
 
@@ -324,7 +328,7 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         augment_overrides=parse_overrides(augment_opt, AugmentConfig),
         data_root=data_root,
     )
-    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only)
+    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only, jobs=jobs)
     click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished; report: {out}/report.md")
 
 

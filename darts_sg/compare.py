@@ -19,6 +19,7 @@ from .compare_plan import (
     COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, augment_settings,
     units_of,
 )  # fmt: skip
+from .compare_parallel import report_lock, run_in_parallel, unit_claim
 from .compare_report import unit_row, write_report
 from .errors import UserError
 from .genotype import load_genotype, random_genotype
@@ -28,8 +29,8 @@ from .runs import RunDirectory
 from .search import run_search
 from .augment import AugmentConfig, run_augment
 
-__all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "parse_overrides", "run_compare", "run_unit", "search_settings",
-           "augment_settings", "units_of"]  # fmt: skip
+__all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "parse_overrides", "run_compare", "run_unit", "run_units",
+           "search_settings", "augment_settings", "units_of", "write_current_report"]  # fmt: skip
 
 
 def _restartable(run: RunDirectory) -> bool:
@@ -95,11 +96,20 @@ def _check_settings(path: Path, now: dict[str, Any]) -> None:
             raise UserError(f"{path.parent} holds a comparison with other {key} settings ({', '.join(changed)}); use another --out")
 
 
+def write_current_report(spec: CompareSpec, out: Path) -> list[dict | None]:
+    """Rebuild the report from every unit finished so far; return the rows (None: unit not finished)."""
+    units = units_of(spec)
+    rows = [unit_row(out, unit, spec) for unit in units]
+    write_report(out, rows, spec, total_units=len(units))
+    return rows
+
+
 def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log: Callable[[str], None] = print,
-                report_only: bool = False) -> list[dict | None]:
+                report_only: bool = False, jobs: int = 1) -> list[dict | None]:
     """Run every unit (resuming), rewriting the report after each; return the rows (None: unit not finished).
 
     With `report_only`, nothing runs: the report is rebuilt from the units that have finished.
+    With `jobs` above 1, the units run in that many worker processes at once (compare_parallel.py).
     """
     for space in spec.spaces:
         resolve_space(space)
@@ -112,19 +122,32 @@ def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log:
     if spec_path.exists():
         _check_settings(spec_path, record)
     atomic_write_text(spec_path, json.dumps(record, indent=2) + "\n")
+    if report_only:
+        units = units_of(spec)
+        for k, unit in enumerate(units, 1):
+            log(f"compare: unit {k}/{len(units)} {unit.name}: {'finished' if unit_finished(out, unit) else 'not finished'}")
+    elif jobs > 1:
+        run_in_parallel(run_units, spec, out, jobs, log)
+    else:
+        run_units(spec, out, log, progress)
+    with report_lock(out):
+        return write_current_report(spec, out)
+
+
+def run_units(spec: CompareSpec, out: Path, log: Callable[[str], None], progress: bool = False) -> None:
+    """Run, in this process, every unit that has not finished and that no other process has claimed."""
     units = units_of(spec)
-    rows: list[dict | None] = []
     for k, unit in enumerate(units, 1):
         if unit_finished(out, unit):
             log(f"compare: unit {k}/{len(units)} {unit.name}: finished earlier")
-        elif report_only:
-            log(f"compare: unit {k}/{len(units)} {unit.name}: not finished")
-        else:
+            continue
+        with unit_claim(out, unit) as claimed:
+            if not claimed:
+                log(f"compare: unit {k}/{len(units)} {unit.name}: running in another process")
+                continue
+            if unit_finished(out, unit):  # finished by another process since the check above
+                continue
             log(f"compare: unit {k}/{len(units)} {unit.name}: {'search and ' if unit.kind == 'searched' else ''}retrain")
             run_unit(spec, out, unit, progress)
-        rows.append(unit_row(out, unit, spec))
-        if not report_only:
-            write_report(out, rows, spec, total_units=len(units))
-    if report_only:
-        write_report(out, rows, spec, total_units=len(units))
-    return rows
+        with report_lock(out):
+            write_current_report(spec, out)

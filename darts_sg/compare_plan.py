@@ -26,7 +26,7 @@ COMPARE_SCALES: dict[str, dict[str, Any]] = {
     "paper": {"search": {}, "augment": {}},
     # The pipeline's smoke test at about two hours for 9 pairs on a 2-core CPU (results/compare-quick).
     "quick": {"search": {"epochs": 4, "subset": 640}, "augment": {"epochs": 2, "train_subset": 6000}},
-    # The comparison that answers the question on a 2-core CPU in about 21 hours (results/compare-medium; README).
+    # The comparison that answers the question on a 2-core CPU in about 40 hours (results/compare-medium; README).
     # Search: 5 cells, C=8, 4 nodes, 5,000 + 5,000 images, batch 32, 7 epochs = 1,092 alpha steps.
     # DARTS makes ~19,500 Adam steps at lr 3e-4 (a budget of lr x steps = 5.9) and PC-DARTS ~3,400
     # at 6e-4 (2.0); 3e-3 x 1,092 = 3.3 lies between them, so the alphas can move as far as in the
@@ -34,8 +34,8 @@ COMPARE_SCALES: dict[str, dict[str, Any]] = {
     # Retraining: C=16, 8 cells, the full 50k training set, batch 96, 10 epochs (DARTS_V2 must reach
     # 88%; with 8 epochs it reached 87.30%: results/darts_v2-medium-8-epochs), SGD lr 0.05 cosine to 0,
     # auxiliary head 0.4; no cutout and no drop path: in 10 epochs the network underfits, where these
-    # regularisers cost accuracy. Cost: 19.9 h of steps on a 2-core CPU plus evaluations
-    # (python benchmarks/compare_cost.py).
+    # regularisers cost accuracy. Cost: 19.9 h of steps at DARTS_V2's retraining step (python
+    # benchmarks/compare_cost.py), ~40 h at the retraining costs of the cells searched so far (README).
     "medium": {
         "search": {"layers": 5, "init_channels": 8, "nodes": 4, "subset": 5000, "batch_size": 32, "epochs": 7,
                    "alpha_lr": 3e-3, "order": 1},

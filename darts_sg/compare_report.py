@@ -30,11 +30,12 @@ PAPER_CLAIM = (
     "about 25% fewer parameters and higher CIFAR-10 accuracy (+0.13% top-1; ~97.13% vs 97.00% at ~2.5M vs 3.3M "
     "params, the last figures derived), while adding the inverted residual block lowers accuracy."
 )
-PAPER_SCALE = {"init_channels": 36, "layers": 20}  # the DARTS evaluation network
+PAPER_SCALE = {"init_channels": 36, "layers": 20}  # the DARTS evaluation network (trained 600 epochs there)
+PAPER_TRAINING = "600 epochs at C=36, 20 cells, where DARTS (second order) reached 2.76 ± 0.09% test error"
 CSV_COLUMNS = [
     "name", "kind", "space", "seed", "test_acc", "params", "flops", "paper_params", "paper_flops", "sg_block_edges",
     "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
-    "entropy_reduce", "search_seconds", "train_seconds",
+    "entropy_reduce", "search_seconds", "train_seconds", "machines",
 ]  # fmt: skip
 
 
@@ -98,6 +99,12 @@ def search_dynamics(run: RunDirectory) -> dict[str, Any]:
     }
 
 
+def machines_of(*runs: RunDirectory) -> str:
+    """The machines the epochs of `runs` ran on, as recorded in their metrics ("not recorded" for older lines)."""
+    names = [m.get("machine", "not recorded") for run in runs for m in run.read_metrics()]
+    return "; ".join(dict.fromkeys(names))
+
+
 def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
     """The report row of a finished unit (None while it has not finished)."""
     summary_path = out / "augment" / unit.name / "summary.json"
@@ -114,8 +121,11 @@ def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
         "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
         "train_seconds": summary["train_seconds"],
     }  # fmt: skip
+    runs = [RunDirectory(out / "augment" / unit.name)]
     if unit.kind == "searched":
-        row.update(search_dynamics(RunDirectory(out / "search" / unit.name)))
+        runs.insert(0, RunDirectory(out / "search" / unit.name))
+        row.update(search_dynamics(runs[0]))
+    row["machines"] = machines_of(*runs)
     row["genotype"] = genotype.to_dict()
     return row
 
@@ -248,6 +258,41 @@ def _verdict(result: dict[str, float] | None, what: str) -> str:
             "several comparisons made here).")  # fmt: skip
 
 
+def _search_firmness(rows: list[dict], spec: CompareSpec, s_cfg: SearchConfig, alpha_steps: int) -> list[str]:
+    """How far the searches' alphas moved from uniform, and whether their genotypes had settled."""
+    searched = [r for r in rows if r["kind"] == "searched"]
+    if not searched:
+        return []
+    share = lambda r: (r["entropy_normal"] + r["entropy_reduce"]) / 2 / math.log(len(resolve_space(r["space"])))  # noqa: E731
+    per_space = []
+    for space in spec.spaces:
+        mine = [share(r) for r in searched if r["space"] == space]
+        if mine:
+            per_space.append(f"`{space}` {100 * statistics.fmean(mine):.1f}% (n={len(mine)})")
+    moving = sum(r["stable_since_epoch"] >= s_cfg.epochs > 1 for r in searched)
+    mean_share = statistics.fmean(share(r) for r in searched)
+    if mean_share > 0.9:
+        verdict = ("The alphas stayed close to uniform, so the derived cells rest on small differences between alphas: "
+                   "'searched' here means the outcome of a short search, not of a converged one.")  # fmt: skip
+    elif 2 * moving > len(searched):
+        verdict = "Most genotypes were still changing at the end: longer searches could derive other cells."
+    else:
+        verdict = "The alphas moved well away from uniform and most genotypes had settled."
+    return [f"- How firmly the searches chose ({alpha_steps} alpha steps each): alpha entropy after the last epoch, "
+            f"as a share of the uniform maximum, {', '.join(per_space)}; {moving} of {len(searched)} searches changed "
+            f"their derived genotype in the last epoch. {verdict}"]  # fmt: skip
+
+
+def _scale_caveat(rows: list[dict], t_cfg: AugmentConfig) -> list[str]:
+    """The retraining scale next to the paper's: what the accuracy differences can speak for."""
+    reference = next((r for r in rows if r["kind"] == "reference"), None)
+    reached = f" ({reference['name'].upper()}: {100 * reference['test_acc']:.2f}%)" if reference else ""
+    return [f"- Scale: every cell was retrained for {t_cfg.epochs} epochs at C={t_cfg.init_channels}, {t_cfg.layers} cells"
+            f"{reached}, not the paper's {PAPER_TRAINING}. Which cell trains best in a short schedule need not be "
+            "which does after a full one: the accuracy differences above hold for this scale only. The parameter "
+            "counts are properties of the genotypes, given at the paper's scale."]  # fmt: skip
+
+
 def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> str:
     """The report: status, answer, protocol, per-space tables, every unit, figures."""
     s_cfg, t_cfg = SearchConfig(**search_settings(spec)), AugmentConfig(**augment_settings(spec))
@@ -274,6 +319,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
                 lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
                              f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
                              "the paper: about -25% for the sandglass space).")  # fmt: skip
+    lines += _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
     lines += [
         "",
         f"The paper's claim: {PAPER_CLAIM}",
@@ -316,18 +362,20 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
     lines += ["", "The paper: DARTS cells 3.3M params; sandglass cells about 25% fewer (~2.5M, derived).", "",
               "## Every unit", "",
               "| unit | test acc | params | MFLOPs | params C=36/20 | sg_block | inv_res | skips (normal) | search val acc | "
-              "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s | ran on |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         search = (f"{100 * r['search_val_acc']:.2f}% | {r['alpha_steps']} | {r['stable_since_epoch']} | "
                   f"{r['entropy_normal']:.3f} / {r['entropy_reduce']:.3f} | {r['search_seconds']:.0f}"
                   if r["kind"] == "searched" else "| | | |")  # fmt: skip
         lines.append(f"| {r['name']} | {100 * r['test_acc']:.2f}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{r['paper_params'] / 1e6:.2f} M | {r['sg_block_edges']} | {r['inv_res_edges']} | {r['normal_skips']} | "
-                     f"{search} | {r['train_seconds']:.0f} |")  # fmt: skip
+                     f"{search} | {r['train_seconds']:.0f} | {r.get('machines', 'not recorded')} |")  # fmt: skip
     maxima = ", ".join(f"{math.log(len(resolve_space(space))):.3f} for `{space}`" for space in spec.spaces)
     lines += ["", "Entropy: mean over edges of the entropy (nats) of softmax(alpha) after the last epoch; uniform "
               f"weights give the maximum, ln(number of ops): {maxima}. "
-              "Stable since: the first epoch from which the derived genotype no longer changed.", "",
+              "Stable since: the first epoch from which the derived genotype no longer changed. Seconds are wall-clock "
+              "time (they include any time the run was paused). Ran on: the machines recorded in the unit's metrics, "
+              "epoch by epoch (older lines did not record one).", "",
               "![test accuracy against params](accuracy_vs_params.png)", ""]  # fmt: skip
     return "\n".join(lines) + "\n"

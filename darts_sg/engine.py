@@ -26,6 +26,7 @@ from .distributed import StopVote, average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
 from .precision import NO_SCALING, scaler_step
 from .runs import RunDirectory, RunError
+from .runtime import machine_name
 
 __all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
 
@@ -55,7 +56,8 @@ class Job(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None: ...
-    # Optional: a job with a true `stop_reason` attribute ends the run after the current epoch.
+    # Optional: a job with a true `stop_reason` attribute ends the run after the current epoch;
+    # its `device` (CPU when absent) names the machine in each epoch's metrics.
 
 
 def weight_step(
@@ -268,6 +270,7 @@ def fit(
                 },
             )
 
+    machine = machine_name(getattr(job, "device", torch.device("cpu")))
     n_steps = job.steps_per_epoch()
     bar = Progress(epochs, n_steps, epoch, start_step, enabled=progress and main, log_every=log_every)
     stop_vote = StopVote()
@@ -306,7 +309,7 @@ def fit(
                     save(epoch, step)
             pending.flush(totals, epoch, run.path)
             bar.end_epoch()
-            record = {"epoch": epoch + 1, **totals.summary(), "train_seconds": totals.seconds}
+            record = {"epoch": epoch + 1, **totals.summary(), "train_seconds": totals.seconds, "machine": machine}
             eval_start = time.perf_counter()
             record.update(job.end_epoch(epoch))
             record["eval_seconds"] = time.perf_counter() - eval_start

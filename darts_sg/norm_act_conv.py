@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batchnorm import batch_norm_grads, batch_stats, normalized, update_running_stats, wide_factor
+from .batchnorm import batch_norm_grads, batch_stats, graph_grads, normalized, update_running_stats, wide_factor
 
 __all__ = ["LeanSequential", "norm_act_conv"]
 
@@ -69,15 +69,13 @@ class _NormActConv(torch.autograd.Function):
 
 def _differentiable_grads(ctx, grad_out, x, bn_weight, bn_bias, conv_weight):
     """The gradients as a graph of their own (for higher derivatives), through the plain functions."""
-    inputs = (x, bn_weight, bn_bias, conv_weight)
-    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:4]) if need]
     hidden = F.batch_norm(x, None, None, bn_weight, bn_bias, True, 0.0, ctx.eps)
     if ctx.relu6:
         hidden = F.hardtanh(hidden, 0.0, 6.0)
     stride, padding, dilation, groups = ctx.conv
     out = F.conv2d(hidden, conv_weight, None, stride, padding, dilation, groups)
-    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None, None, None)
+    grads = graph_grads(out, grad_out, (x, bn_weight, bn_bias, conv_weight), ctx.needs_input_grad[:4])
+    return (*grads, None, None, None)
 
 
 def norm_act_conv(x: torch.Tensor, bn: nn.BatchNorm2d, relu6: bool, conv: nn.Conv2d) -> torch.Tensor:

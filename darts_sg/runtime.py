@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from .distributed import init_from_environment
 from .runs import RunError
 
-__all__ = ["configure_process", "resolve_device"]
+__all__ = ["configure_process", "cpu_model", "machine_name", "resolve_device"]
 
 
 def configure_process(config: Any) -> tuple[int, int]:
@@ -33,3 +34,22 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise RunError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's `model name`; `platform.processor()` where there is none)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_name(device: torch.device) -> str:
+    """What a run ran on, for its metrics: the GPU's name, or the CPU's model and torch's thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    threads = torch.get_num_threads()
+    return f"cpu: {cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"

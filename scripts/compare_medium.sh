@@ -9,11 +9,19 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 out=results/compare-medium
 
+# a search has finished once its retraining has started (genotype.json is rewritten every search epoch)
+finished_searches() {
+  for run in "$out"/search/*; do
+    if [ -d "$out/augment/$(basename "$run")" ]; then basename "$run"; fi
+  done
+}
+
 untrack_finished() {
-  for run in "$out"/search/* "$out"/augment/*; do
-    if [ -f "$run/genotype.json" ] || [ -f "$run/summary.json" ]; then
-      git rm -q --cached --ignore-unmatch "$run/checkpoint.pt" >/dev/null
-    fi
+  for name in $(finished_searches); do
+    git rm -q --cached --ignore-unmatch "$out/search/$name/checkpoint.pt" >/dev/null
+  done
+  for run in "$out"/augment/*; do
+    if [ -f "$run/summary.json" ]; then git rm -q --cached --ignore-unmatch "$run/checkpoint.pt" >/dev/null; fi
   done
 }
 
@@ -27,7 +35,7 @@ commit() {
 status_line() {
   local finished searches
   finished=$(ls "$out"/augment/*/summary.json 2>/dev/null | wc -l)
-  searches=$(ls "$out"/search/*/genotype.json 2>/dev/null | xargs -r -n1 dirname | xargs -r -n1 basename | tr '\n' ' ')
+  searches=$(finished_searches | tr '\n' ' ')
   echo "compare-medium: $finished of 22 units finished; searches finished: $searches"
 }
 
@@ -41,14 +49,17 @@ fi
 
 bash scripts/setup.sh  # a fresh machine: install what is missing first
 mkdir -p runs
-nohup python3 -m darts_sg.cli compare --preset medium --out "$out" --no-progress >> runs/compare-medium.log 2>&1 &
+# two units at once, one thread each: 1.14x (retraining) to 1.44-1.55x (searches) the images per second of one
+# two-thread process on 2 cores (benchmarks/bench_parallel_units.py); setsid: its own process group, so that one
+# signal to the group pauses, resumes or stops the main process and both workers
+setsid nohup python3 -m darts_sg.cli compare --preset medium --out "$out" --no-progress --jobs 2 >> runs/compare-medium.log 2>&1 &
 pid=$!
-echo "compare running as PID $pid (log: runs/compare-medium.log); pause it with kill -STOP $pid, resume with kill -CONT $pid"
+echo "compare running as PID $pid (log: runs/compare-medium.log); pause it with kill -STOP -- -$pid, resume with kill -CONT -- -$pid, stop it with kill -TERM $pid"
 (
   last=""
   while kill -0 "$pid" 2>/dev/null; do
     sleep 60
-    state="$(ls "$out"/augment/*/summary.json "$out"/search/*/genotype.json 2>/dev/null | tr '\n' ' ')"
+    state="$(ls -d "$out"/augment/*/ "$out"/augment/*/summary.json 2>/dev/null | tr '\n' ' ')"
     if [ "$state" != "$last" ]; then
       commit "$(status_line)" && last="$state"
     fi

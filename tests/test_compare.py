@@ -5,12 +5,14 @@ import struct
 from collections import Counter
 
 import pytest
+import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.compare_report import render_markdown, welch_interval
 from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
+from darts_sg.runtime import machine_name
 from darts_sg.search import SearchConfig
 
 
@@ -34,6 +36,8 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
     assert rows[0]["paper_params"] == 3_349_342
     assert rows[1]["alpha_steps"] == 2 and rows[1]["stable_since_epoch"] == 1
     assert 0 < rows[1]["entropy_normal"] <= math.log(8) + 1e-9
+    # every epoch of the search and the retraining recorded this machine
+    assert rows[1]["machines"] == machine_name(torch.device("cpu")) and rows[1]["machines"].startswith("cpu: ")
     report = (out / "report.md").read_text()
     assert "Status: 5 of 5 units finished" in report and "| darts_v2 | " in report and "| sgblock-random0 |" in report
     assert len((out / "rows.csv").read_text().splitlines()) == 6
@@ -141,6 +145,16 @@ def test_report_states_the_answer_with_its_interval():
     assert "`sgblock`, searched vs random cells: +0.90 points, 95% CI [+0.07, +1.73]: higher" in report
     assert "`sgblock` searched cells 2.50 M vs `darts` 3.30 M (-24%" in report
     assert "Status: 9 of 20 units finished" in report and "= 1092 alpha steps" in report
+    # how firmly the searches chose: mean entropy share ((2.0 + 2.1) / 2 / ln 8 = 98.6%), none changed in its last epoch
+    assert "`darts` 98.6% (n=3), `sgblock` 93.3% (n=3); 0 of 6 searches changed" in report
+    assert "The alphas stayed close to uniform" in report
+    assert "retrained for 10 epochs at C=16, 8 cells, not the paper's 600 epochs" in report
+    rows[0]["stable_since_epoch"] = rows[1]["stable_since_epoch"] = 7  # the medium search's last epoch
+    for r in rows:
+        r["entropy_normal"] = r["entropy_reduce"] = 1.0
+    report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
+    assert "2 of 6 searches changed" in report and "moved well away from uniform and most genotypes had settled" in report
+    assert "| darts-searched0 | 88.00% |" in report and "| not recorded |" in report
 
 
 def test_overrides_are_typed_and_checked():
