@@ -25,9 +25,13 @@ untrack_finished() {
   done
 }
 
-commit() {
-  untrack_finished
+commit() {  # commit MESSAGE [--with-checkpoints]
   git add "$out"
+  if [ "${2:-}" != "--with-checkpoints" ]; then
+    # a unit in progress has its checkpoint (~10 MB) committed by --save alone, not at every finished unit
+    git ls-files -z -- "$out" | grep -z 'checkpoint\.pt$' | xargs -0 -r git reset -q --
+  fi
+  untrack_finished
   # the index, not `git commit -- PATH` (which would commit a dropped checkpoint's file again); stage nothing else meanwhile
   git diff --cached --quiet -- "$out" || git commit -q -m "$1"
 }
@@ -43,7 +47,7 @@ if [ "${1:-}" = "--save" ]; then
   for checkpoint in "$out"/search/*/checkpoint.pt "$out"/augment/*/checkpoint.pt; do
     [ -f "$checkpoint" ] && git add -f "$checkpoint"
   done
-  commit "$(status_line); checkpoint of the unit in progress"
+  commit "$(status_line); checkpoints of the units in progress" --with-checkpoints
   exit 0
 fi
 
