@@ -375,7 +375,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
     lines += ["", "Entropy: mean over edges of the entropy (nats) of softmax(alpha) after the last epoch; uniform "
               f"weights give the maximum, ln(number of ops): {maxima}. "
               "Stable since: the first epoch from which the derived genotype no longer changed. Seconds are wall-clock "
-              "time (they include any time the run was paused). Ran on: the machines recorded in the unit's metrics, "
+              "time (they include any time the run was paused, and run slower beside another unit under --jobs). Ran on: the machines recorded in the unit's metrics, "
               "epoch by epoch (older lines did not record one).", "",
               "![test accuracy against params](accuracy_vs_params.png)", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
