@@ -33,21 +33,20 @@ _INTERRUPTED = 3  # a worker's exit code after a signal stopped it (its checkpoi
 
 
 @contextlib.contextmanager
-def unit_claim(out: Path, unit: Unit) -> Iterator[bool]:
-    """Hold `unit`'s claim while the block runs; yields False when another process holds it.
+def _file_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on `path` while the block runs (waiting for it, or yielding False when taken).
 
-    Without POSIX file locks (Windows) every claim succeeds: run one process per folder there.
+    Without POSIX file locks (Windows) the lock is always granted: run one process per folder there.
     """
     try:
         import fcntl
     except ImportError:
         yield True
         return
-    path = out / ".claims" / f"{unit.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -57,22 +56,16 @@ def unit_claim(out: Path, unit: Unit) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def unit_claim(out: Path, unit: Unit) -> contextlib.AbstractContextManager[bool]:
+    """Hold `unit`'s claim while the block runs; yields False when another process holds it."""
+    return _file_lock(out / ".claims" / f"{unit.name}.lock", wait=False)
+
+
 @contextlib.contextmanager
 def report_lock(out: Path) -> Iterator[None]:
     """One report writer at a time (the report reads every unit's files and rewrites the figures)."""
-    try:
-        import fcntl
-    except ImportError:
+    with _file_lock(out / ".claims" / "report.lock", wait=True):
         yield
-        return
-    path = out / ".claims" / "report.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Prefixed(io.TextIOBase):
