@@ -115,8 +115,10 @@ def run_in_parallel(run_units: Callable, spec: CompareSpec, out: Path, jobs: int
         raise UserError("--jobs above 1 needs a POSIX system (file locks); run with --jobs 1")
     import torch
 
+    from .runtime import thread_count
+
     threads = max(1, torch.get_num_threads() // jobs)
-    log(f"compare: {jobs} worker processes, {threads} thread{'s' if threads != 1 else ''} each")
+    log(f"compare: {jobs} worker processes, {thread_count(threads)} each")
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_worker, args=(run_units, spec, str(out), threads, k + 1)) for k in range(jobs)]
     received: list[int] = []

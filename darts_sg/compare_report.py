@@ -181,7 +181,23 @@ def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_un
         report += "\n## How the alphas settled (the first search of each space)\n\n" + "".join(
             f"![{p.stem}](alphas/{p.name})\n" for p in trajectories
         )
+    report += _cells_section(out, done, spec.spaces)
     atomic_write_text(out / "report.md", report)
+
+
+def _first_searched(rows: list[dict], space: str) -> dict | None:
+    return next((r for r in rows if r["kind"] == "searched" and r["space"] == space), None)
+
+
+def _cells_section(out: Path, rows: list[dict], spaces: Sequence[str]) -> str:
+    """The cell diagrams of the references and of the first finished search of each space, where graphviz drew them."""
+    shown = [r for r in rows if r["kind"] == "reference"] + [r for s in spaces if (r := _first_searched(rows, s))]
+    images = [f"![{r['name']} {cell}](cells/{r['name']}_{cell}.png)\n" for r in shown for cell in ("normal", "reduce")
+              if (out / "cells" / f"{r['name']}_{cell}.png").exists()]  # fmt: skip
+    if not images:
+        return ""
+    return ("\n## The cells (the references and the first search of each space)\n\n" + "".join(images)
+            + "\nEvery finished unit's cells are in `cells/` (`<unit>_normal` and `<unit>_reduce`, .png and graphviz .gv).\n")
 
 
 def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
@@ -224,7 +240,7 @@ def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) ->
 
     written = []
     for space in spaces:
-        first = next((r for r in rows if r["kind"] == "searched" and r["space"] == space), None)
+        first = _first_searched(rows, space)
         if first is None:
             continue
         records = read_alpha_records(out / "search" / first["name"] / "alphas.jsonl")

@@ -51,5 +51,9 @@ def machine_name(device: torch.device) -> str:
     """What a run ran on, for its metrics: the GPU's name, or the CPU's model and torch's thread count."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    threads = torch.get_num_threads()
-    return f"cpu: {cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"cpu: {cpu_model()}, {thread_count(torch.get_num_threads())}"
+
+
+def thread_count(threads: int) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{threads} thread{'s' if threads != 1 else ''}"

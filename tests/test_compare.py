@@ -13,6 +13,7 @@ from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
 from darts_sg.runtime import machine_name
+from darts_sg.visualize import dot_available
 from darts_sg.search import SearchConfig
 
 
@@ -40,6 +41,9 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
     assert rows[1]["machines"] == machine_name(torch.device("cpu")) and rows[1]["machines"].startswith("cpu: ")
     report = (out / "report.md").read_text()
     assert "Status: 5 of 5 units finished" in report and "| darts_v2 | " in report and "| sgblock-random0 |" in report
+    if dot_available():  # the cells of the reference and of each space's first search, drawn and shown
+        assert all(f"](cells/{u}_{c}.png)" in report for u in ("darts_v2", "darts-s0", "sgblock-s0") for c in ("normal", "reduce"))
+        assert "](cells/darts-random0_normal.png)" not in report
     assert len((out / "rows.csv").read_text().splitlines()) == 6
     # a second call finds every unit finished and runs nothing again
     before = (out / "augment" / "darts-s0" / "checkpoint.pt").stat().st_mtime_ns
