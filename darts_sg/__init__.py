@@ -1,21 +1,38 @@
-"""darts-sg: differentiable architecture search with the MobileNeXt sandglass block."""
+"""darts-sg: differentiable architecture search with the MobileNeXt sandglass block.
 
-from .genotype import Genotype, GenotypeError, load_genotype
-from .imagenet import build_imagenet_network
-from .network import Network, Supernet, build_network, build_supernet, count_params
-from .ops import SEARCH_SPACES, OpOptions
+The public names load on first use (PEP 562), so that a submodule without torch (`allocator`,
+`errors`) can be imported without torch: the entry points relaunch the process before importing it.
+"""
 
-__all__ = [
-    "Genotype",
-    "GenotypeError",
-    "Network",
-    "OpOptions",
-    "SEARCH_SPACES",
-    "Supernet",
-    "build_imagenet_network",
-    "build_network",
-    "build_supernet",
-    "count_params",
-    "load_genotype",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .genotype import Genotype, GenotypeError, load_genotype
+    from .imagenet import build_imagenet_network
+    from .network import Network, Supernet, build_network, build_supernet, count_params
+    from .ops import SEARCH_SPACES, OpOptions
+
+_PUBLIC = {
+    "genotype": ("Genotype", "GenotypeError", "load_genotype"),
+    "imagenet": ("build_imagenet_network",),
+    "network": ("Network", "Supernet", "build_network", "build_supernet", "count_params"),
+    "ops": ("SEARCH_SPACES", "OpOptions"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

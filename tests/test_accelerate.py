@@ -135,7 +135,7 @@ def test_compile_compiles_every_cell_in_place(monkeypatch):
 
     monkeypatch.setattr(torch.nn.Module, "compile", compile_quickly)
     torch.manual_seed(0)
-    model = darts_sg.build_supernet("sgblock", C=4, layers=3, num_classes=10, steps=2)
+    model = darts_sg.build_supernet("sgblock", C=4, layers=3, num_classes=10, steps=1)
     eager = copy.deepcopy(model)
     cpu = torch.device("cpu")
     model = accelerate(model, cpu, dataclasses.replace(device_policy("cpu"), compile=True))

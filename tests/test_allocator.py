@@ -99,3 +99,17 @@ def test_the_entry_points_relaunch_and_record_the_allocator(tmp_path, planted_da
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["allocator"] == "tcmalloc"
+
+
+def test_the_entry_points_relaunch_before_importing_torch():
+    """The relaunch re-executes the process: what was imported before it is paid for twice at every start."""
+    loaded = "import sys, darts_sg.entry; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'click', 'numpy'}))"
+    result = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    # a bad choice of allocator is refused there, as one line
+    for script in ("search.py", "augment.py"):
+        refused = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, ALLOCATOR_ENV: "jemalloc"})  # fmt: skip
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{ALLOCATOR_ENV}='jemalloc' is not a choice" in refused.stderr

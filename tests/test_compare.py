@@ -13,8 +13,8 @@ from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
 from darts_sg.runtime import machine_name
-from darts_sg.visualize import dot_available
 from darts_sg.search import SearchConfig
+from darts_sg.visualize import dot_available
 
 
 def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resumes(tmp_path, data_root):

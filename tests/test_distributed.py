@@ -11,7 +11,7 @@ from pathlib import Path
 from darts_sg.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--preset", "smoke", "--subset", "128", "--batch-size", "32", "--epochs", "2", "--no-progress", "--threads", "1"]
+ARGS = ["--preset", "smoke", "--subset", "128", "--batch-size", "32", "--epochs", "1", "--no-progress", "--threads", "1"]
 
 
 def torchrun(*args, nproc=2, timeout=300):
@@ -31,7 +31,7 @@ def test_two_processes_match_one_and_agree_on_alphas(tmp_path, data_root):
     assert all(m["alphas_identical_across_ranks"] for m in metrics)
     # only rank 0 wrote the run's files
     assert len(list((two / "tensorboard").glob("events.*"))) == 1
-    assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 1
     # 2 processes with the global batch of 32 against 1 process with 32: the same up to batch-norm
     # statistics, which each process computes on its own 16 images.
     alphas_two = load_checkpoint(two / "checkpoint.pt")["job"]["model"]
@@ -40,11 +40,11 @@ def test_two_processes_match_one_and_agree_on_alphas(tmp_path, data_root):
         assert (alphas_two[key] - alphas_one[key]).abs().max() < 2e-3
     # and resuming under torchrun works
     config = json.loads((two / "config.json").read_text())
-    config["epochs"] = 3
+    config["epochs"] = 2
     (two / "config.json").write_text(json.dumps(config))
     result = torchrun("search.py", "--resume", str(two), *env_args, "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len((two / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_dying_rank_stops_the_job(tmp_path, data_root):

@@ -78,11 +78,21 @@ def assert_same_run(a: Path, b: Path):
     assert (a / "genotype.json").read_text() == (b / "genotype.json").read_text()
 
 
+def resumable_config(data_root) -> SearchConfig:
+    return smoke_config(data_root, epochs=2, deterministic=True, subset=128, batch_size=32, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_root) -> Path:
+    """One uninterrupted run, which every interrupted-and-resumed run must reproduce."""
+    straight = tmp_path_factory.mktemp("straight") / "run"
+    run_search(resumable_config(data_root), straight, progress=False)
+    return straight
+
+
 @pytest.mark.parametrize("epoch, step", [(1, 0), (0, 2)], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_continues_with_identical_state(tmp_path, data_root, monkeypatch, epoch, step):
-    config = smoke_config(data_root, epochs=2, deterministic=True, subset=128, batch_size=32, checkpoint_every=2)
-    straight = tmp_path / "straight"
-    run_search(config, straight, progress=False)
+def test_resume_continues_with_identical_state(tmp_path, data_root, straight_run, monkeypatch, epoch, step):
+    config = resumable_config(data_root)
     split = tmp_path / "split"
     with monkeypatch.context() as patch:
         interrupt_after(patch, epoch, step)
@@ -90,7 +100,7 @@ def test_resume_continues_with_identical_state(tmp_path, data_root, monkeypatch,
             run_search(config, split, progress=False)
     assert load_checkpoint(split / "checkpoint.pt")["step"] == step
     run_search(config, split, resume=True, progress=False)
-    assert_same_run(straight, split)
+    assert_same_run(straight_run, split)
 
 
 @pytest.mark.parametrize(
