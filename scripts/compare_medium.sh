@@ -56,7 +56,7 @@ mkdir -p runs
 # two units at once, one thread each: 1.14x (retraining) to 1.44-1.55x (searches) the images per second of one
 # two-thread process on 2 cores (benchmarks/bench_parallel_units.py); setsid: its own process group, so that one
 # signal to the group pauses, resumes or stops the main process and both workers
-setsid nohup python3 -m darts_sg.cli compare --preset medium --out "$out" --no-progress --jobs 2 >> runs/compare-medium.log 2>&1 &
+setsid nohup python3 -m darts_sg compare --preset medium --out "$out" --no-progress --jobs 2 >> runs/compare-medium.log 2>&1 &
 pid=$!
 echo "compare running as PID $pid (log: runs/compare-medium.log); pause it with kill -STOP -- -$pid, resume with kill -CONT -- -$pid, stop it with kill -TERM $pid"
 (

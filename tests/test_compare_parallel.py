@@ -45,7 +45,7 @@ def test_a_claimed_unit_is_refused_to_others_and_freed_when_its_holder_dies(tmp_
 
 def test_two_jobs_stop_on_sigterm_with_checkpoints_and_resume_to_the_end(tmp_path, data_root):
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "darts_sg.cli", "compare", "--preset", "smoke", "--spaces", "darts", "--seeds", "0",
+    cmd = [sys.executable, "-m", "darts_sg", "compare", "--preset", "smoke", "--spaces", "darts", "--seeds", "0",
            "--random", "1", "--references", "", "--search-opt", "epochs=8", "--jobs", "2", "--data-root", str(data_root),
            "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def darts_sg_cli(*args):
-    return subprocess.run([sys.executable, "-m", "darts_sg.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "darts_sg", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_evaluate_reproduces_the_runs_test_accuracy_per_class(planted_training_run, planted_data_root):

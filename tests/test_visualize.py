@@ -78,7 +78,7 @@ def test_plot_renders_real_png_files(tmp_path):
 
 @needs_dot
 def test_plot_command_draws_darts_v2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", "darts_v2", "-o", str(tmp_path / "c"), "--format", "svg"],
+    result = subprocess.run([sys.executable, "-m", "darts_sg", "plot", "darts_v2", "-o", str(tmp_path / "c"), "--format", "svg"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c_normal.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
@@ -86,7 +86,7 @@ def test_plot_command_draws_darts_v2(tmp_path):
 
 def test_plot_without_dot_writes_source_and_says_how_to_install(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
-    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", "darts_v1", "-o", str(tmp_path / "c")],
+    result = subprocess.run([sys.executable, "-m", "darts_sg", "plot", "darts_v1", "-o", str(tmp_path / "c")],
                             capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c_normal.gv").read_text().startswith("digraph")
@@ -144,11 +144,11 @@ def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
 def test_plot_command_draws_the_alpha_figures_of_a_search_run(tmp_path):
     run = tmp_path / "search"
     shutil.copytree(ROOT / "results" / "quick-sgblock-s0" / "search", run, ignore=shutil.ignore_patterns("figures"))
-    result = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", str(run)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "darts_sg", "plot", str(run)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     names = {Path(line).name for line in result.stdout.split()}
     expected = {f"alpha_{kind}_{cell}.png" for kind in ("heatmap", "trajectories") for cell in ("normal", "reduce")}
     assert expected <= names
     assert all(png_size(run / "figures" / name)[0] > 500 for name in expected)
-    empty = subprocess.run([sys.executable, "-m", "darts_sg.cli", "plot", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    empty = subprocess.run([sys.executable, "-m", "darts_sg", "plot", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert empty.returncode == 2 and "holds no alphas.jsonl" in empty.stderr
