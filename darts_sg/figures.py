@@ -2,8 +2,8 @@
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot (so nothing here
 selects a backend or touches matplotlib's global state); ``save_figure`` renders it to PNG
-with the Agg canvas and writes the file atomically. TensorBoard takes the same figures
-(``writer.add_figure``).
+with the Agg canvas and writes the file atomically. TensorBoard logs the same PNGs as images
+(``visualize.log_search_epoch``).
 """
 
 from __future__ import annotations

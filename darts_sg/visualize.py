@@ -189,16 +189,20 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
             writer.add_scalar(f"op_share_{cell}/{op}", share, epoch)
     alphas = run.path / "alphas.jsonl"
     records = read_alpha_records(alphas, epoch) if alphas.exists() else []
-    if records:
-        for tag, name, figure in alpha_figures(records):
-            writer.add_figure(tag, figure, epoch, close=False)
-            save_figure(figure, run.file("figures", name))
+    for tag, name, figure in alpha_figures(records) if records else []:
+        # rendered once: the PNG is also TensorBoard's image (a second rendering by add_figure took as long again)
+        _add_png(writer, tag, save_figure(figure, run.file("figures", name)), epoch)
     genotype = Genotype.from_dict(metrics["genotype"]) if "genotype" in metrics else model.genotype()
     for path in plot_genotype(genotype, run.file("cells", f"epoch_{epoch:03d}"), "png"):
         if path.suffix == ".png":
-            image = _image_array(path)
-            if image is not None:
-                writer.add_image(f"cells/{path.stem.rsplit('_', 1)[-1]}", image, epoch, dataformats="HWC")
+            _add_png(writer, f"cells/{path.stem.rsplit('_', 1)[-1]}", path, epoch)
+
+
+def _add_png(writer, tag: str, path: Path, epoch: int) -> None:
+    """Log the PNG at `path` as a TensorBoard image (skipped when it cannot be read)."""
+    image = _image_array(path)
+    if image is not None:
+        writer.add_image(tag, image, epoch, dataformats="HWC")
 
 
 # ----------------------------------------------------------------------------------------- scatter plot

@@ -9,4 +9,6 @@ tcmalloc="$(python3 -c "from darts_sg.allocator import find_tcmalloc; print(find
 if [ -n "$tcmalloc" ] && [ "${DARTS_SG_ALLOCATOR:-auto}" != system ]; then
   export LD_PRELOAD="$tcmalloc${LD_PRELOAD:+:$LD_PRELOAD}"
 fi
-python3 -m pytest "$@"
+# one pytest-xdist worker per core, each on one torch thread (tests/conftest.py); `-n 0` runs them in this process.
+# --dist loadgroup keeps the tests that share a module-scoped run (xdist_group) on one worker, which makes that run once.
+python3 -m pytest -n auto --dist loadgroup "$@"

@@ -11,6 +11,15 @@ from darts_sg.data import FOLDER, TEST_FILES, TRAIN_FILES, DataError, load_cifar
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# Under pytest-xdist (scripts/test.sh: one worker per core) every test process, and every command a test
+# starts, runs torch on one thread: two-thread processes beside a busy core wait on each other's
+# OpenMP barriers, which made a tiny forward pass about 80x slower. Alone, a test process takes 2 threads.
+# Module-scoped fixtures run before the per-test fixture below, so the count is set here too.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(THREADS)
+
 
 def _data_root() -> Path:
     """The CIFAR-10 folder the README's commands use (scripts/env.sh): $DARTS_SG_DATA, else
@@ -72,7 +81,7 @@ def planted_training_run(tmp_path_factory, planted_data_root) -> tuple[Path, dic
     out = tmp_path_factory.mktemp("planted-run") / "run"
     config = AugmentConfig(**{**AUGMENT_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),
                             "train_subset": 0, "test_subset": 0})  # fmt: skip
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     return out, run_augment(config, out, progress=False)
 
 
@@ -84,5 +93,5 @@ def read_hparams():
 
 @pytest.fixture(autouse=True)
 def _fixed_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,10 @@ def assert_identical(a: Path, b: Path):
     assert metrics_a == metrics_b
 
 
+# the tests that use the uninterrupted runs share one pytest-xdist worker, which makes them once (scripts/test.sh)
+on_the_straight_runs_worker = pytest.mark.xdist_group("robustness-straight-runs")
+
+
 @pytest.fixture(scope="module")
 def straight_runs(tmp_path_factory, data_root):
     base = tmp_path_factory.mktemp("straight")
@@ -80,6 +85,7 @@ def straight_runs(tmp_path_factory, data_root):
     return base
 
 
+@on_the_straight_runs_worker
 @pytest.mark.parametrize(
     "args, name, kill_at, sig",
     [
@@ -169,11 +175,16 @@ def test_unwritable_output_directory(tmp_path, data_root):
                    "cannot write to output directory")  # fmt: skip
 
 
-def test_checkpoint_from_another_space_is_refused(tmp_path, data_root):
-    darts_run, sg_run = tmp_path / "darts", tmp_path / "sg"
-    for ops, out in (("darts", darts_run), ("sgblock", sg_run)):
-        result = cli("search.py", "--preset", "smoke", "--ops", ops, "--out", str(out), "--data-root", str(data_root))
-        assert result.returncode == 0, result.stderr
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run, to spoil."""
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+@on_the_straight_runs_worker
+def test_checkpoint_from_another_space_is_refused(tmp_path, data_root, straight_runs):
+    darts_run, sg_run = tmp_path / "darts", copy_of(straight_runs / "search", tmp_path)  # search.py's default: sgblock
+    result = cli("search.py", "--preset", "smoke", "--ops", "darts", "--out", str(darts_run), "--data-root", str(data_root))
+    assert result.returncode == 0, result.stderr
     # put the darts run's mid-epoch state in the sgblock run, as a mix-up of files would
     state = load_checkpoint(darts_run / "checkpoint.pt")
     state["epoch"], state["step"] = 0, 1
@@ -201,10 +212,9 @@ def test_tampered_data_is_refused(tmp_path, data_root):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_truncated_checkpoint_is_refused(tmp_path, data_root):
-    out = tmp_path / "r"
-    result = cli("search.py", "--preset", "smoke", "--epochs", "2", "--out", str(out), "--data-root", str(data_root))
-    assert result.returncode == 0
+@on_the_straight_runs_worker
+def test_truncated_checkpoint_is_refused(tmp_path, data_root, straight_runs):
+    out = copy_of(straight_runs / "search", tmp_path)
     data = (out / "checkpoint.pt").read_bytes()
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 3])
     one_line_error(cli("search.py", "--resume", str(out), "--data-root", str(data_root)), "cannot be loaded safely")

@@ -90,6 +90,7 @@ def straight_run(tmp_path_factory, data_root) -> Path:
     return straight
 
 
+@pytest.mark.xdist_group("search-cli-straight-run")  # one pytest-xdist worker makes the straight run once
 @pytest.mark.parametrize("epoch, step", [(1, 0), (0, 2)], ids=["epoch-boundary", "mid-epoch"])
 def test_resume_continues_with_identical_state(tmp_path, data_root, straight_run, monkeypatch, epoch, step):
     config = resumable_config(data_root)
