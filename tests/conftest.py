@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Under pytest-xdist (scripts/test.sh: one worker per core) every test process, and every command a test
-# starts, runs torch on one thread: two-thread processes beside a busy core wait on each other's
-# OpenMP barriers, which made a tiny forward pass about 80x slower. Alone, a test process takes 2 threads.
+# starts, runs torch on one thread: a two-thread process beside a busy core waits at every OpenMP barrier
+# for its thread on that core (3.6x slower, benchmarks/bench_busy_core.py). Alone, a test process takes 2 threads.
 # Module-scoped fixtures run before the per-test fixture below, so the count is set here too.
 THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 if THREADS == 1:
