@@ -14,7 +14,6 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
-from .allocator import relaunch_with_tcmalloc
 from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
 from .distributed import leave_process_group
 from .errors import UserError
@@ -337,7 +336,6 @@ def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | N
     from .engine import Interrupted, NonFiniteLoss
 
     try:
-        relaunch_with_tcmalloc()  # a process entry point: the allocator is chosen before any work
         command.main(args=args, prog_name=prog_name, standalone_mode=False)
         leave_process_group()
     except click.exceptions.Exit as exc:
@@ -375,5 +373,5 @@ def augment_main() -> None:
     _run_with_clean_errors(augment, prog_name="augment.py")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m darts_sg` is the same command, relaunched with tcmalloc first (entry.py)
     main()
