@@ -4,10 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from darts_sg.engine import EpochTotals, Progress, fit
 from darts_sg.runs import RunDirectory
+
+from fake_job import CountingJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,40 +83,8 @@ def test_on_a_terminal_the_bar_shows_the_run_eta_and_no_lines():
     assert not re.search(r"step \d/4", text)
 
 
-class CountingJob:
-    kind = "test"
-
-    def __init__(self):
-        self.weight = torch.zeros(1)
-
-    def steps_per_epoch(self):
-        return 3
-
-    def batches(self, epoch, start_step):
-        return iter(range(start_step, 3))
-
-    def begin_epoch(self, epoch):
-        pass
-
-    def train_step(self, step):
-        self.weight += 1
-        return {"loss": torch.tensor(1.5), "acc": torch.tensor(0.5), "count": torch.tensor(8)}
-
-    def end_epoch(self, epoch):
-        return {}
-
-    def state_dict(self):
-        return {"weight": self.weight.clone()}
-
-    def load_state_dict(self, state):
-        self.weight = state["weight"]
-
-    def tensorboard(self, writer, epoch, metrics):
-        pass
-
-
 def test_fit_prints_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    fit(CountingJob(), RunDirectory(tmp_path), epochs=2, log_every=0)
+    fit(CountingJob(steps=3, acc=0.5), RunDirectory(tmp_path), epochs=2, log_every=0)
     err = capsys.readouterr().err.splitlines()
     steps = [line.split(" | ")[0] for line in err if " step " in line]
     assert steps == [f"epoch {e}/2 step {s}/3" for e in (1, 2) for s in (1, 2, 3)]

@@ -16,6 +16,8 @@ from darts_sg.engine import NonFiniteLoss, fit
 from darts_sg.io import load_checkpoint
 from darts_sg.runs import RunDirectory
 
+from fake_job import CountingJob
+
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = ["search.py", "--preset", "smoke", "--epochs", "2", "--subset", "128", "--batch-size", "32",
           "--checkpoint-every", "1", "--deterministic", "--no-progress"]  # fmt: skip
@@ -114,45 +116,11 @@ def test_killed_run_resumes_bit_identical(tmp_path, data_root, straight_runs, ar
         assert (out / "genotype.json").read_text() == (straight_runs / name / "genotype.json").read_text()
 
 
-class NaNJob:
-    """A minimal job whose loss becomes NaN at its third step."""
-
-    kind = "fake"
-
-    def __init__(self):
-        self.weight = torch.zeros(1)
-
-    def steps_per_epoch(self):
-        return 4
-
-    def batches(self, epoch, start_step):
-        return iter(range(start_step, 4))
-
-    def begin_epoch(self, epoch):
-        pass
-
-    def train_step(self, step):
-        self.weight += 1
-        loss = float("nan") if step == 2 else 1.0
-        return {"loss": torch.tensor(loss), "count": torch.tensor(1)}
-
-    def end_epoch(self, epoch):
-        return {}
-
-    def state_dict(self):
-        return {"weight": self.weight.clone()}
-
-    def load_state_dict(self, state):
-        self.weight = state["weight"]
-
-    def tensorboard(self, writer, epoch, metrics):
-        pass
-
-
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     run_dir = RunDirectory(tmp_path)
+    nan_at_third_step = CountingJob(steps=4, loss_at=lambda step: float("nan") if step == 2 else 1.0)
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 3"):
-        fit(NaNJob(), run_dir, epochs=1, checkpoint_every=1, progress=False)
+        fit(nan_at_third_step, run_dir, epochs=1, checkpoint_every=1, progress=False)
     state = load_checkpoint(run_dir.checkpoint_path)
     assert state["step"] == 2 and state["job"]["weight"].item() == 2
 
