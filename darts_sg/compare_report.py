@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .compare_plan import CompareSpec, Unit, search_settings, augment_settings, units_of
 from .genotype import Genotype, load_genotype
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, up_to_date
 from .ops import resolve_space
 from .runs import RunDirectory
 from .search import SearchConfig
@@ -234,7 +234,8 @@ def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
 
 
 def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) -> list[Path]:
-    """The alpha trajectories (normal and reduction cell) of the first finished search of each space."""
+    """The alpha trajectories (normal and reduction cell) of the first finished search of each space,
+    drawn again only when that search's alphas.jsonl changed since."""
     from .figures import alpha_trajectories_figure, save_figure
     from .visualize import read_alpha_records
 
@@ -243,9 +244,12 @@ def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) ->
         first = _first_searched(rows, space)
         if first is None:
             continue
-        records = read_alpha_records(out / "search" / first["name"] / "alphas.jsonl")
+        alphas = out / "search" / first["name"] / "alphas.jsonl"
         for cell in ("normal", "reduce"):
-            written.append(save_figure(alpha_trajectories_figure(records, cell), out / "alphas" / f"{first['name']}_{cell}.png"))
+            png = out / "alphas" / f"{first['name']}_{cell}.png"
+            if not up_to_date(png, alphas):
+                save_figure(alpha_trajectories_figure(read_alpha_records(alphas), cell), png)
+            written.append(png)
     return written
 
 

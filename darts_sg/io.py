@@ -58,6 +58,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def up_to_date(target: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Whether `target` exists and was written after `source` last changed (`make`'s rule; equal times,
+    which a coarse file-system clock can give, count as out of date)."""
+    target, source = Path(target), Path(source)
+    return target.is_file() and source.is_file() and target.stat().st_mtime_ns > source.stat().st_mtime_ns
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Serialise `state` with torch.save and write it atomically."""
     buffer = io.BytesIO()

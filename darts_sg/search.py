@@ -56,6 +56,7 @@ class SearchConfig(RunConfig):
     max_skip: int | None = None  # P-DARTS: at most this many skips in the derived normal cell
     early_stop_skips: int | None = None  # DARTS+: stop when the normal cell has more skips than this ...
     early_stop_epochs: int = 1  # ... for this many epochs in a row
+    figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
@@ -101,8 +102,8 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     # alpha steps instead of the paper's ~19,500, the alpha learning rate is 10x the paper's so
     # that the architecture weights move measurably.
     "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64, "alpha_lr": 3e-3},
-    # Seconds, for tests.
-    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32},
+    # Seconds, for tests; no per-epoch alpha figures (they would take most of the time).
+    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32, "figures": False},
     # PC-DARTS (Xu et al., ICLR 2020) as published: partial channels K=4 with edge normalisation,
     # batch 256, weight lr 0.1 cosine to 0, alpha lr 6e-4, the first 15 of 50 epochs weights only.
     "pc-darts": {"partial_channels": 4, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "alpha_lr": 6e-4, "warmup_epochs": 15},
@@ -222,7 +223,7 @@ class SearchJob:
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
         from .visualize import log_search_epoch
 
-        log_search_epoch(writer, epoch, metrics, self.model, self.run)
+        log_search_epoch(writer, epoch, metrics, self.model, self.run, figures=self.config.figures)
         writer.add_scalar("search/normal_skips", metrics["normal_skips"], epoch)
         writer.add_scalar("search/warmup", int(metrics["warmup"]), epoch)
 

@@ -19,6 +19,7 @@ import torch
 from .errors import UserError
 from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
 from .genotype import Genotype
+from .io import atomic_write_bytes, atomic_write_text, up_to_date
 
 __all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 
@@ -71,10 +72,11 @@ def cell_graph(genotype: Genotype, cell: str = "normal"):
 
 
 def plot_genotype(genotype: Genotype, prefix: str | Path, fmt: str = "png", quiet: bool = False) -> list[Path]:
-    """Draw both cells to `{prefix}_normal.{fmt}` and `{prefix}_reduce.{fmt}`.
+    """Draw both cells to `{prefix}_normal.{fmt}` and `{prefix}_reduce.{fmt}`, next to their graphviz
+    source `{prefix}_{cell}.gv`. A cell whose source and image are already there unchanged is not drawn again.
 
-    Without `dot`, writes `{prefix}_{cell}.gv` instead and prints one line on how to get images.
-    Returns the files written.
+    Without `dot`, writes the `.gv` source only and prints one line on how to get images.
+    Returns the files written (or kept).
     """
     global _hint_shown
     if fmt not in ("png", "svg", "pdf"):
@@ -85,22 +87,30 @@ def plot_genotype(genotype: Genotype, prefix: str | Path, fmt: str = "png", quie
     for cell in ("normal", "reduce"):
         graph = cell_graph(genotype, cell)
         stem = prefix.parent / f"{prefix.name}_{cell}"
-        source = stem.with_suffix(".gv")
-        source.write_text(graph.source)
+        source, image = stem.with_suffix(".gv"), stem.with_suffix(f".{fmt}")
+        if _drawn_before(source, image, graph.source):
+            written.append(image)
+            continue
+        atomic_write_text(source, graph.source)  # first: an image older than its source is drawn again
         if not dot_available():
             written.append(source)
             continue
         import graphviz
 
         try:
-            out = graph.render(outfile=str(stem.with_suffix(f".{fmt}")), format=fmt, cleanup=False, quiet=True)
-            written.append(Path(out))
+            atomic_write_bytes(image, graph.pipe(format=fmt, quiet=True))
+            written.append(image)
         except (graphviz.backend.ExecutableNotFound, graphviz.backend.CalledProcessError, OSError):
             written.append(source)
     if not dot_available() and not (_hint_shown or quiet):
         print(INSTALL_HINT, file=sys.stderr)
         _hint_shown = True
     return written
+
+
+def _drawn_before(source: Path, image: Path, text: str) -> bool:
+    """Whether `image` was drawn from a graphviz `source` that holds `text` (both written atomically)."""
+    return up_to_date(image, source) and source.read_text() == text
 
 
 # ----------------------------------------------------------------------------------------- alpha statistics
@@ -175,9 +185,9 @@ def plot_search_run(run_path: str | Path) -> list[Path]:
     return [save_figure(fig, Path(run_path) / "figures" / name) for _, name, fig in alpha_figures(records)]
 
 
-def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) -> None:
+def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run, figures: bool = True) -> None:
     """Scalars, op shares and entropy of one search epoch; alpha heatmaps and alpha trajectories
-    as TensorBoard figures and as PNGs in ``figures/``; cell diagrams."""
+    as TensorBoard figures and as PNGs in ``figures/`` (unless `figures` is False); cell diagrams."""
     for key in ("train_loss", "train_acc", "train_alpha_loss", "val_loss", "val_acc", "lr", "alpha_lr", "images_per_s",
                 "skipped_weight_steps", "skipped_alpha_steps"):  # fmt: skip
         if key in metrics:
@@ -188,7 +198,7 @@ def log_search_epoch(writer, epoch: int, metrics: dict[str, Any], model, run) ->
         for op, share in op_shares(weights, model.primitives).items():
             writer.add_scalar(f"op_share_{cell}/{op}", share, epoch)
     alphas = run.path / "alphas.jsonl"
-    records = read_alpha_records(alphas, epoch) if alphas.exists() else []
+    records = read_alpha_records(alphas, epoch) if figures and alphas.exists() else []
     for tag, name, figure in alpha_figures(records) if records else []:
         # rendered once: the PNG is also TensorBoard's image (a second rendering by add_figure took as long again)
         _add_png(writer, tag, save_figure(figure, run.file("figures", name)), epoch)

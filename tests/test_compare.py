@@ -3,6 +3,7 @@ import math
 import shutil
 import struct
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from darts_sg.ops import resolve_space
 from darts_sg.runtime import machine_name
 from darts_sg.search import SearchConfig
 from darts_sg.visualize import dot_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resumes(tmp_path, data_root):
@@ -46,11 +49,12 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
         assert "](cells/darts-random0_normal.png)" not in report
     assert len((out / "rows.csv").read_text().splitlines()) == 6
     # a second call finds every unit finished and runs nothing again
-    before = (out / "augment" / "darts-s0" / "checkpoint.pt").stat().st_mtime_ns
+    kept = [out / "augment" / "darts-s0" / "checkpoint.pt", out / "alphas" / "darts-s0_normal.png"]
+    before = [p.stat().st_mtime_ns for p in kept]
     messages = []
     run_compare(spec, out, log=messages.append)
     assert len(messages) == 5 and all("finished earlier" in m for m in messages)
-    assert (out / "augment" / "darts-s0" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert [p.stat().st_mtime_ns for p in kept] == before  # nothing trained, nothing drawn again
     assert json.loads((out / "rows.json").read_text()) == rows
     # a unit folder copied without its checkpoint and summary (committed results) starts again cleanly
     (out / "augment" / "darts-random0" / "checkpoint.pt").unlink()
@@ -67,6 +71,27 @@ def test_report_only_runs_nothing_and_reports_what_finished(tmp_path, data_root)
     rows = run_compare(spec, out, log=lambda m: None, report_only=True)
     assert rows[0] is not None and rows[1] is None and not (out / "search" / "darts-s1").exists()
     assert "Status: 1 of 2 units finished" in (out / "report.md").read_text()
+
+
+def test_alpha_figures_are_drawn_again_only_when_their_search_changed(tmp_path):
+    """The report is rebuilt after every unit; the first search's alpha figures are redrawn only when its
+    alphas.jsonl is newer than them."""
+    from darts_sg.compare_report import alpha_trajectory_pngs
+
+    search = tmp_path / "search" / "darts-s0"
+    search.mkdir(parents=True)
+    lines = (ROOT / "results" / "compare-medium" / "search" / "darts-s0" / "alphas.jsonl").read_text().splitlines()
+    (search / "alphas.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    rows = [{"kind": "random", "space": "darts", "name": "darts-random0"}, {"kind": "searched", "space": "darts", "name": "darts-s0"}]
+    pngs = alpha_trajectory_pngs(tmp_path, rows, ["darts", "sgblock"])
+    assert [p.name for p in pngs] == ["darts-s0_normal.png", "darts-s0_reduce.png"]
+    drawn = [p.stat().st_mtime_ns for p in pngs]
+    assert alpha_trajectory_pngs(tmp_path, rows, ["darts", "sgblock"]) == pngs
+    assert [p.stat().st_mtime_ns for p in pngs] == drawn
+    with open(search / "alphas.jsonl", "a") as handle:  # the search went on
+        handle.write(lines[2] + "\n")
+    alpha_trajectory_pngs(tmp_path, rows, ["darts", "sgblock"])
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(pngs, drawn))
 
 
 def test_units_interleave_references_seeds_and_random_genotypes():

@@ -47,6 +47,8 @@ def test_search_cli_smoke_writes_a_run(tmp_path, data_root):
     assert len(genotype["normal"]) == 4  # smoke: 2 nodes
     assert (out / "genotypes" / "epoch_001.json").exists()
     assert list((out / "tensorboard").glob("events.*"))
+    # the smoke preset draws no alpha figures per epoch; the alphas they would show are recorded
+    assert config["figures"] is False and not (out / "figures").exists() and (out / "alphas.jsonl").exists()
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 1 and {"model", "w_optimizer", "a_optimizer", "scheduler"} <= set(state["job"])
 

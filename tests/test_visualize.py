@@ -77,6 +77,23 @@ def test_plot_renders_real_png_files(tmp_path):
 
 
 @needs_dot
+def test_plot_keeps_an_unchanged_cell_and_redraws_a_changed_or_stale_one(tmp_path):
+    normal, reduce = plot_genotype(load_genotype("darts_v2"), tmp_path / "c")
+    drawn = {p: p.stat().st_mtime_ns for p in (normal, reduce)}
+    assert plot_genotype(load_genotype("darts_v2"), tmp_path / "c") == [normal, reduce]
+    assert {p: p.stat().st_mtime_ns for p in drawn} == drawn  # the same cells: nothing drawn again
+    other = load_genotype("darts_v1")
+    assert other.normal != load_genotype("darts_v2").normal
+    plot_genotype(other, tmp_path / "c")
+    assert all(p.stat().st_mtime_ns != drawn[p] for p in drawn)
+    assert (tmp_path / "c_normal.gv").read_text() == cell_graph(other, "normal").source
+    # an image older than its source (a run killed between writing the two) is drawn again
+    os.utime(normal, ns=(1, 1))
+    plot_genotype(other, tmp_path / "c")
+    assert normal.stat().st_mtime_ns > 1 and png_size(normal)[0] > 200
+
+
+@needs_dot
 def test_plot_command_draws_darts_v2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "darts_sg", "plot", "darts_v2", "-o", str(tmp_path / "c"), "--format", "svg"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -119,7 +136,7 @@ def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
     from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
 
     out = tmp_path / "run"
-    run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "data_root": str(data_root)}), out, progress=False)
+    run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "figures": True, "data_root": str(data_root)}), out, progress=False)
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     tags = events.Tags()
     figures = {"alphas/normal": "alpha_heatmap_normal", "alphas/reduce": "alpha_heatmap_reduce",
