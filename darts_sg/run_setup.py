@@ -18,9 +18,10 @@ from .runtime import configure_process, resolve_device
 
 __all__ = ["RUNTIME_KEYS", "fit_run", "log", "log_memory", "open_writer", "resume_config", "start_run"]
 
-# Run-time settings that may change when a run is resumed: where it runs and the exact speed
-# switches (`skip_none` is not among them: it changes the checkpoint layout).
-RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "workers", *FLAGS}
+# Run-time settings that may change when a run is resumed: where it runs, the exact speed
+# switches (`skip_none` is not among them: it changes the checkpoint layout) and whether a
+# search draws its per-epoch figures.
+RUNTIME_KEYS = {"checkpoint_every", "device", "data_root", "threads", "workers", "figures", *FLAGS}
 
 C = TypeVar("C")
 
