@@ -25,6 +25,7 @@ from .errors import UserError
 from .genotype import load_genotype, random_genotype
 from .io import atomic_write_text
 from .ops import resolve_space
+from .run_setup import RUNTIME_KEYS
 from .runs import RunDirectory
 from .search import run_search
 from .augment import AugmentConfig, run_augment
@@ -87,11 +88,12 @@ def _spec_record(spec: CompareSpec) -> dict[str, Any]:
 
 
 def _check_settings(path: Path, now: dict[str, Any]) -> None:
-    """Refuse to continue an experiment whose recorded settings differ from the ones asked for now."""
+    """Refuse to continue an experiment whose recorded settings differ from the ones asked for now
+    (run-time settings such as --threads or --figures may change, as for a single run)."""
     stored = json.loads(path.read_text())
     for key in ("search", "augment"):
         before, after = stored.get(key, {}), now[key]
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k) and k not in RUNTIME_KEYS)
         if changed:
             raise UserError(f"{path.parent} holds a comparison with other {key} settings ({', '.join(changed)}); use another --out")
 
