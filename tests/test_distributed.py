@@ -10,6 +10,8 @@ from pathlib import Path
 
 from darts_sg.io import load_checkpoint
 
+from test_search_cli import smoke_config
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "smoke", "--subset", "128", "--batch-size", "32", "--epochs", "1", "--no-progress", "--threads", "1"]
 
@@ -20,15 +22,14 @@ def torchrun(*args, nproc=2, timeout=300):
 
 
 def test_two_processes_match_one_and_agree_on_alphas(tmp_path, data_root):
-    from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+    from darts_sg.search import run_search
 
     two, one = tmp_path / "two", tmp_path / "one"
     env_args = ["--data-root", str(data_root)]
     result = torchrun("search.py", *ARGS, *env_args, "--out", str(two))
     assert result.returncode == 0, result.stderr[-3000:]
     # the same settings as ARGS, in this (single, not distributed) process
-    config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "subset": 128, "batch_size": 32, "epochs": 1, "data_root": str(data_root)})
-    run_search(config, one, progress=False)
+    run_search(smoke_config(data_root, subset=128, batch_size=32, epochs=1), one, progress=False)
     # every rank ended each epoch with bit-identical alphas (checked across ranks by the job)
     metrics = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert all(m["alphas_identical_across_ranks"] for m in metrics)

@@ -12,7 +12,9 @@ from darts_sg.engine import EpochTotals, weight_step
 from darts_sg.errors import UserError
 from darts_sg.io import load_checkpoint
 from darts_sg.precision import autocast, check_amp, grad_scaler
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+from darts_sg.search import SearchConfig, run_search
+
+from test_search_cli import smoke_config
 
 CPU = torch.device("cpu")
 
@@ -97,8 +99,7 @@ def test_configs_from_before_fp16_read_amp_as_bf16_or_off():
 def test_fp16_search_counts_skipped_steps_and_checkpoints_the_scales(tmp_path, data_root):
     out = tmp_path / "fp16"
     # half the smoke preset's images: fp16 convolutions on a CPU without fp16 arithmetic are slow
-    config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "amp": "fp16", "subset": 32, "batch_size": 16, "data_root": str(data_root)})
-    run_search(config, out, progress=False)
+    run_search(smoke_config(data_root, amp="fp16", subset=32, batch_size=16), out, progress=False)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_weight_steps"] >= 0 and record["skipped_alpha_steps"] >= 0
     assert json.loads((out / "config.json").read_text())["acceleration"]["amp"] == "fp16"

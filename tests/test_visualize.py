@@ -133,10 +133,12 @@ def test_read_alpha_records_keeps_the_latest_line_per_epoch_and_ignores_a_torn_o
 def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+    from darts_sg.search import run_search
+
+    from test_search_cli import smoke_config
 
     out = tmp_path / "run"
-    run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "figures": True, "data_root": str(data_root)}), out, progress=False)
+    run_search(smoke_config(data_root, figures=True), out, progress=False)
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     tags = events.Tags()
     figures = {"alphas/normal": "alpha_heatmap_normal", "alphas/reduce": "alpha_heatmap_reduce",
