@@ -172,7 +172,7 @@ def test_report_states_the_answer_with_its_interval():
     report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
     assert "`sgblock` vs `darts`, searched cells: +0.10 points" in report and "contains 0: no difference" in report
     assert "`sgblock`, searched vs random cells: +0.90 points, 95% CI [+0.07, +1.73]: higher" in report
-    assert "`sgblock` searched cells 2.50 M vs `darts` 3.30 M (-24%" in report
+    assert "`sgblock` searched cells 2.50 M vs `darts` 3.30 M (-24%; the paper: about -25%)" in report
     assert "Status: 9 of 20 units finished" in report and "= 1092 alpha steps" in report
     # how firmly the searches chose: mean entropy share ((2.0 + 2.1) / 2 / ln 8 = 98.6%), none changed in its last epoch
     assert "`darts` 98.6% (n=3), `sgblock` 93.3% (n=3); 0 of 6 searches changed" in report
@@ -184,6 +184,10 @@ def test_report_states_the_answer_with_its_interval():
     report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
     assert "2 of 6 searches changed" in report and "moved well away from uniform and most genotypes had settled" in report
     assert "| darts-searched0 | 88.00% |" in report and "| not recorded |" in report
+    # the paper's -25% is the sandglass space's; of the inverted-residual space's parameters it says nothing
+    rows += [row("searched", "invres", s, 0.885 + 0.001 * s, 4.0e6) for s in range(3)]
+    report = render_markdown(rows, CompareSpec(spaces=["darts", "invres", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 30)
+    assert "`invres` searched cells 4.00 M vs `darts` 3.30 M (+21%; the paper gives no parameter figure for the inverted-residual space)" in report
 
 
 def test_overrides_are_typed_and_checked():

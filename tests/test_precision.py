@@ -100,8 +100,11 @@ def test_fp16_search_counts_skipped_steps_and_checkpoints_the_scales(tmp_path, d
     out = tmp_path / "fp16"
     # half the smoke preset's images: fp16 convolutions on a CPU without fp16 arithmetic are slow
     run_search(smoke_config(data_root, amp="fp16", subset=32, batch_size=16), out, progress=False)
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["skipped_weight_steps"] >= 0 and record["skipped_alpha_steps"] >= 0
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((out / "config.json").read_text())["acceleration"]["amp"] == "fp16"
     job = load_checkpoint(out / "checkpoint.pt")["job"]
-    assert job["w_scaler"]["scale"] > 0 and job["a_scaler"]["scale"] > 0
+    # a scaler starts at 2^16 and halves at every skipped step (it grows only after 2,000 clean ones):
+    # the checkpointed scales are the counted skips, so both counts and both scales were kept
+    for scaler, counted in (("w_scaler", "skipped_weight_steps"), ("a_scaler", "skipped_alpha_steps")):
+        skipped = sum(epoch[counted] for epoch in epochs)
+        assert skipped == int(skipped) and job[scaler]["scale"] == 2.0**16 * 0.5**skipped, (scaler, skipped, job[scaler])
