@@ -305,6 +305,33 @@ def _search_firmness(rows: list[dict], spec: CompareSpec, s_cfg: SearchConfig, a
             f"their derived genotype in the last epoch. {verdict}"]  # fmt: skip
 
 
+def size_association(rows: list[dict]) -> dict[str, float] | None:
+    """Spearman rank correlation of the finished units' params (as retrained) with their test accuracy;
+    None below 4 units or when either does not vary."""
+    params, accs = [float(r["params"]) for r in rows], [float(r["test_acc"]) for r in rows]
+    if len(rows) < 4 or len(set(params)) < 2 or len(set(accs)) < 2:
+        return None
+    from scipy import stats
+
+    result = stats.spearmanr(params, accs)
+    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": len(rows)}
+
+
+def _size_effect(rows: list[dict]) -> list[str]:
+    """Whether bigger cells reached higher accuracy: a space whose searches pick bigger cells can win by size."""
+    found = size_association(rows)
+    if found is None:
+        return []
+    head = (f"- Size: across the {found['n']} finished units, params (as retrained) against test accuracy: "
+            f"Spearman rank correlation {found['rho']:+.2f}, p={found['p']:.2f}")  # fmt: skip
+    if found["p"] < 0.05:
+        return [f"{head}: the bigger cells reached {'higher' if found['rho'] > 0 else 'lower'} accuracy, so part of "
+                "a space's difference may come from the size of the cells its searches picked rather than from "
+                "their structure (compare the parameter lines above)."]  # fmt: skip
+    return [f"{head}: no link between size and accuracy this experiment can detect; a size effect of the "
+            "order of the differences above is not ruled out."]  # fmt: skip
+
+
 def _scale_caveat(rows: list[dict], t_cfg: AugmentConfig) -> list[str]:
     """The retraining scale next to the paper's: what the accuracy differences can speak for."""
     reference = next((r for r in rows if r["kind"] == "reference"), None)
@@ -341,7 +368,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
                 lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
                              f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
                              f"{PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')}).")  # fmt: skip
-    lines += _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
+    lines += _size_effect(rows) + _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
     lines += [
         "",
         f"The paper's claim: {PAPER_CLAIM}",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
-from darts_sg.compare_report import render_markdown, welch_interval
+from darts_sg.compare_report import _size_effect, render_markdown, size_association, welch_interval
 from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
@@ -188,6 +188,23 @@ def test_report_states_the_answer_with_its_interval():
     rows += [row("searched", "invres", s, 0.885 + 0.001 * s, 4.0e6) for s in range(3)]
     report = render_markdown(rows, CompareSpec(spaces=["darts", "invres", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 30)
     assert "`invres` searched cells 4.00 M vs `darts` 3.30 M (+21%; the paper gives no parameter figure for the inverted-residual space)" in report
+    assert "- Size:" not in report  # every row has the same params: nothing to correlate
+
+
+def test_report_says_whether_bigger_cells_reached_higher_accuracy():
+    rows = [{"name": f"u{i}", "kind": "searched", "space": "darts", "test_acc": acc, "params": params}
+            for i, (params, acc) in enumerate([(2e5, 0.870), (3e5, 0.874), (4e5, 0.879), (5e5, 0.881), (6e5, 0.890)])]
+    found = size_association(rows)
+    assert found == {"rho": pytest.approx(1.0), "p": pytest.approx(0.0, abs=1e-6), "n": 5}
+    assert "Spearman rank correlation +1.00, p=0.00: the bigger cells reached higher accuracy" in "\n".join(_size_effect(rows))
+    rows[0]["test_acc"], rows[4]["test_acc"] = 0.890, 0.870  # the ranks no longer agree
+    found = size_association(rows)
+    assert found["rho"] == pytest.approx(1 - 6 * (16 + 16) / (5 * 24)) and found["p"] > 0.05  # accuracy ranks 5,2,3,4,1
+    assert "no link between size and accuracy this experiment can detect" in "\n".join(_size_effect(rows))
+    for r, acc in zip(rows, [0.890, 0.881, 0.879, 0.874, 0.870]):
+        r["test_acc"] = acc
+    assert "+1.00" not in "\n".join(_size_effect(rows)) and "the bigger cells reached lower accuracy" in "\n".join(_size_effect(rows))
+    assert size_association(rows[:3]) is None
 
 
 def test_overrides_are_typed_and_checked():
