@@ -203,7 +203,8 @@ def test_report_says_whether_bigger_cells_reached_higher_accuracy():
     assert "no link between size and accuracy this experiment can detect" in "\n".join(_size_effect(rows))
     for r, acc in zip(rows, [0.890, 0.881, 0.879, 0.874, 0.870]):
         r["test_acc"] = acc
-    assert "+1.00" not in "\n".join(_size_effect(rows)) and "the bigger cells reached lower accuracy" in "\n".join(_size_effect(rows))
+    line = "\n".join(_size_effect(rows))
+    assert "+1.00" not in line and "the bigger cells reached lower accuracy" in line
     assert size_association(rows[:3]) is None
 
 
