@@ -2,7 +2,8 @@
 
 Everything here reads finished run folders and writes the report files (report.md, rows.json,
 rows.csv, accuracy_vs_params.png, cells/); nothing trains. Differences between groups are
-given with 95% Welch confidence intervals (unequal variances, small samples), via SciPy.
+given with 95% Welch confidence intervals (unequal variances, small samples), via SciPy; the
+comparison at equal size is an ordinary least-squares fit, via statsmodels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .runs import RunDirectory
 from .search import SearchConfig
 from .augment import AugmentConfig
 
-__all__ = ["PAPER_CLAIM", "unit_row", "welch_interval", "write_report", "render_markdown"]
+__all__ = ["PAPER_CLAIM", "unit_row", "welch_interval", "size_adjusted_differences", "write_report", "render_markdown"]
 
 PAPER_CLAIM = (
     "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
@@ -332,6 +333,49 @@ def _size_effect(rows: list[dict]) -> list[str]:
             "order of the differences above is not ruled out."]  # fmt: skip
 
 
+def size_adjusted_differences(rows: list[dict], spaces: Sequence[str]) -> dict[str, Any] | None:
+    """Each space's test accuracy against `darts` at equal size: an ordinary least-squares fit, over the searched
+    and random units, of test accuracy on log2(params as retrained), whether the cell was searched, and the space.
+
+    Returns the fit's n, its slope per doubling of params, searched minus random cells and, per space, the difference
+    to `darts`, each with its 95% confidence interval and p-value (fractions, like `welch_interval`); None while the
+    units cannot identify the fit.
+    """
+    units = [r for r in rows if r["kind"] in ("searched", "random")]
+    others = [s for s in spaces if s != "darts" and any(r["space"] == s for r in units)]
+    if not others or not any(r["space"] == "darts" for r in units):
+        return None
+    import numpy as np
+    import statsmodels.api as sm
+
+    design = np.array([[1.0, math.log2(r["params"]), r["kind"] == "searched", *(r["space"] == s for s in others)]
+                       for r in units], dtype=float)  # fmt: skip
+    if len(units) < design.shape[1] + 2 or np.linalg.matrix_rank(design) < design.shape[1]:
+        return None  # fewer than two residual degrees of freedom, or searched and random not both present
+    fit = sm.OLS(np.array([float(r["test_acc"]) for r in units]), design).fit()
+    bounds = fit.conf_int(0.05)
+    term = lambda i: {"diff": float(fit.params[i]), "low": float(bounds[i][0]), "high": float(bounds[i][1]),  # noqa: E731
+                      "p": float(fit.pvalues[i])}  # fmt: skip
+    return {"n": len(units), "per_doubling": term(1), "searched": term(2),
+            "spaces": {s: term(3 + i) for i, s in enumerate(others)}}  # fmt: skip
+
+
+def _at_equal_size(rows: list[dict], spaces: Sequence[str]) -> list[str]:
+    """The space differences once the size of the cells is accounted for: does a space win by structure or by size?"""
+    found = size_adjusted_differences(rows, spaces)
+    if found is None:
+        return []
+    slope = found["per_doubling"]
+    lines = [f"- {_verdict(result, f'`{space}` vs `darts` at equal size')}" for space, result in found["spaces"].items()]
+    lines.append(f"- {_verdict(found['searched'], 'Searched vs random cells at equal size, all spaces')}")
+    lines.append(f"- Equal size means: a least-squares fit over the {found['n']} searched and random units of test accuracy on "
+                 f"log2(params as retrained), searched or random, and the space. Each doubling of params went with "
+                 f"{100 * slope['diff']:+.2f} points [{100 * slope['low']:+.2f}, {100 * slope['high']:+.2f}]. The fit "
+                 "assumes one size slope and one search effect for every space, and the spaces' sizes overlap only "
+                 "in part, so these lines are a check on the size effect, not a size-matched experiment.")  # fmt: skip
+    return lines
+
+
 def _scale_caveat(rows: list[dict], t_cfg: AugmentConfig) -> list[str]:
     """The retraining scale next to the paper's: what the accuracy differences can speak for."""
     reference = next((r for r in rows if r["kind"] == "reference"), None)
@@ -368,7 +412,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
                 lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
                              f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
                              f"{PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')}).")  # fmt: skip
-    lines += _size_effect(rows) + _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
+    lines += _size_effect(rows) + _at_equal_size(rows, spec.spaces) + _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
     lines += [
         "",
         f"The paper's claim: {PAPER_CLAIM}",

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
-from darts_sg.compare_report import _size_effect, render_markdown, size_association, welch_interval
+from darts_sg.compare_report import (
+    _at_equal_size, _size_effect, render_markdown, size_adjusted_differences, size_association, welch_interval,
+)
 from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
@@ -206,6 +208,42 @@ def test_report_says_whether_bigger_cells_reached_higher_accuracy():
     line = "\n".join(_size_effect(rows))
     assert "+1.00" not in line and "the bigger cells reached lower accuracy" in line
     assert size_association(rows[:3]) is None
+
+
+def test_equal_size_fit_separates_a_space_that_wins_by_size_from_one_that_wins_by_structure():
+    # accuracy = 0.85 + 0.012 per doubling of params + 0.005 for sgblock's structure + 0.003 for searching, plus a
+    # small deterministic wobble; invres cells are twice the size and gain nothing else
+    truth = {"darts": 0.0, "invres": 0.0, "sgblock": 0.005}
+    wobble = [0.0004, -0.0003, 0.0002, -0.0004, 0.0001, -0.0002, 0.0003, 0.0]
+    rows, i = [], 0
+    for space, base in (("darts", 3e5), ("invres", 6e5), ("sgblock", 3e5)):
+        for kind in ("searched", "random"):
+            for scale in (0.8, 1.0, 1.25, 1.6):
+                params = base * scale * (1.1 if kind == "searched" else 1.0)
+                acc = 0.85 + 0.012 * math.log2(params / 3e5) + truth[space] + 0.003 * (kind == "searched") + wobble[i % 8]
+                rows.append({"name": f"{space}-{kind}{scale}", "kind": kind, "space": space, "test_acc": acc, "params": params})
+                i += 1
+    rows.append({"name": "darts_v2", "kind": "reference", "space": "darts", "test_acc": 0.99, "params": 1e5})  # left out
+    found = size_adjusted_differences(rows, ["darts", "invres", "sgblock"])
+    assert found["n"] == 24
+    assert found["per_doubling"]["diff"] == pytest.approx(0.012, abs=1e-3)
+    assert found["searched"]["diff"] == pytest.approx(0.003, abs=1e-3)
+    for space, effect in truth.items():
+        if space != "darts":
+            got = found["spaces"][space]
+            assert got["diff"] == pytest.approx(effect, abs=1e-3) and got["low"] < effect < got["high"]
+    # the raw comparison credits invres with its size; the fit does not
+    acc = lambda space: [r["test_acc"] for r in rows if r["space"] == space and r["kind"] == "searched"]  # noqa: E731
+    assert welch_interval(acc("invres"), acc("darts"))["low"] > 0
+    lines = "\n".join(_at_equal_size(rows, ["darts", "invres", "sgblock"]))
+    assert "`invres` vs `darts` at equal size: " in lines and "contains 0" in lines.split("\n")[0]
+    assert "`sgblock` vs `darts` at equal size: +0.50 points" in lines and "higher, beyond" in lines.split("\n")[1]
+    assert "over the 24 searched and random units" in lines
+    # what cannot identify the fit: no darts units, only searched units, or no residual degrees of freedom
+    assert size_adjusted_differences([r for r in rows if r["space"] != "darts"], ["darts", "invres", "sgblock"]) is None
+    assert size_adjusted_differences([r for r in rows if r["kind"] == "searched"], ["darts", "invres", "sgblock"]) is None
+    assert size_adjusted_differences(rows[:2] + rows[4:5] + rows[8:9] + rows[12:13], ["darts", "invres"]) is None
+    assert _at_equal_size(rows[:3], ["darts"]) == []
 
 
 def test_overrides_are_typed_and_checked():
