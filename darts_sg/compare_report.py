@@ -204,8 +204,8 @@ def _cells_section(out: Path, rows: list[dict], spaces: Sequence[str]) -> str:
 
 
 def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
-    """Test accuracy against params at the retraining scale: searched, random and reference genotypes,
-    with each space's searched mean ± std as error bars."""
+    """Test accuracy against params at the retraining scale (log axis): searched, random and reference genotypes,
+    each space's searched mean ± std as error bars and, once it can be fitted, the equal-size fit for searched cells."""
     from matplotlib.figure import Figure
 
     from .figures import figure_png
@@ -226,9 +226,21 @@ def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
     for r in rows:
         if r["kind"] == "reference":
             ax.scatter([r["params"] / 1e6], [100 * r["test_acc"]], marker="*", s=160, color="black", label=r["name"].upper())
-    ax.set_xlabel("parameters at the retraining scale (M)")
+    fit = size_adjusted_differences(rows, spaces)
+    for space in spaces:
+        sizes = [r["params"] for r in rows if r["space"] == space and r["kind"] in ("searched", "random")]
+        if fit and sizes:  # the fitted accuracy of a searched cell of this space, over the sizes it reached
+            shift = fit["intercept"] + fit["searched"]["diff"] + fit["spaces"].get(space, {"diff": 0.0})["diff"]
+            ends = [min(sizes), max(sizes)]
+            ax.plot([p / 1e6 for p in ends], [100 * (shift + fit["per_doubling"]["diff"] * math.log2(p)) for p in ends],
+                    ls="--", lw=1, color=colours[space], label=f"{space} fit, searched")  # fmt: skip
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter("{x:g}")
+    ax.set_xlabel("parameters at the retraining scale (M, log scale)")
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
-    ax.set_title("Searched (filled), random (hollow) and reference cells; diamonds: searched mean ± std")
+    ax.set_title("Searched (filled), random (hollow) and reference cells; diamonds: searched mean ± std"
+                 + ("\ndashed: the equal-size fit for searched cells (see the report)" if fit else ""))
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     if rows:
@@ -337,7 +349,7 @@ def size_adjusted_differences(rows: list[dict], spaces: Sequence[str]) -> dict[s
     """Each space's test accuracy against `darts` at equal size: an ordinary least-squares fit, over the searched
     and random units, of test accuracy on log2(params as retrained), whether the cell was searched, and the space.
 
-    Returns the fit's n, its slope per doubling of params, searched minus random cells and, per space, the difference
+    Returns the fit's n and intercept, its slope per doubling of params, searched minus random cells and, per space, the difference
     to `darts`, each with its 95% confidence interval and p-value (fractions, like `welch_interval`); None while the
     units cannot identify the fit.
     """
@@ -356,7 +368,7 @@ def size_adjusted_differences(rows: list[dict], spaces: Sequence[str]) -> dict[s
     bounds = fit.conf_int(0.05)
     term = lambda i: {"diff": float(fit.params[i]), "low": float(bounds[i][0]), "high": float(bounds[i][1]),  # noqa: E731
                       "p": float(fit.pvalues[i])}  # fmt: skip
-    return {"n": len(units), "per_doubling": term(1), "searched": term(2),
+    return {"n": len(units), "intercept": float(fit.params[0]), "per_doubling": term(1), "searched": term(2),
             "spaces": {s: term(3 + i) for i, s in enumerate(others)}}  # fmt: skip
 
 

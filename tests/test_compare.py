@@ -10,7 +10,7 @@ import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.compare_report import (
-    _at_equal_size, _size_effect, render_markdown, size_adjusted_differences, size_association, welch_interval,
+    _at_equal_size, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences, size_association, welch_interval,
 )
 from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
@@ -239,6 +239,8 @@ def test_equal_size_fit_separates_a_space_that_wins_by_size_from_one_that_wins_b
     assert "`invres` vs `darts` at equal size: " in lines and "contains 0" in lines.split("\n")[0]
     assert "`sgblock` vs `darts` at equal size: +0.50 points" in lines and "higher, beyond" in lines.split("\n")[1]
     assert "over the 24 searched and random units" in lines
+    png = accuracy_vs_params_png(rows, ["darts", "invres", "sgblock"])  # draws the fit's lines over the points
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (720, 480)
     # what cannot identify the fit: no darts units, only searched units, or no residual degrees of freedom
     assert size_adjusted_differences([r for r in rows if r["space"] != "darts"], ["darts", "invres", "sgblock"]) is None
     assert size_adjusted_differences([r for r in rows if r["kind"] == "searched"], ["darts", "invres", "sgblock"]) is None
