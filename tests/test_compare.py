@@ -10,7 +10,8 @@ import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.compare_report import (
-    _at_equal_size, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences, size_association, welch_interval,
+    _at_equal_size, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences,
+    size_association, welch_interval,
 )
 from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
