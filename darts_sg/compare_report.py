@@ -349,9 +349,9 @@ def size_adjusted_differences(rows: list[dict], spaces: Sequence[str]) -> dict[s
     """Each space's test accuracy against `darts` at equal size: an ordinary least-squares fit, over the searched
     and random units, of test accuracy on log2(params as retrained), whether the cell was searched, and the space.
 
-    Returns the fit's n and intercept, its slope per doubling of params, searched minus random cells and, per space, the difference
-    to `darts`, each with its 95% confidence interval and p-value (fractions, like `welch_interval`); None while the
-    units cannot identify the fit.
+    Returns the fit's n and intercept, its slope per doubling of params, searched minus random cells and, per space,
+    the difference to `darts`, each with its 95% confidence interval and p-value (fractions, like `welch_interval`);
+    None while the units cannot identify the fit.
     """
     units = [r for r in rows if r["kind"] in ("searched", "random")]
     others = [s for s in spaces if s != "darts" and any(r["space"] == s for r in units)]
@@ -424,7 +424,8 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
                 lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
                              f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
                              f"{PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')}).")  # fmt: skip
-    lines += _size_effect(rows) + _at_equal_size(rows, spec.spaces) + _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
+    lines += _size_effect(rows) + _at_equal_size(rows, spec.spaces)
+    lines += _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
     lines += [
         "",
         f"The paper's claim: {PAPER_CLAIM}",
