@@ -161,6 +161,11 @@ def _group(rows: list[dict], kind: str, space: str, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r["kind"] == kind and r["space"] == space]
 
 
+def _searched_or_random(rows: list[dict]) -> list[dict]:
+    """The units whose cells came from a space (searched or sampled), leaving out the reference genotypes."""
+    return [r for r in rows if r["kind"] in ("searched", "random")]
+
+
 # ----------------------------------------------------------------------------------------- report files
 
 
@@ -228,7 +233,7 @@ def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
             ax.scatter([r["params"] / 1e6], [100 * r["test_acc"]], marker="*", s=160, color="black", label=r["name"].upper())
     fit = size_adjusted_differences(rows, spaces)
     for space in spaces:
-        sizes = [r["params"] for r in rows if r["space"] == space and r["kind"] in ("searched", "random")]
+        sizes = [r["params"] for r in _searched_or_random(rows) if r["space"] == space]
         if fit and sizes:  # the fitted accuracy of a searched cell of this space, over the sizes it reached
             shift = fit["intercept"] + fit["searched"]["diff"] + fit["spaces"].get(space, {"diff": 0.0})["diff"]
             ends = [min(sizes), max(sizes)]
@@ -353,7 +358,7 @@ def size_adjusted_differences(rows: list[dict], spaces: Sequence[str]) -> dict[s
     the difference to `darts`, each with its 95% confidence interval and p-value (fractions, like `welch_interval`);
     None while the units cannot identify the fit.
     """
-    units = [r for r in rows if r["kind"] in ("searched", "random")]
+    units = _searched_or_random(rows)
     others = [s for s in spaces if s != "darts" and any(r["space"] == s for r in units)]
     if not others or not any(r["space"] == "darts" for r in units):
         return None
