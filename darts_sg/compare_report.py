@@ -280,10 +280,15 @@ def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f} (n={len(values)})"
 
 
+def _p_value(p: float) -> str:
+    """A p-value to two decimals, or to its first significant digit below 0.01, so that a small one never reads 0.00."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
 def _ci(result: dict[str, float] | None, scale: float = 100.0, unit: str = "") -> str:
     if result is None:
         return "– (needs 2+ per group)"
-    return f"{result['diff'] * scale:+.2f}{unit} [{result['low'] * scale:+.2f}, {result['high'] * scale:+.2f}], p={result['p']:.2f}"
+    return f"{result['diff'] * scale:+.2f}{unit} [{result['low'] * scale:+.2f}, {result['high'] * scale:+.2f}], {_p_value(result['p'])}"
 
 
 def _verdict(result: dict[str, float] | None, what: str) -> str:
@@ -294,7 +299,7 @@ def _verdict(result: dict[str, float] | None, what: str) -> str:
                 "contains 0: no difference this experiment can detect.")  # fmt: skip
     sign = "higher" if result["diff"] > 0 else "lower"
     return (f"{what}: {result['diff'] * 100:+.2f} points, 95% CI [{result['low'] * 100:+.2f}, {result['high'] * 100:+.2f}]: "
-            f"{sign}, beyond the seed-to-seed noise of this experiment (p={result['p']:.3f}; uncorrected for the "
+            f"{sign}, beyond the seed-to-seed noise of this experiment ({_p_value(result['p'])}; uncorrected for the "
             "several comparisons made here).")  # fmt: skip
 
 
@@ -341,7 +346,7 @@ def _size_effect(rows: list[dict]) -> list[str]:
     if found is None:
         return []
     head = (f"- Size: across the {found['n']} finished units, params (as retrained) against test accuracy: "
-            f"Spearman rank correlation {found['rho']:+.2f}, p={found['p']:.2f}")  # fmt: skip
+            f"Spearman rank correlation {found['rho']:+.2f}, {_p_value(found['p'])}")  # fmt: skip
     if found["p"] < 0.05:
         return [f"{head}: the bigger cells reached {'higher' if found['rho'] > 0 else 'lower'} accuracy, so part of "
                 "a space's difference may come from the size of the cells its searches picked rather than from "

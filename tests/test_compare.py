@@ -10,7 +10,7 @@ import torch
 
 from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.compare_report import (
-    _at_equal_size, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences,
+    _at_equal_size, _p_value, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences,
     size_association, welch_interval,
 )
 from darts_sg.errors import UserError
@@ -194,12 +194,16 @@ def test_report_states_the_answer_with_its_interval():
     assert "- Size:" not in report  # every row has the same params: nothing to correlate
 
 
+def test_a_small_p_value_is_printed_to_its_first_significant_digit_never_as_zero():
+    assert [_p_value(p) for p in (0.49, 0.0501, 0.0042, 0.00019)] == ["p=0.49", "p=0.05", "p=0.004", "p<0.001"]
+
+
 def test_report_says_whether_bigger_cells_reached_higher_accuracy():
     rows = [{"name": f"u{i}", "kind": "searched", "space": "darts", "test_acc": acc, "params": params}
             for i, (params, acc) in enumerate([(2e5, 0.870), (3e5, 0.874), (4e5, 0.879), (5e5, 0.881), (6e5, 0.890)])]
     found = size_association(rows)
     assert found == {"rho": pytest.approx(1.0), "p": pytest.approx(0.0, abs=1e-6), "n": 5}
-    assert "Spearman rank correlation +1.00, p=0.00: the bigger cells reached higher accuracy" in "\n".join(_size_effect(rows))
+    assert "Spearman rank correlation +1.00, p<0.001: the bigger cells reached higher accuracy" in "\n".join(_size_effect(rows))
     rows[0]["test_acc"], rows[4]["test_acc"] = 0.890, 0.870  # the ranks no longer agree
     found = size_association(rows)
     assert found["rho"] == pytest.approx(1 - 6 * (16 + 16) / (5 * 24)) and found["p"] > 0.05  # accuracy ranks 5,2,3,4,1
