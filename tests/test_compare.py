@@ -244,7 +244,7 @@ def test_equal_size_fit_separates_a_space_that_wins_by_size_from_one_that_wins_b
     assert "`invres` vs `darts` at equal size: " in lines and "contains 0" in lines.split("\n")[0]
     assert "`sgblock` vs `darts` at equal size: +0.50 points" in lines and "higher, beyond" in lines.split("\n")[1]
     assert "over the 24 searched and random units" in lines
-    png = accuracy_vs_params_png(rows, ["darts", "invres", "sgblock"])  # draws the fit's lines over the points
+    png = accuracy_vs_params_png(rows, ["darts", "invres", "sgblock"])  # renders with the fit drawn (checked: a whole PNG)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (720, 480)
     # what cannot identify the fit: no darts units, only searched units, or no residual degrees of freedom
     assert size_adjusted_differences([r for r in rows if r["space"] != "darts"], ["darts", "invres", "sgblock"]) is None
