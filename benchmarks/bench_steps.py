@@ -136,8 +136,6 @@ def worker(spec: dict) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     first_steps = time.perf_counter() - started  # building, warm-up and (compiled rows) compilation
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     median = median_step_seconds(step, spec["steps"], sync)
     if cuda:
         return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,

@@ -185,7 +185,7 @@ class AugmentJob:
             device_learning_rates(self.optimizer, device)
         self.scaler = grad_scaler(device, self.acceleration.amp)
         # the drop-path probability is a constant of the captured step: one graph per epoch's value
-        self.graphed = GraphedStep(self.eager_step) if graphs else None
+        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
         if config.lr_decay:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
         else:

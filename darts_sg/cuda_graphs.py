@@ -103,11 +103,14 @@ class GraphedStep:
     and set of input shapes is captured once, after `eager_steps` eager calls in all and one
     eager call of its own (which also lets cuDNN choose its algorithms outside the capture);
     a new key releases the graphs of the old ones. Every call, eager or replayed, is one real
-    training step.
+    training step. If a capture fails (an operation in the step that a graph cannot hold), the
+    step stays eager from then on and `log` gets one line saying why.
     """
 
-    def __init__(self, step: Callable[..., StepOutputs], eager_steps: int = 3):
+    def __init__(self, step: Callable[..., StepOutputs], eager_steps: int = 3, log: Callable[[str], None] | None = None):
         self.step = step
+        self.log = log
+        self.failed: str | None = None
         self.eager_left = eager_steps
         self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], StepOutputs]] = {}
         self.seen: set[Hashable] = set()
@@ -127,11 +130,17 @@ class GraphedStep:
         signature = self._signature(key, inputs)
         graph = self.graphs.get(signature)
         if graph is None:
-            if self.eager_left > 0 or signature not in self.seen:
+            if self.failed or self.eager_left > 0 or signature not in self.seen:
                 self.eager_left -= 1
                 self.seen.add(signature)
                 return self._eager(inputs)
-            graph = self.graphs[signature] = self._capture(inputs)
+            try:
+                graph = self.graphs[signature] = self._capture(inputs)
+            except RuntimeError as exc:  # nothing ran during the capture: the step is still to do, eagerly
+                self.failed = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if self.log is not None:
+                    self.log(f"CUDA graphs: the step could not be captured ({self.failed}); it runs eagerly from now on")
+                return self._eager(inputs)
         cuda_graph, static_inputs, static_outputs = graph
         for static, new in zip(static_inputs, inputs):
             static.copy_(new, non_blocking=True)

@@ -266,7 +266,7 @@ class SearchStep:
         if graphs:
             device_learning_rates(self.w_optimizer, device)
             device_learning_rates(self.architect.optimizer, device)
-        self.graphed = GraphedStep(self.eager_step) if graphs else None
+        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
         self.warmup = False
 
     def __call__(self, train_batch: Batch, val_batch: Batch, warmup: bool = False) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-python3 -c "import darts_sg" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$out/gpu_check.log" 2>&1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout's darts_sg for the scripts, tests and benchmarks alike
 if [ -z "${DARTS_SG_DATA:-}" ] && [ ! -d ../shared/data/cifar-10-batches-py ]; then
   export DARTS_SG_DATA=/tmp/cifar-random
   [ -d "$DARTS_SG_DATA/cifar-10-batches-py" ] || python3 scripts/fake_cifar.py "$DARTS_SG_DATA" | tee -a "$out/gpu_check.log"

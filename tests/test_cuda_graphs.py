@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from darts_sg.accelerate import resolve_acceleration
-from darts_sg.cuda_graphs import device_learning_rates, graph_blocker, load_optimizer_state
+from darts_sg.cuda_graphs import GraphedStep, device_learning_rates, graph_blocker, load_optimizer_state
 from darts_sg.search import SearchConfig
 
 
@@ -113,3 +113,54 @@ def test_explicit_cuda_graphs_on_the_cpu_are_turned_off_with_one_line():
     auto = []
     assert not resolve_acceleration(SearchConfig(), torch.device("cpu"), auto.append).cuda_graphs
     assert auto == []  # left on auto: nothing to say
+
+
+class _RecordedGraphs(GraphedStep):
+    """GraphedStep with its two CUDA calls replaced by records: its bookkeeping runs on any machine."""
+
+    def __init__(self, fail_capture=False, **options):
+        super().__init__(lambda x: {"y": x * 2}, **options)
+        self.events, self.fail_capture = [], fail_capture
+
+    def _eager(self, inputs):
+        self.events.append("eager")
+        return self.step(*inputs)
+
+    def _capture(self, inputs):
+        if self.fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        self.events.append("capture")
+        static_inputs = [t.clone() for t in inputs]
+        static_outputs = self.step(*static_inputs)
+
+        class Replay:  # recomputes into the static outputs from the static inputs, as a replay does
+            @staticmethod
+            def replay():
+                self.events.append("replay")
+                for name, value in self.step(*static_inputs).items():
+                    static_outputs[name].copy_(value)
+
+        self.captures += 1
+        return Replay, static_inputs, static_outputs
+
+
+def test_graphed_step_warms_up_captures_once_per_key_and_replays_fresh_inputs():
+    steps = _RecordedGraphs(eager_steps=2)
+    outputs = [steps("p=0", torch.full((3,), float(i)))["y"] for i in range(4)]
+    outputs += [steps("p=0.1", torch.full((3,), float(i)))["y"] for i in range(4, 7)]
+    assert steps.events == ["eager", "eager", "capture", "replay", "replay", "eager", "capture", "replay", "replay"]
+    for i, y in enumerate(outputs):  # every call computed on its own input
+        assert torch.equal(y, torch.full((3,), 2.0 * i))
+    assert outputs[2] is not outputs[3] and outputs[2].data_ptr() != outputs[3].data_ptr()  # copies, not the graph's buffers
+    assert list(steps.graphs) == [steps._signature("p=0.1", [torch.zeros(3)])]  # the old key's graph was released
+    steps("p=0.1", torch.zeros(2))  # a new shape: one eager step of its own first
+    assert steps.events[-1] == "eager"
+
+
+def test_a_step_that_cannot_be_captured_stays_eager_and_says_why_once():
+    lines = []
+    steps = _RecordedGraphs(fail_capture=True, eager_steps=1, log=lines.append)
+    outputs = [steps("k", torch.full((2,), float(i)))["y"] for i in range(4)]
+    assert steps.events == ["eager"] * 4 and steps.captures == 0
+    assert [y.tolist() for y in outputs] == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0], [6.0, 6.0]]
+    assert lines == ["CUDA graphs: the step could not be captured (operation not permitted when stream is capturing); it runs eagerly from now on"]
