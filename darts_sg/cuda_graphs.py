@@ -66,8 +66,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         loaded_lr = group["lr"]
         group.update(own)
         if isinstance(own.get("lr"), torch.Tensor):
-            own["lr"].fill_(float(loaded_lr))
-        elif isinstance(loaded_lr, torch.Tensor):
+            own["lr"].fill_(float(loaded_lr))  # the value from the checkpoint, in the tensor a graph reads
+        else:
             group["lr"] = float(loaded_lr)
         if own.get("capturable") or own.get("fused"):
             for p in group["params"]:

@@ -74,6 +74,9 @@ def test_optimizer_state_loads_across_float_and_tensor_learning_rates():
     back = torch.optim.SGD(model.parameters(), 0.5, momentum=0.9)
     load_optimizer_state(back, graphed.state_dict())
     assert isinstance(back.param_groups[0]["lr"], float) and back.param_groups[0]["lr"] == pytest.approx(float(lr_tensor))
+    floats = torch.optim.SGD(model.parameters(), 0.5, momentum=0.9)
+    load_optimizer_state(floats, saved)  # float to float: the checkpoint's rate, not the constructor's
+    assert floats.param_groups[0]["lr"] == saved["param_groups"][0]["lr"] != 0.5
 
 
 def test_capturable_adam_stays_capturable_after_loading_an_eager_checkpoint():
