@@ -62,7 +62,7 @@ def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.devic
     config.validate()
     rank, world = configure_process(config)
     device = resolve_device(config.device)
-    acceleration = resolve_acceleration(config, device)
+    acceleration = resolve_acceleration(config, device, log)
     if is_main_process():
         record = {**config.to_dict(), "acceleration": acceleration.to_dict(), "allocator": loaded_allocator()}
         run.update_config(record) if resume else run.create(record)
