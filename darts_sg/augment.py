@@ -19,7 +19,7 @@ from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options,
 from .config import RunConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
-from .engine import evaluate, weight_step
+from .engine import evaluate, graphed_batch_sums, weight_step
 from .errors import UserError
 from .genotype import load_genotype
 from .hparams import log_hparams
@@ -186,6 +186,7 @@ class AugmentJob:
         self.scaler = grad_scaler(device, self.acceleration.amp)
         # the drop-path probability is a constant of the captured step: one graph per epoch's value
         self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
+        self.eval_sums = graphed_batch_sums(self.model, log) if graphs else None
         if config.lr_decay:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
         else:
@@ -269,7 +270,7 @@ class AugmentJob:
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
-        test = evaluate(self.model, self.test_loader)
+        test = evaluate(self.model, self.test_loader, self.eval_sums)
         return {"test_loss": test["loss"], "test_acc": test["acc"], "lr": lr, "drop_path_prob": self.model.drop_path_prob}
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:

@@ -22,13 +22,14 @@ import click
 import torch
 import torch.nn.functional as F
 
+from .cuda_graphs import GraphedStep
 from .distributed import StopVote, average_gradients, is_main_process
 from .io import append_jsonl, load_checkpoint, save_checkpoint
 from .precision import NO_SCALING, scaler_step
 from .runs import RunDirectory, RunError
 from .runtime import machine_name
 
-__all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "evaluate", "weight_step"]
+__all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "weight_step"]
 
 
 class Interrupted(Exception):
@@ -93,20 +94,32 @@ def weight_step(
     return loss.detach(), output, skipped
 
 
+def batch_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy, correct predictions and images of one batch (float64, on the batch's device)."""
+    logits = model(x)
+    return torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), (logits.argmax(1) == y).sum().double(),
+                        torch.ones_like(y, dtype=torch.float64).sum()])  # fmt: skip
+
+
+def graphed_batch_sums(model: torch.nn.Module, log: Callable[[str], None] | None = None) -> Callable:
+    """`batch_sums` of `model` as a CUDA graph per batch shape (``darts_sg.cuda_graphs``), for `evaluate`."""
+    graphed = GraphedStep(lambda x, y: {"sums": batch_sums(model, x, y)}, eager_steps=1, log=log)
+    return lambda x, y: graphed("eval", x, y)["sums"]
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, sums: Callable | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy over a loader, in eval mode (summed over processes).
 
     The sums stay on the batches' device (no host sync per batch; NCCL reduces device tensors
-    only) and are read once at the end.
+    only) and are read once at the end. `sums(x, y)` computes a batch's (`batch_sums`, or its
+    CUDA graph: `graphed_batch_sums`).
     """
     was_training = model.training
     model.eval()
     totals = None
     for x, y in loader.iterate(0):
-        logits = model(x)
-        batch = torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(1) == y).sum().double(), torch.ones_like(y, dtype=torch.float64).sum()])  # fmt: skip
+        batch = batch_sums(model, x, y) if sums is None else sums(x, y)
         totals = batch if totals is None else totals + batch
     if totals is None:
         totals = torch.zeros(3, dtype=torch.float64, device=next(model.parameters()).device)

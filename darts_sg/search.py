@@ -13,7 +13,7 @@ from .config import RunConfig
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
-from .engine import evaluate, weight_step
+from .engine import evaluate, graphed_batch_sums, weight_step
 from .errors import UserError
 from .genotype import Genotype
 from .hparams import log_hparams
@@ -141,6 +141,7 @@ class SearchJob:
         self.step = SearchStep(self.model, config, device, self.acceleration)
         self.w_optimizer, self.architect, self.w_scaler = self.step.w_optimizer, self.step.architect, self.step.w_scaler
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
+        self.eval_sums = graphed_batch_sums(self.model, log) if self.acceleration.cuda_graphs else None
         self.skip_guard = SkipGuard(config.early_stop_skips, config.early_stop_epochs)
         self.warmup = False
         train = load_cifar(config.dataset, config.data_root, train=True)
@@ -179,7 +180,7 @@ class SearchJob:
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.lr()
         self.scheduler.step()
-        val = evaluate(self.model, self.eval_loader)
+        val = evaluate(self.model, self.eval_loader, self.eval_sums)
         genotype = self.model.genotype(self.config.max_skip)
         normal_skips = count_normal_skips(self.model.genotype())
         early_stop = None if self.warmup else self.skip_guard.update(epoch, normal_skips)  # alphas move after warm-up
