@@ -215,7 +215,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
     model = accelerate(model, device, acceleration)
     model.drop_path_prob = 0.2
     model.train()
-    graphs = acceleration.cuda_graphs
+    graphs = acceleration.cuda_graphs and device.type == "cuda"
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4,
                           **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}))  # fmt: skip
     if graphs:

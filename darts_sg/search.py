@@ -254,7 +254,7 @@ class SearchStep:
                  foreach: bool | None = None):  # fmt: skip
         self.model, self.device, self.amp = model, device, acceleration.amp
         self.grad_clip = config.grad_clip
-        graphs = acceleration.cuda_graphs
+        graphs = acceleration.cuda_graphs and device.type == "cuda"  # a CPU step counted under the CUDA policy runs eagerly
         self.w_optimizer = torch.optim.SGD(
             model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay,
             **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}),
