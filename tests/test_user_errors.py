@@ -308,11 +308,11 @@ def test_a_second_process_on_a_running_run_is_refused_naming_the_holder(capsys, 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.time() + 120
-        while not (out / "checkpoint.pt").exists():
+        while not (out / "metrics.jsonl").exists():  # an epoch done: the run is well under way
             assert proc.poll() is None, proc.stderr.read()
             assert time.time() < deadline, "the first run did not start"
             time.sleep(0.1)
-        metrics = (out / "metrics.jsonl").read_bytes() if (out / "metrics.jsonl").exists() else b""
+        metrics = (out / "metrics.jsonl").read_bytes()
         config = (out / "config.json").read_bytes()
         line = refused(capsys, ["search", "--resume", out, "--no-progress"], f"in use by another process (PID {proc.pid})")
         assert "wait for it to finish" in line
