@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from .compare_plan import CompareSpec, Unit
 from .errors import UserError
-from .io import file_lock as _file_lock
+from .io import file_lock as _file_lock, lock_held
 
 __all__ = ["claimed_elsewhere", "run_in_parallel", "unit_claim"]
 
@@ -34,18 +34,17 @@ _INTERRUPTED = 3  # a worker's exit code after a signal stopped it (its checkpoi
 
 
 def claimed_elsewhere(out: Path, units: list[Unit]) -> list[Unit]:
-    """The units whose claim another process holds now (running elsewhere)."""
-    busy = []
-    for unit in units:
-        with unit_claim(out, unit) as claimed:
-            if not claimed:
-                busy.append(unit)
-    return busy
+    """The units whose claim a process holds now (running elsewhere), looked up without taking any claim."""
+    return [unit for unit in units if lock_held(_claim_path(out, unit))]
+
+
+def _claim_path(out: Path, unit: Unit) -> Path:
+    return out / ".claims" / f"{unit.name}.lock"
 
 
 def unit_claim(out: Path, unit: Unit) -> contextlib.AbstractContextManager[bool]:
     """Hold `unit`'s claim while the block runs; yields False when another process holds it."""
-    return _file_lock(out / ".claims" / f"{unit.name}.lock", wait=False)
+    return _file_lock(_claim_path(out, unit), wait=False)
 
 
 @contextlib.contextmanager

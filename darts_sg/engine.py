@@ -240,9 +240,9 @@ def restore(job: Job, run: RunDirectory) -> tuple[int, int, EpochTotals]:
         job.load_state_dict(checkpoint["job"])
         _set_rng_state(checkpoint["rng"])
         return int(checkpoint["epoch"]), int(checkpoint["step"]), EpochTotals.from_state(checkpoint["totals"])
+    except RunError:  # the job's own refusal (another search space, another genotype)
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, RunError):
-            raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         reason = f"it lacks {exc}" if isinstance(exc, KeyError) else next((line for line in lines if "mismatch" in line or "key" in line), lines[0])
         raise RunError(

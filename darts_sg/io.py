@@ -25,7 +25,7 @@ from .errors import UserError
 
 __all__ = [
     "WriteError", "CheckpointError", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
-    "append_jsonl", "file_lock", "lock_holder", "make_parent", "read_json", "remove_stale_temporaries", "up_to_date",
+    "append_jsonl", "file_lock", "lock_held", "lock_holder", "make_parent", "read_json", "remove_stale_temporaries", "up_to_date",
     "writable_output",
 ]  # fmt: skip
 
@@ -231,6 +231,23 @@ def file_lock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_held(path: str | os.PathLike) -> bool | None:
+    """Whether a process holds a ``flock`` on `path` now, read from Linux's /proc/locks without taking the
+    lock (taking it, even briefly, could make a peer skip the work it guards); None where unknown."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    return any(fields[1] == "FLOCK" and fields[5] == file_id for fields in map(str.split, table.splitlines()) if len(fields) > 5)
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:

@@ -105,7 +105,7 @@ def building(what: str) -> Iterator[None]:
         text = str(exc)
         if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in text and "out of memory" not in text:
             raise
-        raise UserError(f"the {what} does not fit in memory ({text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__}); "
+        raise UserError(f"out of memory while building the {what} and loading its data ({text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__}); "
                         "lower --init-channels, --layers or --batch-size") from None
 
 

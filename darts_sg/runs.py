@@ -75,7 +75,7 @@ class RunDirectory:
         A new run's directory is checked and created; the directory is locked (a second process
         gets a RunError naming the holder's PID) and temporary files left by a kill are removed.
         When the block fails before the new run saved a checkpoint, what it created is removed, so
-        that the same command can be given again. Processes other than the `main` one only wait.
+        that the same command can be given again. Under torchrun only the `main` process (rank 0) does this.
         """
         if not main:
             yield
