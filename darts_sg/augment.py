@@ -90,7 +90,8 @@ class AugmentConfig(RunConfig):
         if self.dataset in DATASETS:
             for name, size in (("train_subset", 50_000), ("test_subset", 10_000)):
                 if getattr(self, name) > size:
-                    raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is larger than the {size:,} images of {self.dataset}; lower it or use 0 for all")
+                    option = f"--{name.replace('_', '-')} {getattr(self, name)}"
+                    raise UserError(f"{option} is larger than the {size:,} images of {self.dataset}; lower it or use 0 for all")
         if self.train_subset and self.train_subset < self.batch_size:
             raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
         if not 0 <= self.drop_path < 1:
