@@ -19,11 +19,12 @@ rate, so the GEMM peak is an upper bound no step of this network comes near.
     python benchmarks/bench_steps.py --warmup 1 --steps 3 --out benchmarks/results.md
     python benchmarks/bench_steps.py --device cuda --out benchmarks/results-cuda.md   # on a GPU
 
-With `--device cuda` the rows are the first-order, second-order and retraining steps at the
-same settings under the device's policy, eager and compiled (`--compile`), in fp32 (TF32
-convolutions, torch's default), bf16 and fp16 with loss scaling, each timed after
-`torch.cuda.synchronize`, with the peak GPU memory and the time to build, warm up and compile;
-and the data pipeline with CIFAR-10 held on the GPU. The GPU's name heads the table.
+With `--device cuda` the rows (CUDA_ROWS) are the first-order, second-order and retraining steps
+at the DARTS settings under the device's policy, eager or captured as CUDA graphs
+(`darts_sg.cuda_graphs`), fp32 (TF32 convolutions, torch's default) or bf16, in both spaces and at
+batch 64 and 256; then fp16 with loss scaling and torch.compile. Each is timed after
+`torch.cuda.synchronize`, with the peak GPU memory and the time to build, warm up and capture or
+compile; and the data pipeline with CIFAR-10 held on the GPU. The GPU's name heads the table.
 """
 
 from __future__ import annotations
@@ -88,16 +89,30 @@ ROWS = [
 ]
 
 # On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
-# substitutes), eager or compiled, fp32 (TF32 convolutions, torch's default) or mixed precision.
+# substitutes), each step eager or captured as a CUDA graph (darts_sg.cuda_graphs), in fp32 (TF32
+# convolutions, torch's default) or bf16 autocast; then fp16 with loss scaling and torch.compile.
+# (step kind, row label, options): options name the space and the batch (None = the step's default).
+def _cuda_row(kind, space, batch, mode, amp="off"):
+    precision = {"off": "fp32", "bf16": "bf16", "fp16": "fp16 + GradScaler"}[amp]
+    return (kind, f"{space or 'DARTS_V2'}, batch {batch}, {mode} {precision}",
+            {"amp": amp, "graphs": mode == "graphs", "compile": mode == "compiled", "space": space, "batch": batch})  # fmt: skip
+
+
 CUDA_ROWS = [
-    (kind, label, {"amp": amp, "compile": compiled})
-    for kind in ("search-fo", "search-so", "retrain")
-    for label, amp, compiled in (
-        ("eager fp32", "off", False), ("eager bf16", "bf16", False), ("eager fp16 + GradScaler", "fp16", False),
-        ("compiled fp32", "off", True), ("compiled bf16", "bf16", True),
-    )
-    if not (kind == "search-so" and amp == "fp16")  # refused: second order needs unscaled gradients
-] + [("data", "CIFAR-10 held on the GPU, augmentation there", {})]
+    _cuda_row("search-fo", "darts", 64, "eager"), _cuda_row("search-fo", "darts", 64, "graphs"),
+    _cuda_row("search-fo", "darts", 64, "graphs", "bf16"),
+    _cuda_row("search-fo", "sgblock", 64, "eager"), _cuda_row("search-fo", "sgblock", 64, "graphs"),
+    _cuda_row("search-fo", "sgblock", 64, "graphs", "bf16"),
+    _cuda_row("search-fo", "darts", 256, "eager"), _cuda_row("search-fo", "darts", 256, "graphs"),
+    _cuda_row("search-fo", "sgblock", 256, "graphs"),
+    _cuda_row("search-so", "darts", 64, "eager"), _cuda_row("search-so", "darts", 64, "graphs"),
+    _cuda_row("search-so", "darts", 64, "graphs", "bf16"),
+    _cuda_row("retrain", None, 96, "eager"), _cuda_row("retrain", None, 96, "graphs"),
+    _cuda_row("retrain", None, 96, "graphs", "bf16"),
+    _cuda_row("search-fo", "darts", 64, "eager", "fp16"), _cuda_row("search-fo", "darts", 64, "compiled"),
+    _cuda_row("retrain", None, 96, "compiled"),
+    ("data", "CIFAR-10 held on the GPU, augmentation there", {}),
+]  # fmt: skip
 
 
 def worker(spec: dict) -> dict:
@@ -115,14 +130,12 @@ def worker(spec: dict) -> dict:
         return _gemm_worker()
     cuda = device == "cuda"
     started = time.perf_counter()
-    step, images = build_step(kind, spec["options"], spec["space"], device=device)
+    step, images = build_step(kind, spec["options"], spec["space"], spec.get("batch"), device=device)
     for _ in range(spec["warmup"]):
         step()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     first_steps = time.perf_counter() - started  # building, warm-up and (compiled rows) compilation
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     median = median_step_seconds(step, spec["steps"], sync)
     if cuda:
         return {"s_per_step": median, "images_per_s": images / median, "warmup_s": first_steps,
@@ -158,7 +171,6 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
 
     import darts_sg
     from darts_sg.accelerate import Acceleration, accelerate, device_policy
-    from darts_sg.architect import Architect, frozen
     from darts_sg.engine import weight_step
     from darts_sg.precision import autocast, grad_scaler
 
@@ -169,7 +181,9 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         acceleration = Acceleration(**{**switches, "amp": opts["amp"], "cudnn_benchmark": False})
         foreach, skip_none = opts["foreach"], opts["skip_none"]
     else:
-        acceleration = dataclasses.replace(device_policy(device.type), amp=opts["amp"], compile=opts["compile"])
+        acceleration = dataclasses.replace(
+            device_policy(device.type), amp=opts["amp"], compile=opts["compile"], cuda_graphs=opts.get("graphs", False)
+        )
         foreach, skip_none = None, True  # torch's default optimizers; `none` never built, as in the jobs
     memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
     w_scaler = grad_scaler(device, acceleration.amp)
@@ -179,38 +193,48 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         return x.to(device), torch.randint(0, 10, (size,)).to(device)
 
     if kind.startswith("search"):
+        from darts_sg.search import SearchConfig, SearchStep
+
         images = batch_size or 64
         model = darts_sg.build_supernet(
             space, C=16, layers=8, num_classes=10, partial_channels=opts.get("partial_channels", 1), skip_none=skip_none,
         )  # fmt: skip
         model = accelerate(model, device, acceleration)
-        w_opt = torch.optim.SGD(model.weights(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=foreach)
-        architect = Architect(model, order=2 if kind == "search-so" else 1, scaler=grad_scaler(device, acceleration.amp))
-        architect.optimizer = torch.optim.Adam(model.alphas(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3, foreach=foreach)
+        config = SearchConfig(order=2 if kind == "search-so" else 1, grad_clip=5.0)  # the DARTS settings
+        search_step = SearchStep(model, config, device, acceleration, foreach=foreach)
         train, val = batch(images), batch(images)
 
         def step():
-            with autocast(device, acceleration.amp):
-                architect.step(train, val, w_opt, 0.025)
-                with frozen(model.alphas()):
-                    weight_step(model, w_opt, train, 5.0, scaler=w_scaler)
+            search_step(train, val)
 
         return step, images
     images = batch_size or 96
+    from darts_sg.cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options
+
     model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
     model = accelerate(model, device, acceleration)
     model.drop_path_prob = 0.2
     model.train()
-    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4, foreach=foreach)
+    graphs = acceleration.cuda_graphs
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4,
+                          **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}))  # fmt: skip
+    if graphs:
+        device_learning_rates(opt, device)
     data = batch(images)
 
     def loss_fn(output, y):
         logits, aux = output
         return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
 
-    def step():
+    def eager_step(x, y):
         with autocast(device, acceleration.amp):
-            weight_step(model.forward_with_aux, opt, data, 5.0, loss_fn, w_scaler)
+            loss, _, _ = weight_step(model.forward_with_aux, opt, (x, y), 5.0, loss_fn, w_scaler)
+        return {"loss": loss}
+
+    graphed = GraphedStep(eager_step) if graphs else None
+
+    def step():
+        eager_step(*data) if graphed is None else graphed(model.drop_path_prob, *data)
 
     return step, images
 
@@ -301,7 +325,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on the CPU, 20 on CUDA)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) and raw JSON here")
-    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS) to run; the GEMM row always runs")
+    parser.add_argument("--rows", default=None, help="comma-separated row numbers (1-based, in the order of ROWS or, with --device cuda, CUDA_ROWS) to run; the GEMM row always runs on the CPU")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one row may take before it is reported as too slow")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the chosen rows this many times in turn (A B A B ...) and end with each row's median and its "
@@ -325,26 +349,27 @@ def cuda_table(args) -> None:
         sys.exit("bench_steps.py --device cuda: no CUDA device here")
     name = torch.cuda.get_device_name()
     print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; {args.warmup} warm-up steps, median of {args.steps}")
-    header = (f"| step ({name}) | precision, mode | s/step | images/s | peak GPU memory (GB) | build + warm-up (s) |\n"
-              "|---|---|---:|---:|---:|---:|")  # fmt: skip
+    header = (f"| # | step ({name}) | space, batch, mode, precision | s/step | images/s | peak GPU memory (GB) | build + warm-up (s) |\n"
+              "|---:|---|---|---:|---:|---:|---:|")  # fmt: skip
     print(header, flush=True)
+    wanted = {int(r) for r in args.rows.split(",")} if args.rows else None
     lines, results = [], []
-    for kind, label, options in CUDA_ROWS:
-        if args.only and kind not in args.only:
+    for number, (kind, label, options) in enumerate(CUDA_ROWS, 1):
+        if (args.only and kind not in args.only) or (wanted and number not in wanted):
             continue
-        spec = {"kind": kind, "options": options, "space": args.space, "warmup": args.warmup, "steps": args.steps,
-                "data_root": args.data_root, "device": "cuda"}  # fmt: skip
+        spec = {"kind": kind, "options": options, "space": options.get("space") or args.space, "batch": options.get("batch"),
+                "warmup": args.warmup, "steps": args.steps, "data_root": args.data_root, "device": "cuda"}  # fmt: skip
         figures, failure = run_row(spec, args.timeout)
         if figures is None:
-            lines.append(f"| {kind} | {label} | {failure} | | | |")
+            lines.append(f"| {number} | {kind} | {label} | {failure} | | | |")
         else:
-            results.append({"kind": kind, "label": label, "options": options, **figures})
+            results.append({"number": number, "kind": kind, "label": label, "options": options, **figures})
             warm = f"{figures['warmup_s']:.1f}" if "warmup_s" in figures else ""
-            lines.append(f"| {kind} | {label} | {figures['s_per_step']:.4f} | {figures['images_per_s']:.0f} | "
+            lines.append(f"| {number} | {kind} | {label} | {figures['s_per_step']:.4f} | {figures['images_per_s']:.0f} | "
                          f"{figures['peak_gpu_gb']:.2f} | {warm} |")  # fmt: skip
         print(lines[-1], flush=True)
-        write_out(args.out, header, lines, {"gpu": name, "torch": torch.__version__, "space": args.space,
-                                            "warmup": args.warmup, "steps": args.steps, "rows": results})  # fmt: skip
+        write_out(args.out, header, lines, {"gpu": name, "torch": torch.__version__, "warmup": args.warmup,
+                                            "steps": args.steps, "rows": results})  # fmt: skip
 
 
 def cpu_table(args) -> None:

@@ -30,6 +30,9 @@ flag                      plain module -> substitute                      where 
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
 ``compile``               each cell -> ``torch.compile``'d in place       off until a benchmark shows
                           (regional: cells of one shape share the code)   it pays (not bit-exact)
+``cuda_graphs``           the whole training step captured as a CUDA      CUDA (one launch per step;
+                          graph and replayed (``darts_sg.cuda_graphs``)   not with fp16, torchrun
+                                                                          or compile)
 ========================  ==============================================  ==========================
 
 ``compile`` is the one switch that is not exact: the compiler fuses kernels, which reorders float
@@ -40,13 +43,15 @@ within a tolerance, and off unless asked for.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 
 from .batchnorm import WideBatchNorm2d
 from .cells import MixedOp
+from .cuda_graphs import graph_blocker
+from .distributed import world
 from .fused_mixed_op import FusedMixedOp
 from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
 from .network import CellNetwork
@@ -77,6 +82,7 @@ class Acceleration:
     cudnn_benchmark: bool
     compile: bool = False
     lean_blocks: bool = False
+    cuda_graphs: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -103,15 +109,26 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         cudnn_benchmark=device_type == "cuda" and not deterministic,
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
         lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel, and the GPU tests have not run yet
+        cuda_graphs=device_type == "cuda",  # benchmarks/results-cuda.md
     )
 
 
-def resolve_acceleration(config: Any, device: torch.device) -> Acceleration:
-    """The device's policy, overridden by every flag of `config` that is not None (auto)."""
+def resolve_acceleration(config: Any, device: torch.device, log: Callable[[str], None] | None = None) -> Acceleration:
+    """The device's policy, overridden by every flag of `config` that is not None (auto).
+
+    CUDA graphs that the run cannot use (``darts_sg.cuda_graphs.graph_blocker``) are turned off;
+    when the run asked for them explicitly, `log` gets one line saying why.
+    """
     policy = device_policy(device.type, getattr(config, "deterministic", False))
     explicit = {name: getattr(config, name) for name in FLAGS if getattr(config, name, None) is not None}
     acceleration = replace(policy, **explicit)
     check_amp(acceleration.amp, device)
+    if acceleration.cuda_graphs:
+        blocker = graph_blocker(device, acceleration.amp, world(), acceleration.compile)
+        if blocker:
+            acceleration = replace(acceleration, cuda_graphs=False)
+            if log is not None and explicit.get("cuda_graphs"):
+                log(f"--cuda-graphs is off for this run: {blocker}; the steps run eagerly")
     return acceleration
 
 

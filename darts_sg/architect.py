@@ -56,7 +56,7 @@ def unrolled_alpha_grads(
     w_optimizer: torch.optim.SGD,
     train_batch: Batch,
     val_batch: Batch,
-    xi: float,
+    xi: float | torch.Tensor,
     fd_radius: float = 0.01,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Second-order DARTS alpha gradients (finite-difference Hessian-vector product).
@@ -140,17 +140,19 @@ class Architect:
         betas: tuple[float, float] = (0.5, 0.999),
         order: int = 1,
         scaler: torch.amp.GradScaler | None = None,
+        **optimizer_options,
     ):
+        """`optimizer_options` go to the alpha optimizer, Adam (``foreach``, ``capturable``, ...)."""
         if order not in (1, 2):
             raise UserError(f"order must be 1 or 2, got {order}")
         if order == 2 and scaler is not None and scaler.is_enabled():
             raise UserError("second-order search does not support fp16 loss scaling; use --amp bf16 or --amp off")
         self.model = model
         self.order = order
-        self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay, **optimizer_options)
         self.scaler = scaler or NO_SCALING  # an enabled one for fp16
 
-    def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float):
+    def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float | torch.Tensor):
         """Alpha gradients and validation loss, first or second order."""
         if self.order == 2:
             return unrolled_alpha_grads(self.model, w_optimizer, train_batch, val_batch, xi)
@@ -160,9 +162,9 @@ class Architect:
         return _grad(self.scaler.scale(loss), self.model.alphas()), loss.detach()
 
     def step(
-        self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float
+        self, train_batch: Batch, val_batch: Batch, w_optimizer: torch.optim.SGD, xi: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Adam step on the alphas; returns the validation loss and 1 if the step was skipped (fp16 overflow) else 0."""
+        """One Adam step on the alphas (`xi`: the virtual step's learning rate, a float or a device tensor); returns the validation loss and 1 if the step was skipped (fp16 overflow) else 0."""
         grads, loss = self.alpha_grads(train_batch, val_batch, w_optimizer, xi)
         average_gradients(grads)  # identical alphas on every process (an overflow anywhere skips everywhere)
         for alpha, grad in zip(self.model.alphas(), grads):

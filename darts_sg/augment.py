@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .accelerate import Acceleration, accelerate, resolve_acceleration
+from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .config import RunConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
@@ -184,10 +185,16 @@ class AugmentJob:
         torch.manual_seed(config.seed)
         network = self._network(num_classes)
         self.model = accelerate(network, device, self.acceleration)
+        graphs = self.acceleration.cuda_graphs
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
+            self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+            **graph_safe_options("sgd", device) if graphs else {},
+        )  # fmt: skip
+        if graphs:
+            device_learning_rates(self.optimizer, device)
         self.scaler = grad_scaler(device, self.acceleration.amp)
+        # the drop-path probability is a constant of the captured step: one graph per epoch's value
+        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
         if config.lr_decay:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
         else:
@@ -254,17 +261,22 @@ class AugmentJob:
         return loss
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
-        y = batch[1]
+        x, y = batch
+        stats = self.eager_step(x, y) if self.graphed is None else self.graphed(self.model.drop_path_prob, x, y)
+        return {**stats, "count": torch.tensor(y.numel())}
+
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on the autograd tape (what a CUDA graph captures); its statistics as device tensors."""
         with autocast(self.device, self.acceleration.amp):
             loss, output, skipped = weight_step(
-                self.model.forward_with_aux, self.optimizer, batch, self.config.grad_clip, self._loss, self.scaler
+                self.model.forward_with_aux, self.optimizer, (x, y), self.config.grad_clip, self._loss, self.scaler
             )
         acc = (output[0].argmax(1) == y).float().mean()
         counts = {"skipped_weight_steps": skipped} if self.scaler.is_enabled() else {}  # fp16 only
-        return {"loss": loss, "acc": acc, **counts, "count": torch.tensor(y.numel())}
+        return {"loss": loss, "acc": acc, **counts}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
         test = evaluate(self.model, self.test_loader)
         return {"test_loss": test["loss"], "test_acc": test["acc"], "lr": lr, "drop_path_prob": self.model.drop_path_prob}
@@ -287,7 +299,7 @@ class AugmentJob:
         if state["genotype"] != self.genotype.to_dict():
             raise RunError("the checkpoint was trained on another genotype; resume it with its own --genotype")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         load_scaler_state(self.scaler, state.get("scaler"))
 

@@ -43,6 +43,7 @@ class RunConfig:
     lean_blocks: bool | None = None
     amp: str | None = None  # off, bf16 or fp16 (darts_sg.precision)
     compile: bool | None = None  # regional torch.compile of the cells (not bit-exact)
+    cuda_graphs: bool | None = None  # the whole step as a CUDA graph (darts_sg.cuda_graphs)
     checkpoint_every: int = 0
     deterministic: bool = False
     threads: int = 0

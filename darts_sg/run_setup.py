@@ -72,7 +72,7 @@ def prepare_run(config: Any) -> tuple[torch.device, int, int, Acceleration]:
     config.validate()
     rank, world = configure_process(config)
     device = resolve_device(config.device)
-    return device, rank, world, resolve_acceleration(config, device)
+    return device, rank, world, resolve_acceleration(config, device, log)
 
 
 def record_run(run: RunDirectory, config: Any, acceleration: Acceleration, resume: bool, job: str) -> None:

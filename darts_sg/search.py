@@ -10,6 +10,7 @@ import torch
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
+from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
 from .engine import evaluate, restore, weight_step
@@ -24,7 +25,9 @@ from .precision import autocast, grad_scaler, load_scaler_state
 from .run_setup import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from .runs import RunDirectory, RunError
 
-__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "run_search"]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "SearchStep", "run_search"]
 
 
 @dataclass
@@ -139,15 +142,9 @@ class SearchJob:
             config.op_options(), config.partial_channels, skip_none=config.skip_none,
         )  # fmt: skip
         self.model = accelerate(supernet, device, self.acceleration)
-        self.w_optimizer = torch.optim.SGD(
-            self.model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
-        )
+        self.step = SearchStep(self.model, config, device, self.acceleration)
+        self.w_optimizer, self.architect, self.w_scaler = self.step.w_optimizer, self.step.architect, self.step.w_scaler
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
-        self.w_scaler = grad_scaler(device, self.acceleration.amp)
-        self.architect = Architect(
-            self.model, config.alpha_lr, config.alpha_weight_decay, order=config.order,
-            scaler=grad_scaler(device, self.acceleration.amp),
-        )  # fmt: skip
         self.skip_guard = SkipGuard(config.early_stop_skips, config.early_stop_epochs)
         self.warmup = False
         train = load_cifar(config.dataset, config.data_root, train=True)
@@ -177,23 +174,11 @@ class SearchJob:
         self.warmup = epoch < self.config.warmup_epochs
 
     def lr(self) -> float:
-        return self.w_optimizer.param_groups[0]["lr"]
+        return float(self.w_optimizer.param_groups[0]["lr"])
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         train_batch, val_batch = batch
-        stats, skipped = {}, {}
-        with autocast(self.device, self.acceleration.amp):
-            if not self.warmup:  # warm-up epochs train the weights alone
-                stats["alpha_loss"], skipped["skipped_alpha_steps"] = self.architect.step(
-                    train_batch, val_batch, self.w_optimizer, self.lr()
-                )
-            with frozen(self.model.alphas()):
-                loss, logits, skipped["skipped_weight_steps"] = weight_step(
-                    self.model, self.w_optimizer, train_batch, self.config.grad_clip, scaler=self.w_scaler
-                )
-        acc = (logits.argmax(1) == train_batch[1]).float().mean()
-        counts = skipped if self.w_scaler.is_enabled() else {}  # fp16 only: other modes never skip
-        return {"loss": loss, "acc": acc, **stats, **counts, "count": torch.tensor(train_batch[1].numel())}
+        return {**self.step(train_batch, val_batch, self.warmup), "count": torch.tensor(train_batch[1].numel())}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = self.lr()
@@ -217,7 +202,7 @@ class SearchJob:
             "val_loss": val["loss"],
             "val_acc": val["acc"],
             "lr": lr,
-            "alpha_lr": self.architect.optimizer.param_groups[0]["lr"],
+            "alpha_lr": float(self.architect.optimizer.param_groups[0]["lr"]),
             "warmup": self.warmup,
             "normal_skips": normal_skips,
             "genotype": genotype.to_dict(),
@@ -250,12 +235,66 @@ class SearchJob:
                 "resume it with its own --ops"
             )
         self.model.load_state_dict(state["model"])
-        self.w_optimizer.load_state_dict(state["w_optimizer"])
-        self.architect.optimizer.load_state_dict(state["a_optimizer"])
+        load_optimizer_state(self.w_optimizer, state["w_optimizer"])
+        load_optimizer_state(self.architect.optimizer, state["a_optimizer"])
         load_scaler_state(self.w_scaler, state.get("w_scaler"))
         load_scaler_state(self.architect.scaler, state.get("a_scaler"))
         self.scheduler.load_state_dict(state["scheduler"])
         self.skip_guard.load_state_dict(state.get("skip_guard", {}))
+
+
+class SearchStep:
+    """One step of the bilevel search, as the job, the benchmarks and the tests run it.
+
+    An alpha step on a validation batch (skipped in warm-up epochs), then a weight step on a
+    training batch, with both optimizers, the loss scalers of fp16 and the statistics of the
+    step (device tensors). With ``acceleration.cuda_graphs`` the step is captured as a CUDA
+    graph and replayed (``darts_sg.cuda_graphs``): its optimizers are then capturable and
+    their learning rates device tensors.
+    """
+
+    def __init__(self, model: Supernet, config: SearchConfig, device: torch.device, acceleration: Acceleration,
+                 foreach: bool | None = None):  # fmt: skip
+        self.model, self.device, self.amp = model, device, acceleration.amp
+        self.grad_clip = config.grad_clip
+        graphs = acceleration.cuda_graphs
+        self.w_optimizer = torch.optim.SGD(
+            model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay,
+            **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}),
+        )  # fmt: skip
+        self.w_scaler = grad_scaler(device, self.amp)
+        self.architect = Architect(
+            model, config.alpha_lr, config.alpha_weight_decay, order=config.order, scaler=grad_scaler(device, self.amp),
+            **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
+        )  # fmt: skip
+        if graphs:
+            device_learning_rates(self.w_optimizer, device)
+            device_learning_rates(self.architect.optimizer, device)
+        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
+        self.warmup = False
+
+    def __call__(self, train_batch: Batch, val_batch: Batch, warmup: bool = False) -> dict[str, torch.Tensor]:
+        """One step; in a warm-up epoch (`warmup`) the weights alone are trained."""
+        self.warmup = warmup
+        if self.graphed is not None:
+            return self.graphed(warmup, *train_batch, *val_batch)
+        return self.eager_step(*train_batch, *val_batch)
+
+    def eager_step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor):
+        """The step itself, on the autograd tape (what a CUDA graph captures)."""
+        train_batch, val_batch = (x_train, y_train), (x_val, y_val)
+        lr = self.w_optimizer.param_groups[0]["lr"]  # the virtual step of second order takes the weights' learning rate
+        stats, skipped = {}, {}
+        with autocast(self.device, self.amp):
+            if not self.warmup:  # warm-up epochs train the weights alone
+                stats["alpha_loss"], skipped["skipped_alpha_steps"] = self.architect.step(train_batch, val_batch, self.w_optimizer, lr)
+            with frozen(self.model.alphas()):
+                loss, logits, skipped["skipped_weight_steps"] = weight_step(
+                    self.model, self.w_optimizer, train_batch, self.grad_clip, scaler=self.w_scaler
+                )
+        acc = (logits.argmax(1) == y_train).float().mean()
+        counts = skipped if self.w_scaler.is_enabled() else {}  # fp16 only: other modes never skip
+        return {"loss": loss, "acc": acc, **stats, **counts}
 
 
 def run_search(
