@@ -19,7 +19,7 @@ from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options,
 from .config import RunConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
-from .engine import evaluate, graphed_batch_sums, weight_step
+from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
 from .genotype import load_genotype
 from .hparams import log_hparams
@@ -27,7 +27,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .network import Network, count_params
 from .ops import resolve_space
 from .precision import autocast, grad_scaler, load_scaler_state
-from .run_setup import fit_run, log, log_memory, resume_config, start_run
+from .run_setup import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from .runs import RunDirectory, RunError
 
 __all__ = [
@@ -69,6 +69,8 @@ class AugmentConfig(RunConfig):
         "image_size", "space",
     )  # fmt: skip
 
+    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "lr")
+
     def validate(self) -> None:
         super().validate()
         if self.dataset not in (*DATASETS, "imagenet"):
@@ -84,6 +86,13 @@ class AugmentConfig(RunConfig):
                 f"the ImageNet auxiliary head needs --image-size 193 or more (7x7 features), got {self.image_size}; "
                 "use --auxiliary-weight 0 for smaller images"
             )
+        if self.auxiliary_weight > 0 and self.layers < 2:
+            raise UserError("the auxiliary head needs --layers 2 or more (it follows the second reduction cell); use --auxiliary-weight 0")
+        if self.dataset in DATASETS:
+            for name, size in (("train_subset", 50_000), ("test_subset", 10_000)):
+                if getattr(self, name) > size:
+                    option = f"--{name.replace('_', '-')} {getattr(self, name)}"
+                    raise UserError(f"{option} is larger than the {size:,} images of {self.dataset}; lower it or use 0 for all")
         if self.train_subset and self.train_subset < self.batch_size:
             raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
         if not 0 <= self.drop_path < 1:
@@ -302,22 +311,31 @@ def run_augment(
 ) -> dict[str, Any]:
     """Train a genotype into the run directory `out` (or continue it); returns the summary written to summary.json."""
     run = RunDirectory(out)
+    with run.session(resume, main=launched_as_main()):  # nothing is written before every check has passed
+        return _train(config, run, resume, explicit, progress, log_every)
+
+
+def _train(config: AugmentConfig, run: RunDirectory, resume: bool, explicit: set[str] | None, progress: bool,
+           log_every: float) -> dict[str, Any]:
     if resume:
-        config = resume_config(run, AugmentConfig, config, explicit)
+        config = resume_config(run, AugmentConfig, config, explicit, job="augment")
     if not config.genotype:
         raise UserError("--genotype is required")
     # Resolve the genotype now so the run records the architecture itself, not a name or path.
     allowed = resolve_space(config.space) if config.space else None
     config.genotype = json.dumps(load_genotype(config.genotype, allowed).to_dict())
-    device, rank, world, acceleration = start_run(run, config, resume)
-    job = AugmentJob(config, run, device, rank, world, acceleration)
+    device, rank, world, acceleration = prepare_run(config)
+    with building("network"):
+        job = AugmentJob(config, run, device, rank, world, acceleration)
+    restored = restore(job, run) if resume else None
+    record_run(run, config, acceleration, resume, "augment")
     params = count_params(job.model)
     params_no_aux = params - (count_params(job.model.aux_head) if job.model.aux_head is not None else 0)
     log(f"augment: {params_no_aux:,} params ({params:,} with the auxiliary head), {job.steps_per_epoch()} steps/epoch "
         f"on {device}; writing {run.path}")  # fmt: skip
     if not resume:
         log_memory(job.model, config, device, world, acceleration.channels_last, job.image_size())
-    records = fit_run(job, run, config, resume, "augment.py", progress, log_every)
+    records = fit_run(job, run, config, resume, "augment.py", progress, log_every, restored)
     flops = flops_per_image(job.model, device, job.image_size())
     summary = {
         "genotype": job.genotype.to_dict(),

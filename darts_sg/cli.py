@@ -7,6 +7,7 @@ as one line on stderr with exit code 2; a run stopped by a signal exits with 128
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from typing import Any, Callable
@@ -14,6 +15,8 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
+from .config import MAX_SEED
+from .genotype import MAX_NODES
 from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
 from .distributed import leave_process_group
 from .errors import UserError
@@ -52,10 +55,20 @@ def help_with_default(cls: type, presets: dict[str, dict[str, Any]], name: str, 
     return f"{text} [default: {'; '.join([_show(default), *by_preset])}]"
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses NaN and the infinities (which pass its comparisons)."""
+
+    def convert(self, value: Any, param, ctx) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
-POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
-NON_NEGATIVE_FLOAT = click.FloatRange(min=0.0)
+POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
+NON_NEGATIVE_FLOAT = FiniteFloatRange(min=0.0)
 
 
 def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: str = PRESET_HELP) -> list[Callable]:
@@ -71,10 +84,10 @@ def common_options(cls: type, presets: dict[str, dict[str, Any]], preset_help: s
         option("--batch-size", "batch_size", "Global batch size (split across processes under torchrun).", type=POSITIVE),
         option("--layers", "layers", "Number of cells.", type=POSITIVE),
         option("--init-channels", "init_channels", "Channels C of the first cells (doubled at each reduction).", type=POSITIVE),
-        option("--seed", "seed", "Random seed (weights, alphas, data order, augmentation).", type=NON_NEGATIVE),
+        option("--seed", "seed", "Random seed (weights, alphas, data order, augmentation).", type=click.IntRange(0, MAX_SEED)),
         option("--grad-clip", "grad_clip", "Gradient-norm clip for the weights (0 = off).", type=NON_NEGATIVE_FLOAT),
         option("--sg-ratio", "sg_ratio", "Sandglass reduction ratio t.", type=POSITIVE_FLOAT),
-        option("--sg-identity", "sg_identity", "Sandglass identity tensor multiplier.", type=click.FloatRange(0.0, 1.0, min_open=True)),
+        option("--sg-identity", "sg_identity", "Sandglass identity tensor multiplier.", type=FiniteFloatRange(0.0, 1.0, min_open=True)),
         option("--sg-min-hidden", "sg_min_hidden", "Floor of the sandglass bottleneck width.", type=POSITIVE),
         option("--ir-expansion", "ir_expansion", "Inverted-residual expansion ratio t.", type=POSITIVE),
         option("--channels-last/--no-channels-last", "channels_last", "NHWC memory format (oneDNN's fast layout on CPU).", **flag),
@@ -145,7 +158,7 @@ def cli() -> None:
 @_search_option("--early-stop-epochs", "early_stop_epochs", "With --early-stop-skips: stop only after E epochs in a row over the limit (DARTS+: 1).", type=POSITIVE)
 @_search_option("--ops", "ops", "Search space (darts, sgblock, invres) or a comma-separated list of ops.", default=None)
 @_search_option("--order", "order", "1: first-order DARTS; 2: second order (unrolled).", type=click.IntRange(1, 2))
-@_search_option("--nodes", "nodes", "Intermediate nodes per cell.", type=POSITIVE)
+@_search_option("--nodes", "nodes", "Intermediate nodes per cell.", type=click.IntRange(1, MAX_NODES))
 @_search_option("--subset", "subset", "Use N images from each half of the training set (0 = all 25k).", type=NON_NEGATIVE)
 @_search_option("--w-lr", "w_lr", "Weight learning rate (cosine schedule).", type=POSITIVE_FLOAT)
 @_search_option("--w-lr-min", "w_lr_min", "Final weight learning rate.", type=NON_NEGATIVE_FLOAT)
@@ -175,13 +188,13 @@ def search(preset, out, resume, progress, log_every, **params) -> None:
 @_augment_option("--momentum", "momentum", "SGD momentum.", type=NON_NEGATIVE_FLOAT)
 @_augment_option("--weight-decay", "weight_decay", "Weight decay.", type=NON_NEGATIVE_FLOAT)
 @_augment_option("--auxiliary-weight", "auxiliary_weight", "Loss weight of the auxiliary head (0 = no head).", type=NON_NEGATIVE_FLOAT)
-@_augment_option("--drop-path", "drop_path", "Final drop-path probability, ramped linearly over epochs.", type=click.FloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--drop-path", "drop_path", "Final drop-path probability, ramped linearly over epochs.", type=FiniteFloatRange(0.0, 1.0, max_open=True))
 @_augment_option("--cutout", "cutout", "Cutout square side in pixels (0 = off).", type=NON_NEGATIVE)
 @_augment_option("--train-subset", "train_subset", "Train on the first N training images (0 = all 50k).", type=NON_NEGATIVE)
 @_augment_option("--test-subset", "test_subset", "Evaluate on the first N test images (0 = all 10k).", type=NON_NEGATIVE)
 @click.option("--space", default=None, help="Refuse genotypes with ops outside this space (darts, sgblock, invres or an op list).")
-@_augment_option("--lr-decay", "lr_decay", "Multiply the learning rate by this every epoch instead of the cosine schedule (0 = cosine; imagenet: 0.97).", type=click.FloatRange(0.0, 1.0, max_open=True))
-@_augment_option("--label-smoothing", "label_smoothing", "Label smoothing of the training loss (imagenet: 0.1).", type=click.FloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--lr-decay", "lr_decay", "Multiply the learning rate by this every epoch instead of the cosine schedule (0 = cosine; imagenet: 0.97).", type=FiniteFloatRange(0.0, 1.0, max_open=True))
+@_augment_option("--label-smoothing", "label_smoothing", "Label smoothing of the training loss (imagenet: 0.1).", type=FiniteFloatRange(0.0, 1.0, max_open=True))
 @_augment_option("--image-size", "image_size", "ImageNet crop size in pixels; evaluation resizes to 256/224 of it.", type=click.IntRange(min=32))
 @_augment_option("--workers", "workers", "Processes decoding ImageNet images (0 = in the main process).", type=NON_NEGATIVE)
 @_apply(common_options(AugmentConfig, AUGMENT_PRESETS))
@@ -254,9 +267,12 @@ def evaluate(run_or_model, data_root, test_subset, batch_size, device, json_path
     import json
 
     from .deploy import evaluate_network, load_trained
+    from .io import atomic_write_text, make_parent
+    from .runs import check_output
     from .runtime import resolve_device
-    from .io import atomic_write_text
 
+    if json_path:
+        check_output(json_path, "--json file")  # before evaluating: a path that cannot be written would lose the result
     network, _ = load_trained(run_or_model)
     result = evaluate_network(network, data_root, test_subset, batch_size, str(resolve_device(device)))
     click.echo(f"test accuracy {100 * result['test_acc']:.2f}% | test loss {result['test_loss']:.4f} | {result['images']:,} images | "
@@ -264,7 +280,7 @@ def evaluate(run_or_model, data_root, test_subset, batch_size, device, json_path
     for name, acc in result["per_class_acc"].items():
         click.echo(f"  {name:<10} {'n/a' if acc is None else f'{100 * acc:6.2f}%'}")
     if json_path:
-        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(make_parent(json_path), json.dumps(result, indent=2) + "\n")
         click.echo(f"written: {json_path}")
 
 
@@ -300,7 +316,7 @@ def export(run, fmt, output) -> None:
 @click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
               help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 10-epoch retrainings at C=16, 8 cells on all 50k images, "
                    "4 seeds, 3 random genotypes per space and DARTS_V2 (about 40 h on 2 cores, from the units run so far: README); `quick` = a 2-hour smoke test of the "
-                   "pipeline; `paper` = the papers' settings.")
+                   "pipeline; `smoke` = tiny networks on a few images, seconds per unit (tests, trying the command); `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
 @click.option("--augment-opt", multiple=True, metavar="KEY=VALUE", help="Override an augment (retraining) setting, e.g. --augment-opt layers=8 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data).")
@@ -330,7 +346,15 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         data_root=data_root,
     )
     rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only, jobs=jobs)
-    click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished; report: {out}/report.md")
+    from pathlib import Path
+
+    from .compare_parallel import claimed_elsewhere
+    from .compare_plan import units_of
+
+    pending = [unit for unit, row in zip(units_of(spec), rows) if row is None]
+    elsewhere = len(claimed_elsewhere(Path(out), pending)) if pending else 0
+    running = f", {elsewhere} running in another process" if elsewhere else ""
+    click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished{running}; report: {out}/report.md")
 
 
 def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | None = None) -> None:

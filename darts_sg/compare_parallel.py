@@ -26,39 +26,25 @@ from typing import Callable, Iterator
 
 from .compare_plan import CompareSpec, Unit
 from .errors import UserError
+from .io import file_lock as _file_lock, lock_held
 
-__all__ = ["run_in_parallel", "unit_claim"]
+__all__ = ["claimed_elsewhere", "run_in_parallel", "unit_claim"]
 
 _INTERRUPTED = 3  # a worker's exit code after a signal stopped it (its checkpoint saved)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on `path` while the block runs (waiting for it, or yielding False when taken).
+def claimed_elsewhere(out: Path, units: list[Unit]) -> list[Unit]:
+    """The units whose claim a process holds now (running elsewhere), looked up without taking any claim."""
+    return [unit for unit in units if lock_held(_claim_path(out, unit))]
 
-    Without POSIX file locks (Windows) the lock is always granted: run one process per folder there.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield True
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def _claim_path(out: Path, unit: Unit) -> Path:
+    return out / ".claims" / f"{unit.name}.lock"
 
 
 def unit_claim(out: Path, unit: Unit) -> contextlib.AbstractContextManager[bool]:
     """Hold `unit`'s claim while the block runs; yields False when another process holds it."""
-    return _file_lock(out / ".claims" / f"{unit.name}.lock", wait=False)
+    return _file_lock(_claim_path(out, unit), wait=False)
 
 
 @contextlib.contextmanager
@@ -143,8 +129,9 @@ def run_in_parallel(run_units: Callable, spec: CompareSpec, out: Path, jobs: int
     if received or _INTERRUPTED in codes:
         from .engine import Interrupted
 
-        raise Interrupted("stopped by a signal; every unit in progress saved its checkpoint; resume with the same command",
-                          received[0] if received else signal.SIGTERM)  # fmt: skip
+        saved = codes.count(_INTERRUPTED)  # workers that stopped inside a unit's training, after its checkpoint
+        done = f"{saved} unit{'s' if saved != 1 else ''} in training saved {'their checkpoints' if saved != 1 else 'its checkpoint'}" if saved else "no unit had started training"
+        raise Interrupted(f"stopped by a signal; {done}; resume with the same command", received[0] if received else signal.SIGTERM)
     failed = [f"worker {k} (exit code {code})" for k, code in enumerate(codes, 1) if code != 0]
     if failed:
         raise UserError(f"{', '.join(failed)} stopped on an error (shown above); fix it and run the same command to resume")

@@ -9,6 +9,8 @@ An experiment is a list of units, each retrained under the same protocol:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -96,26 +98,38 @@ def units_of(spec: CompareSpec) -> list[Unit]:
 
 def parse_overrides(items: tuple[str, ...] | list[str], cls) -> dict[str, Any]:
     """Turn KEY=VALUE strings into typed config overrides for `cls` (SearchConfig or AugmentConfig)."""
-    types = {f.name: f.type for f in fields(cls)}
+    types = {f.name: f.type for f in fields(cls) if f.name not in NOT_OVERRIDES}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key in NOT_OVERRIDES:
+            raise UserError(f"bad override {item!r}: {key} is not a setting shared by the units; {NOT_OVERRIDES[key]}")
         if not sep or key not in types:
             raise UserError(f"bad override {item!r}: use KEY=VALUE with KEY one of {', '.join(sorted(types))}")
         kind = str(types[key])
         try:
             if "bool" in kind:
-                out[key] = value.lower() in ("1", "true", "yes", "on")
+                out[key] = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}[value.lower()]
             elif "int" in kind:
                 out[key] = int(value)
             elif "float" in kind:
                 out[key] = float(value)
+                if not math.isfinite(out[key]):
+                    raise ValueError
             else:
                 out[key] = value
-        except ValueError:
-            raise UserError(f"bad override {item!r}: {value!r} is not a valid {kind}") from None
+        except (ValueError, KeyError):
+            raise UserError(f"bad override {item!r}: {value!r} is not a valid {kind}{' (a finite number)' if 'float' in kind else ''}") from None
     return out
+
+
+# Config fields that the comparison sets itself, per unit or from its own options.
+NOT_OVERRIDES = {
+    "data_root": "give it as --data-root",
+    "genotype": "each unit retrains its own genotype",
+    "seed": "give the seeds as --seeds",
+}
 
 
 def search_settings(spec: CompareSpec) -> dict[str, Any]:

@@ -102,6 +102,10 @@ def read_batch(path: Path, layout: CifarLayout | None = None) -> tuple[np.ndarra
             batch = RestrictedUnpickler(handle, encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(f"{name} file {path} is missing") from None
+    except IsADirectoryError:
+        raise DataError(f"{name} file {path} is a folder, not a batch file; replace it with a fresh copy") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {name} file {path}: {exc.strerror or exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise DataError(f"{name} file {path} is corrupt or unsafe ({exc}); replace it with a fresh copy") from None
     if not isinstance(batch, dict):

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from .data import CIFAR_MEAN, CIFAR_STD, BatchLoader, load_cifar10
 from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_text, load_checkpoint
+from .io import atomic_write_bytes, atomic_write_text, load_checkpoint, make_parent, read_json
+from .runs import check_output
 from .network import Network, count_params
 from .augment import AugmentConfig, cpu_latency_ms
 
@@ -48,8 +49,8 @@ def load_trained(run_or_model: str | Path) -> tuple[Network, AugmentConfig]:
             "give the folder written by `darts-sg augment` or its model.pt"
         )
     try:
-        config = AugmentConfig.from_dict(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+        config = AugmentConfig.from_dict(read_json(config_path, "run configuration"))
+    except (UserError, TypeError) as exc:
         raise DeployError(f"{config_path} is not a retraining configuration ({exc})") from None
     if not config.genotype:
         raise DeployError(f"{config_path} records no genotype: is {run} a search run? evaluate a retraining run")
@@ -103,8 +104,9 @@ def export_network(network: Network, config: AugmentConfig, path: str | Path, fm
     """Export the network to `path` as TorchScript (traced) or ONNX, with `<path>.json` describing its input."""
     if fmt not in EXPORT_FORMATS:
         raise DeployError(f"unknown export format {fmt!r}; use {' or '.join(EXPORT_FORMATS)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output(path)
+    meta_path = check_output(path.with_name(path.name + ".json"))
+    make_parent(path)
     model = network.cpu().eval()
     example = torch.zeros(1, 3, 32, 32)
     buffer = io.BytesIO()
@@ -127,7 +129,7 @@ def export_network(network: Network, config: AugmentConfig, path: str | Path, fm
         "init_channels": config.init_channels,
         "layers": config.layers,
     }
-    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return path
 
 

@@ -29,7 +29,7 @@ from .precision import NO_SCALING, scaler_step
 from .runs import RunDirectory, RunError
 from .runtime import machine_name
 
-__all__ = ["Job", "Progress", "fit", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "weight_step"]
+__all__ = ["Job", "Progress", "fit", "restore", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "weight_step"]
 
 
 class Interrupted(Exception):
@@ -238,6 +238,32 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore(job: Job, run: RunDirectory) -> tuple[int, int, EpochTotals]:
+    """Load `run`'s checkpoint into `job` and the RNG; return (epoch, step, epoch totals) to continue from.
+
+    Without a checkpoint (a run stopped before its first one) the run starts again from step 0. A
+    checkpoint of another job or other settings is refused with a RunError (nothing is written).
+    """
+    if not run.checkpoint_path.exists():
+        return 0, 0, EpochTotals()
+    checkpoint = load_checkpoint(run.checkpoint_path)
+    if checkpoint.get("kind") != job.kind:
+        raise RunError(f"{run.checkpoint_path} is a {checkpoint.get('kind')} checkpoint, not a {job.kind} one")
+    try:
+        job.load_state_dict(checkpoint["job"])
+        _set_rng_state(checkpoint["rng"])
+        return int(checkpoint["epoch"]), int(checkpoint["step"]), EpochTotals.from_state(checkpoint["totals"])
+    except RunError:  # the job's own refusal (another search space, another genotype)
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = f"it lacks {exc}" if isinstance(exc, KeyError) else next((line for line in lines if "mismatch" in line or "key" in line), lines[0])
+        raise RunError(
+            f"{run.checkpoint_path} does not fit this run ({reason[:200]}); it was written by other settings or another "
+            "version: restore the run's own checkpoint, or start a new run"
+        ) from None
+
+
 def fit(
     job: Job,
     run: RunDirectory,
@@ -249,25 +275,20 @@ def fit(
     writer=None,
     log_every: float = 60.0,
     first_step_note: str = "",
+    restored: tuple[int, int, EpochTotals] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) `job` for `epochs` epochs; returns all metrics records of the run.
+
+    A resumed run continues from its checkpoint, loaded here or beforehand by `restore` (`restored`).
 
     `progress` shows a bar per epoch on a terminal, else a line every `log_every` seconds (see Progress).
     With a `first_step_note`, the wall time of this process's first step is logged with it.
     """
     main = is_main_process()
-    epoch, start_step, totals = 0, 0, EpochTotals()
-    if resume and run.checkpoint_path.exists():
-        checkpoint = load_checkpoint(run.checkpoint_path)
-        if checkpoint.get("kind") != job.kind:
-            raise RunError(f"{run.checkpoint_path} is a {checkpoint.get('kind')} checkpoint, not a {job.kind} one")
-        job.load_state_dict(checkpoint["job"])
-        _set_rng_state(checkpoint["rng"])
-        epoch, start_step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        totals = EpochTotals.from_state(checkpoint["totals"])
-    records = [r for r in run.read_metrics() if r.get("epoch", 0) <= epoch] if main else []
+    epoch, start_step, totals = restored or (restore(job, run) if resume else (0, 0, EpochTotals()))
     if main and resume:
-        run.rewrite_metrics(records)  # drop lines written after the checkpoint
+        run.trim_logs(epoch)  # drop the lines written after the checkpoint
+    records = run.read_metrics() if main else []
 
     def save(next_epoch: int, next_step: int) -> None:
         if main:

@@ -27,10 +27,11 @@ from .ops import OP_FACTORIES
 
 __all__ = [
     "Genotype", "GenotypeError", "derive_genotype", "derive_cell", "cap_skips", "load_genotype", "parse_legacy", "genotype_dir",
-    "random_genotype",
+    "random_genotype", "MAX_NODES",
 ]  # fmt: skip
 
 EDGES_PER_NODE = 2
+MAX_NODES = 16  # intermediate nodes per cell (DARTS uses 4): more would be a mistake, not an architecture
 
 
 class GenotypeError(UserError):
@@ -120,6 +121,8 @@ class Genotype:
                     f"{cell_name} cell has {len(edges)} edges; it needs {EDGES_PER_NODE} per intermediate node"
                 )
             steps = len(edges) // EDGES_PER_NODE
+            if steps > MAX_NODES:
+                raise GenotypeError(f"{cell_name} cell has {steps} nodes; at most {MAX_NODES} are supported")
             for k, (op, idx) in enumerate(edges):
                 node = k // EDGES_PER_NODE
                 if op not in OP_FACTORIES:
@@ -185,6 +188,15 @@ def parse_legacy(text: str, allowed_ops: Iterable[str] | None = None) -> Genotyp
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise GenotypeError(f"legacy genotype string is not valid syntax: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise GenotypeError("legacy genotype string is nested too deeply to be read") from None
+    try:
+        return _legacy_genotype(tree, allowed_ops)
+    except RecursionError:
+        raise GenotypeError("legacy genotype string is nested too deeply to be read") from None
+
+
+def _legacy_genotype(tree: ast.Expression, allowed_ops: Iterable[str] | None) -> Genotype:
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
         raise GenotypeError("legacy genotype string must be a single Genotype(...) call")
@@ -233,7 +245,10 @@ def _literal(node: ast.AST):
         bounds = [_literal(arg) for arg in node.args]
         if not all(isinstance(b, int) for b in bounds):
             raise GenotypeError("range(...) in a legacy genotype string takes integers only")
-        return list(range(*bounds))
+        start, stop = bounds if len(bounds) == 2 else (0, bounds[0])
+        if stop - start > MAX_NODES + 2:  # checked before the list is built: range(2, 10**12) is refused at once
+            raise GenotypeError(f"range({start}, {stop}) names {stop - start} nodes; a cell has at most {MAX_NODES}")
+        return list(range(start, stop))
     raise GenotypeError(
         f"legacy genotype string contains code that is not allowed: {ast.dump(node)[:60]}; "
         "only lists of ('op', index) pairs and range(a, b) are accepted"
@@ -280,6 +295,8 @@ def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str]
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GenotypeError(f"genotype JSON text is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise GenotypeError("genotype JSON text is nested too deeply to be read") from None
         return Genotype.from_dict(data, allowed_ops)
     path = Path(text)
     if not path.is_file():
@@ -292,15 +309,19 @@ def load_genotype(spec: str | os.PathLike | Genotype, allowed_ops: Iterable[str]
                 f"(known: {', '.join(available_genotypes()) or 'none'})"
             )
     try:
-        raw = path.read_text()
+        raw = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GenotypeError(f"cannot read genotype file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{path} is not a genotype file (not text: a checkpoint or model?); give a genotype JSON file") from None
     if raw.lstrip().startswith("Genotype("):
         return parse_legacy(raw, allowed_ops)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise GenotypeError(f"genotype file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise GenotypeError(f"genotype file {path} is nested too deeply to be read") from None
     try:
         return Genotype.from_dict(data, allowed_ops)
     except GenotypeError as exc:

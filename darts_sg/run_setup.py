@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator, TypeVar
 
@@ -13,10 +14,14 @@ from .allocator import allocator_note, loaded_allocator
 from .distributed import is_main_process
 from .engine import fit
 from .memory import memory_report
-from .runs import RunDirectory
+from .errors import UserError
+from .runs import JOB_KEY, RunDirectory, RunError
 from .runtime import configure_process, resolve_device
 
-__all__ = ["RUNTIME_KEYS", "fit_run", "log", "log_memory", "open_writer", "resume_config", "start_run"]
+__all__ = [
+    "RUNTIME_KEYS", "building", "fit_run", "launched_as_main", "log", "log_memory", "open_writer", "prepare_run", "record_run",
+    "resume_config", "start_run",
+]  # fmt: skip
 
 # Run-time settings that may change when a run is resumed: where it runs, the exact speed
 # switches (`skip_none` is not among them: it changes the checkpoint layout) and whether a
@@ -41,9 +46,16 @@ def open_writer(run: RunDirectory) -> Iterator[Any]:
         writer.close()
 
 
-def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[str] | None) -> C:
-    """The stored config of `run`, with run-time settings from `requested`; refuse explicit conflicts."""
-    stored = cls.from_dict(run.load_config())
+def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[str] | None, job: str = "") -> C:
+    """The stored config of `run`, with run-time settings from `requested`; refuse explicit conflicts,
+    a run of another `job` ("search" or "augment") and a config.json with values of the wrong type."""
+    data = run.load_config()
+    if job:
+        run.check_job(data, job)
+    try:
+        stored = cls.from_dict(data)
+    except UserError as exc:
+        raise RunError(f"{run.config_path}: {exc}; restore the file or start a new run") from None
     requested_dict = requested.to_dict()
     explicit = explicit or set()
     run.check_resumable(stored.to_dict(), {k: requested_dict[k] for k in explicit if k in requested_dict}, cls.IDENTITY)
@@ -52,25 +64,54 @@ def resume_config(run: RunDirectory, cls: type[C], requested: C, explicit: set[s
     return stored
 
 
-def start_run(run: RunDirectory, config: Any, resume: bool) -> tuple[torch.device, int, int, Acceleration]:
-    """Validate `config`, set up the process, decide the acceleration and record both in `run`.
+def prepare_run(config: Any) -> tuple[torch.device, int, int, Acceleration]:
+    """Validate `config`, set up the process and decide the acceleration; writes nothing.
 
-    Returns (device, rank, world size, acceleration); config.json gets the config and, under
-    "acceleration", what the job will apply on this device, and under "allocator" the memory
-    allocator the process runs with (``darts_sg.allocator``).
+    Returns (device, rank, world size, acceleration).
     """
     config.validate()
     rank, world = configure_process(config)
     device = resolve_device(config.device)
-    acceleration = resolve_acceleration(config, device, log)
+    return device, rank, world, resolve_acceleration(config, device, log)
+
+
+def record_run(run: RunDirectory, config: Any, acceleration: Acceleration, resume: bool, job: str) -> None:
+    """Write config.json (main process): the config, under "job" which job made the run, under
+    "acceleration" what the job applies on this device, and under "allocator" the memory allocator
+    the process runs with (``darts_sg.allocator``)."""
     if is_main_process():
-        record = {**config.to_dict(), "acceleration": acceleration.to_dict(), "allocator": loaded_allocator()}
+        record = {**config.to_dict(), JOB_KEY: job, "acceleration": acceleration.to_dict(), "allocator": loaded_allocator()}
         run.update_config(record) if resume else run.create(record)
+
+
+def start_run(run: RunDirectory, config: Any, resume: bool, job: str = "") -> tuple[torch.device, int, int, Acceleration]:
+    """`prepare_run`, then `record_run` at once (for a job that needs no other check before writing)."""
+    device, rank, world, acceleration = prepare_run(config)
+    record_run(run, config, acceleration, resume, job)
     return device, rank, world, acceleration
 
 
+def launched_as_main() -> bool:
+    """Whether this process is (or, under torchrun before the process group exists, will be) rank 0."""
+    return is_main_process() and os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def building(what: str) -> Iterator[None]:
+    """Turn an allocation failure while the job is built (a network too large for memory) into a UserError."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in text and "out of memory" not in text:
+            raise
+        raise UserError(f"out of memory while building the {what} and loading its data ({text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__}); "
+                        "lower --init-channels, --layers or --batch-size") from None
+
+
 def fit_run(
-    job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool, log_every: float = 60.0
+    job: Any, run: RunDirectory, config: Any, resume: bool, script: str, progress: bool, log_every: float = 60.0,
+    restored: Any = None,
 ) -> list[dict[str, Any]]:
     """Run `job` for the configured epochs with TensorBoard; `script` names the command that resumes it.
 
@@ -81,7 +122,7 @@ def fit_run(
         return fit(
             job, run, config.epochs, config.checkpoint_every, resume,
             resume_hint=f"python {script} --resume {run.path}", progress=progress, writer=writer,
-            log_every=log_every, first_step_note="includes compiling the cells" if compiling else "",
+            log_every=log_every, first_step_note="includes compiling the cells" if compiling else "", restored=restored,
         )  # fmt: skip
 
 

@@ -13,16 +13,16 @@ from .config import RunConfig
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
-from .engine import evaluate, graphed_batch_sums, weight_step
+from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
-from .genotype import Genotype
+from .genotype import MAX_NODES, Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .precision import autocast, grad_scaler, load_scaler_state
-from .run_setup import fit_run, log, log_memory, resume_config, start_run
+from .run_setup import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from .runs import RunDirectory, RunError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -69,9 +69,13 @@ class SearchConfig(RunConfig):
         "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs",
     )  # fmt: skip
 
+    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
+
     def validate(self) -> None:
         super().validate()
         resolve_space(self.ops)
+        if self.nodes > MAX_NODES:
+            raise UserError(f"--nodes must be at most {MAX_NODES} (DARTS uses 4), got {self.nodes}")
         if self.order not in (1, 2):
             raise UserError(f"--order must be 1 or 2, got {self.order}")
         for name in ("nodes", "partial_channels", "subset"):
@@ -304,21 +308,25 @@ def run_search(
     the user gave) must agree with it, except run-time settings (device, threads, ...).
     """
     run = RunDirectory(out)
-    if resume:
-        config = resume_config(run, SearchConfig, config, explicit)
-    device, rank, world, acceleration = start_run(run, config, resume)
-    job = SearchJob(config, run, device, rank, world, acceleration)
-    if not resume:
-        log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
-            f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
-        log_memory(job.model, config, device, world, acceleration.channels_last)
-    fit_run(job, run, config, resume, "search.py", progress, log_every)
-    genotype = job.model.genotype(config.max_skip)
-    if is_main_process():
-        genotype.save(run.file("genotype.json"))
-        if job.stop_reason:
-            run.update_config({**config.to_dict(), "early_stop": job.stop_reason})
-            log(f"search stopped early: {job.stop_reason}")
-        final = run.read_metrics()[-1]
-        log_hparams(run.path, config.to_dict(), {k: final[k] for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
+    with run.session(resume, main=launched_as_main()):  # nothing is written before every check has passed
+        if resume:
+            config = resume_config(run, SearchConfig, config, explicit, job="search")
+        device, rank, world, acceleration = prepare_run(config)
+        with building("supernet"):
+            job = SearchJob(config, run, device, rank, world, acceleration)
+        restored = restore(job, run) if resume else None
+        record_run(run, config, acceleration, resume, "search")
+        if not resume:
+            log(f"search: {len(job.primitives)} ops ({','.join(job.primitives)}), {count_params(job.model):,} weights, "
+                f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
+            log_memory(job.model, config, device, world, acceleration.channels_last)
+        fit_run(job, run, config, resume, "search.py", progress, log_every, restored)
+        genotype = job.model.genotype(config.max_skip)
+        if is_main_process():
+            genotype.save(run.file("genotype.json"))
+            if job.stop_reason:
+                run.update_config({**run.load_config(), "early_stop": job.stop_reason})
+                log(f"search stopped early: {job.stop_reason}")
+            final = run.read_metrics()[-1]
+            log_hparams(run.path, config.to_dict(), {k: final[k] for k in ("val_acc", "val_loss", "train_acc", "train_loss")})
     return genotype

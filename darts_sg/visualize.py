@@ -19,7 +19,7 @@ import torch
 from .errors import UserError
 from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
 from .genotype import Genotype
-from .io import atomic_write_bytes, atomic_write_text, up_to_date
+from .io import atomic_write_bytes, atomic_write_text, make_parent, up_to_date
 
 __all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 
@@ -81,8 +81,7 @@ def plot_genotype(genotype: Genotype, prefix: str | Path, fmt: str = "png", quie
     global _hint_shown
     if fmt not in ("png", "svg", "pdf"):
         raise UserError(f"unknown format {fmt!r}; use png, svg or pdf")
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix = make_parent(prefix)
     written = []
     for cell in ("normal", "reduce"):
         graph = cell_graph(genotype, cell)
