@@ -64,7 +64,7 @@ def _file_lock(path: Path, wait: bool, note: str = "", patience: float = 0.0) ->
     Without POSIX file locks (Windows) the lock is always granted: run one process per folder there.
     """
     try:
-        import fcntl  # noqa: F401
+        import fcntl
     except ImportError:
         yield True
         return
@@ -83,8 +83,6 @@ def _file_lock(path: Path, wait: bool, note: str = "", patience: float = 0.0) ->
         try:
             yield True
         finally:
-            import fcntl
-
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -100,6 +100,19 @@ def test_list_units_says_which_are_done_running_or_waiting(tmp_path):
     assert result.stdout.splitlines() == ["  1  darts-random0  random     done", "  2  darts-random1  random     waiting"]
 
 
+def test_a_file_system_without_locks_is_a_clear_error_not_a_double_run(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UserError, match="must be on a file system with file locks"):
+        with unit_claim(tmp_path, units_of(two_units())[0]):
+            pass
+
+
 def test_cluster_options_are_checked():
     run = lambda *args: CliRunner().invoke(cli, ["compare", *TWO_UNITS, "--out", "unused", *args])  # noqa: E731
     assert "only with --launcher slurm" in run("--partition", "gpu").output
@@ -168,3 +181,18 @@ def test_one_unit_under_torchrun_searches_and_retrains_on_two_processes(tmp_path
     assert rows[0]["machines"].endswith(", 2 processes") and rows[0]["cpu_hours"] > 0 and rows[0]["gpu_hours"] == 0
     spec = CompareSpec.for_preset("smoke", spaces=["darts"], seeds=[0], random=1, references=[])
     assert [s["state"] for s in unit_states(spec, prepare_experiment(spec, out, write=False))] == ["done", "waiting"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_units_share_each_gpu_with_units_per_gpu_2(tmp_path, data_root):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "darts_sg", "compare", *TWO_UNITS, "--data-root", str(data_root), "--out", str(out),
+           "--units-per-gpu", "2"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gpus = visible_gpus(["auto"])
+    assert f"compare: {2 * len(gpus)} worker processes on GPU {', '.join(gpus)} (2 per GPU)" in result.stderr, result.stderr
+    assert f"[worker 2 on GPU {gpus[1 % len(gpus)]}] " in result.stderr
+    rows = json.loads((out / "rows.json").read_text())
+    assert len(rows) == 2 and all(r["machines"].startswith("cuda: ") and r["gpu_hours"] > 0 for r in rows), rows
