@@ -175,21 +175,19 @@ def run_named_unit(spec: CompareSpec, out: str | Path, key: str, log: Callable[[
     several tasks, every process calls it and trains; rank 0 claims the unit, logs and writes the report."""
     number, unit = find_unit(spec, key)
     label = f"compare: unit {number}/{len(units_of(spec))} {unit.name}"
-    init_from_environment(SearchConfig(**search_settings(spec)).device if unit.kind == "searched"
-                          else AugmentConfig(**augment_settings(spec)).device)  # fmt: skip
+    search_device, augment_device = _devices(spec)
+    init_from_environment(search_device if unit.kind == "searched" else augment_device)
     main = is_main_process()
     out = prepare_experiment(spec, out, write=main)
     with unit_claim(out, unit) if main else contextlib.nullcontext(True) as claimed:
         state = from_main(lambda: "finished" if unit_finished(out, unit) else "run" if claimed else claim_holder(out, unit) or "taken")
-        if state == "finished":
-            log(f"{label}: finished earlier")
-        elif state == "run":
-            if main:
-                log(f"{label}: {'search and ' if unit.kind == 'searched' else ''}retrain on {this_process()}")
+        if main:
+            log({"finished": f"{label}: finished earlier",
+                 "run": f"{label}: {'search and ' if unit.kind == 'searched' else ''}retrain on {this_process()}"}.get(
+                state, f"{label}: running in another process ({state}); nothing to do"))  # fmt: skip
+        if state == "run":
             run_unit(spec, out, unit, progress)
-        else:
-            if main:
-                log(f"{label}: running in another process ({state}); nothing to do")
+        elif state != "finished":
             return False
     if main:
         _rebuild_report(spec, out)
