@@ -310,7 +310,7 @@ def export(run, fmt, output) -> None:
               help="Units run at once, in worker processes sharing the CPU's threads: on 2 cores, 2 jobs train more images per "
                    "second than 1 (benchmarks/bench_parallel_units.py). With GPUs, the workers spread over them, each seeing "
                    "only its own. A unit's result does not depend on the units beside it; the thread count "
-                   "changes float rounding, as another CPU model does. [default: 1 on a CPU, one per GPU]")
+                   "changes float rounding, as another CPU model does. When not given: 1 on a CPU, one per GPU on a machine with GPUs.")
 @click.option("--units-per-gpu", type=POSITIVE, default=None, metavar="K",
               help="On a machine with GPUs: K units on each GPU at once (a DARTS search leaves a large GPU mostly idle; "
                    "benchmarks/bench_parallel_units.py --device cuda measures what K gives).")
@@ -324,13 +324,13 @@ def export(run, fmt, output) -> None:
                    "(pip install 'darts-sg[slurm]') and return; submitit-local: the same jobs as processes of this machine "
                    "(submitit's local executor: the Slurm code path without a cluster).")
 @click.option("--partition", help="--launcher slurm: the partition to submit to (when not given: the cluster's default).")
-@click.option("--gpus-per-unit", type=NON_NEGATIVE, default=None,
-              help="--launcher slurm: GPUs of each unit's job, one task per GPU joined as by torchrun (0: CPU only). [default: 1]")
-@click.option("--cpus-per-unit", type=POSITIVE, default=None, help="--launcher slurm: CPU cores per GPU (per task), the torch threads. [default: 8]")
-@click.option("--time", "time_limit", default=None, metavar="TIME",
+@click.option("--gpus-per-unit", type=NON_NEGATIVE, default=1, show_default=True,
+              help="--launcher slurm: GPUs of each unit's job, one task per GPU joined as by torchrun (0: CPU only).")
+@click.option("--cpus-per-unit", type=POSITIVE, default=8, show_default=True, help="--launcher slurm: CPU cores per GPU (per task), the torch threads.")
+@click.option("--time", "time_limit", default="24:00:00", show_default=True, metavar="TIME",
               help="--launcher slurm: each job's time limit: minutes, HH:MM:SS or D-HH:MM:SS; a unit stopped by it keeps its "
-                   "checkpoint and resumes when resubmitted. [default: 24:00:00]")
-@click.option("--array-parallelism", type=POSITIVE, default=None, help="--launcher slurm: jobs of the array running at once. [default: 256]")
+                   "checkpoint and resumes when resubmitted.")
+@click.option("--array-parallelism", type=POSITIVE, default=256, show_default=True, help="--launcher slurm: jobs of the array running at once.")
 @click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE", help="--launcher slurm: a further sbatch option, e.g. --slurm-opt account=myproj --slurm-opt qos=high (repeatable).")
 @click.option("--wait", is_flag=True, help="--launcher slurm: wait for the jobs to end, then rebuild the report.")
 def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress, jobs,
@@ -349,9 +349,10 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         raise click.UsageError(f"give one of {', '.join(modes)}")
     if as_json and not list_units:
         raise click.UsageError("--json goes with --list-units")
-    slurm_given = [name for name, value in (("--partition", partition), ("--gpus-per-unit", gpus_per_unit),
-                   ("--cpus-per-unit", cpus_per_unit), ("--time", time_limit), ("--array-parallelism", array_parallelism),
-                   ("--slurm-opt", slurm_opt), ("--wait", wait)) if value is not None and value is not False and value != ()]  # fmt: skip
+    context = click.get_current_context()
+    slurm_given = [param.opts[0] for param in context.command.params
+                   if param.name in ("partition", "gpus_per_unit", "cpus_per_unit", "time_limit", "array_parallelism", "slurm_opt", "wait")
+                   and context.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
     if slurm_given and launcher == "processes":
         raise click.UsageError(f"only with --launcher slurm or submitit-local: {', '.join(slurm_given)}")
     spec = CompareSpec.for_preset(
@@ -411,8 +412,8 @@ def _submit(spec, out, launcher, partition, gpus_per_unit, cpus_per_unit, time_l
         options[key.strip().replace("_", "-")] = value
     launch = LaunchOptions(
         cluster="slurm" if launcher == "slurm" else "local", partition=partition,
-        gpus_per_unit=1 if gpus_per_unit is None else gpus_per_unit, cpus_per_unit=cpus_per_unit or 8,
-        time_min=parse_time(time_limit or "24:00:00"), array_parallelism=array_parallelism or 256, slurm_options=options,
+        gpus_per_unit=gpus_per_unit, cpus_per_unit=cpus_per_unit, time_min=parse_time(time_limit),
+        array_parallelism=array_parallelism, slurm_options=options,
     )  # fmt: skip
     jobs = submit_units(spec, out, launch, log)
     if wait and jobs:
