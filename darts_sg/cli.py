@@ -323,11 +323,36 @@ def export(run, fmt, output) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
 @click.option("--report-only", is_flag=True, help="Rebuild the report from the finished units without running anything.")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars of the single runs (with --jobs 1).")
-@click.option("--jobs", type=POSITIVE, default=1, show_default=True,
+@click.option("--jobs", type=POSITIVE, default=None,
               help="Units run at once, in worker processes sharing the CPU's threads: on 2 cores, 2 jobs train more images per "
-                   "second than 1 (benchmarks/bench_parallel_units.py). A unit's result does not depend on the units beside it; the thread count "
-                   "changes float rounding, as another CPU model does.")
-def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress, jobs) -> None:
+                   "second than 1 (benchmarks/bench_parallel_units.py). With GPUs, the workers spread over them, each seeing "
+                   "only its own. A unit's result does not depend on the units beside it; the thread count "
+                   "changes float rounding, as another CPU model does. When not given: 1 on a CPU, one per GPU on a machine with GPUs.")
+@click.option("--units-per-gpu", type=POSITIVE, default=None, metavar="K",
+              help="On a machine with GPUs: K units on each GPU at once (a DARTS search leaves a large GPU mostly idle; "
+                   "benchmarks/bench_parallel_units.py --device cuda measures what K gives).")
+@click.option("--list-units", is_flag=True, help="List the units (number, name, kind, done / running / waiting) and exit; "
+                                                 "a scheduler runs each with --unit.")
+@click.option("--json", "as_json", is_flag=True, help="With --list-units: print the list as JSON.")
+@click.option("--unit", metavar="NAME|NUMBER", help="Run this one unit (a name or number from --list-units), then rebuild the "
+                                                    "report: one scheduler job, or one torchrun job on several GPUs.")
+@click.option("--launcher", type=click.Choice(["processes", "slurm", "submitit-local"]), default="processes", show_default=True,
+              help="processes: run the units here (--jobs); slurm: submit one Slurm job per unfinished unit through submitit "
+                   "(pip install 'darts-sg[slurm]') and return; submitit-local: the same jobs as processes of this machine "
+                   "(submitit's local executor: the Slurm code path without a cluster).")
+@click.option("--partition", help="--launcher slurm: the partition to submit to (when not given: the cluster's default).")
+@click.option("--gpus-per-unit", type=NON_NEGATIVE, default=1, show_default=True,
+              help="--launcher slurm: GPUs of each unit's job, one task per GPU joined as by torchrun (0: CPU only).")
+@click.option("--cpus-per-unit", type=POSITIVE, default=8, show_default=True, help="--launcher slurm: CPU cores per GPU (per task), the torch threads.")
+@click.option("--time", "time_limit", default="24:00:00", show_default=True, metavar="TIME",
+              help="--launcher slurm: each job's time limit: minutes, HH:MM:SS or D-HH:MM:SS; a unit stopped by it keeps its "
+                   "checkpoint and resumes when resubmitted.")
+@click.option("--array-parallelism", type=POSITIVE, default=256, show_default=True, help="--launcher slurm: jobs of the array running at once.")
+@click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE", help="--launcher slurm: a further sbatch option, e.g. --slurm-opt account=myproj --slurm-opt qos=high (repeatable).")
+@click.option("--wait", is_flag=True, help="--launcher slurm: wait for the jobs to end, then rebuild the report.")
+def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress, jobs,
+            units_per_gpu, list_units, as_json, unit, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit,
+            array_parallelism, slurm_opt, wait) -> None:  # fmt: skip
     """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
     from .compare import CompareSpec, parse_overrides, run_compare
 
@@ -335,6 +360,18 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
     except ValueError:
         raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+    modes = [name for name, given in (("--report-only", report_only), ("--list-units", list_units), ("--unit", unit is not None),
+                                      ("--launcher " + launcher, launcher != "processes")) if given]  # fmt: skip
+    if len(modes) > 1:
+        raise click.UsageError(f"give one of {', '.join(modes)}")
+    if as_json and not list_units:
+        raise click.UsageError("--json goes with --list-units")
+    context = click.get_current_context()
+    slurm_given = [param.opts[0] for param in context.command.params
+                   if param.name in ("partition", "gpus_per_unit", "cpus_per_unit", "time_limit", "array_parallelism", "slurm_opt", "wait")
+                   and context.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if slurm_given and launcher == "processes":
+        raise click.UsageError(f"only with --launcher slurm or submitit-local: {', '.join(slurm_given)}")
     spec = CompareSpec.for_preset(
         preset,
         spaces=[s.strip() for s in spaces.split(",") if s.strip()],
@@ -345,16 +382,70 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         augment_overrides=parse_overrides(augment_opt, AugmentConfig),
         data_root=data_root,
     )
-    rows = run_compare(spec, out, progress=progress, log=lambda m: click.echo(m, err=True), report_only=report_only, jobs=jobs)
-    from pathlib import Path
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if list_units:
+        _list_units(spec, out, as_json)
+    elif unit is not None:
+        from .compare import run_named_unit
+        from .distributed import is_main_process
 
-    from .compare_parallel import claimed_elsewhere
-    from .compare_plan import units_of
+        ran = run_named_unit(spec, out, unit, log=log, progress=progress)
+        if is_main_process():
+            click.echo(f"report: {out}/report.md" if ran else "nothing done: the unit is running in another process")
+    elif launcher != "processes":
+        _submit(spec, out, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit, array_parallelism, slurm_opt, wait, log)
+    else:
+        rows = run_compare(spec, out, progress=progress, log=log, report_only=report_only, jobs=jobs, units_per_gpu=units_per_gpu)
+        from pathlib import Path
 
-    pending = [unit for unit, row in zip(units_of(spec), rows) if row is None]
-    elsewhere = len(claimed_elsewhere(Path(out), pending)) if pending else 0
-    running = f", {elsewhere} running in another process" if elsewhere else ""
-    click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished{running}; report: {out}/report.md")
+        from .compare_parallel import claimed_elsewhere
+        from .compare_plan import units_of
+
+        pending = [unit for unit, row in zip(units_of(spec), rows) if row is None]
+        elsewhere = len(claimed_elsewhere(Path(out), pending)) if pending else 0
+        running = f", {elsewhere} running in another process" if elsewhere else ""
+        click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished{running}; report: {out}/report.md")
+
+
+def _list_units(spec, out: str, as_json: bool) -> None:
+    """`compare --list-units`: one line per unit (or JSON), and the counts on stderr."""
+    import json
+
+    from .compare import prepare_experiment, unit_states
+
+    states = unit_states(spec, prepare_experiment(spec, out, write=False))
+    if as_json:
+        click.echo(json.dumps(states, indent=2))
+    else:
+        width = max(len(s["name"]) for s in states) if states else 0
+        for s in states:
+            note = f"  ({s['where']})" if "where" in s else "  (resumes from its checkpoint)" if s["state"] == "waiting" and s["started"] else ""
+            click.echo(f"{s['number']:>3}  {s['name']:<{width}}  {s['kind']:<9}  {s['state']}{note}")
+    counts = {state: sum(s["state"] == state for s in states) for state in ("done", "running", "waiting")}
+    click.echo(f"{len(states)} units: " + ", ".join(f"{n} {state}" for state, n in counts.items()), err=True)
+
+
+def _submit(spec, out, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit, array_parallelism, slurm_opt, wait, log) -> None:
+    """`compare --launcher slurm|submitit-local`: submit the unfinished units, and with `wait` wait for them."""
+    from .compare_slurm import LaunchOptions, parse_time, submit_units, wait_for_units
+
+    options = {}
+    for item in slurm_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--slurm-opt")
+        options[key.strip().replace("_", "-")] = value
+    launch = LaunchOptions(
+        cluster="slurm" if launcher == "slurm" else "local", partition=partition,
+        gpus_per_unit=gpus_per_unit, cpus_per_unit=cpus_per_unit, time_min=parse_time(time_limit),
+        array_parallelism=array_parallelism, slurm_options=options,
+    )  # fmt: skip
+    jobs = submit_units(spec, out, launch, log)
+    if wait and jobs:
+        rows = wait_for_units(spec, out, jobs, log)
+        click.echo(f"{sum(r is not None for r in rows)} of {len(rows)} units finished; report: {out}/report.md")
+    elif jobs:
+        click.echo(f"{len(jobs)} jobs submitted; follow them with: darts-sg compare ... --out {out} --list-units")
 
 
 def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | None = None) -> None:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,8 @@ from .runs import RunDirectory
 from .search import SearchConfig
 from .augment import AugmentConfig
 
-__all__ = ["PAPER_CLAIM", "unit_row", "welch_interval", "size_adjusted_differences", "write_report", "render_markdown"]
+__all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
+           "render_markdown"]  # fmt: skip
 
 PAPER_CLAIM = (
     "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
@@ -38,7 +40,7 @@ PAPER_TRAINING = "600 epochs at C=36, 20 cells, where DARTS (second order) reach
 CSV_COLUMNS = [
     "name", "kind", "space", "seed", "test_acc", "params", "flops", "paper_params", "paper_flops", "sg_block_edges",
     "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
-    "entropy_reduce", "search_seconds", "train_seconds", "machines",
+    "entropy_reduce", "search_seconds", "train_seconds", "gpu_hours", "cpu_hours", "machines",
 ]  # fmt: skip
 
 
@@ -108,6 +110,28 @@ def machines_of(*runs: RunDirectory) -> str:
     return "; ".join(dict.fromkeys(names))
 
 
+def compute_hours(*runs: RunDirectory) -> dict[str, float]:
+    """The hours the epochs of `runs` took (training and evaluation, wall-clock) times the processes that ran them
+    (a torchrun unit on 4 GPUs counts 4), on GPUs and on CPUs, from the machine each epoch recorded."""
+    hours = {"gpu_hours": 0.0, "cpu_hours": 0.0}
+    for m in (m for run in runs for m in run.read_metrics()):
+        machine = m.get("machine", "cpu")
+        processes = re.search(r", (\d+) processes$", machine)
+        seconds = (m.get("train_seconds", 0) + m.get("eval_seconds", 0)) * (int(processes[1]) if processes else 1)
+        hours["gpu_hours" if machine.startswith("cuda") else "cpu_hours"] += seconds / 3600
+    return hours
+
+
+def _unit_runs(out: Path, unit: Unit) -> list[RunDirectory]:
+    search = [RunDirectory(out / "search" / unit.name)] if unit.kind == "searched" else []
+    return search + [RunDirectory(out / "augment" / unit.name)]
+
+
+def grid_hours(out: Path, spec: CompareSpec) -> dict[str, float]:
+    """`compute_hours` of every unit of the experiment, finished or not."""
+    return compute_hours(*(run for unit in units_of(spec) for run in _unit_runs(out, unit)))
+
+
 def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
     """The report row of a finished unit (None while it has not finished)."""
     summary_path = out / "augment" / unit.name / "summary.json"
@@ -124,10 +148,10 @@ def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
         "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
         "train_seconds": summary["train_seconds"],
     }  # fmt: skip
-    runs = [RunDirectory(out / "augment" / unit.name)]
+    runs = _unit_runs(out, unit)
     if unit.kind == "searched":
-        runs.insert(0, RunDirectory(out / "search" / unit.name))
         row.update(search_dynamics(runs[0]))
+    row.update(compute_hours(*runs))
     row["machines"] = machines_of(*runs)
     row["genotype"] = genotype.to_dict()
     return row
@@ -184,7 +208,7 @@ def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_un
         plot_genotype(Genotype.from_dict(r["genotype"]), out / "cells" / r["name"], quiet=True)
     atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
     trajectories = alpha_trajectory_pngs(out, done, spec.spaces)
-    report = render_markdown(done, spec, total_units or len(units_of(spec)))
+    report = render_markdown(done, spec, total_units or len(units_of(spec)), grid_hours(out, spec))
     if trajectories:
         report += "\n## How the alphas settled (the first search of each space)\n\n" + "".join(
             f"![{p.stem}](alphas/{p.name})\n" for p in trajectories
@@ -408,8 +432,19 @@ def _scale_caveat(rows: list[dict], t_cfg: AugmentConfig) -> list[str]:
             "counts are properties of the genotypes, given at the paper's scale."]  # fmt: skip
 
 
-def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> str:
-    """The report: status, answer, protocol, per-space tables, every unit, figures."""
+def _compute_line(rows: list[dict], hours: dict[str, float]) -> list[str]:
+    """What the grid cost so far: GPU-hours and CPU-hours of every unit, finished or in progress."""
+    spent = [f"{hours[key]:.1f} {what}" for key, what in (("gpu_hours", "GPU-hours"), ("cpu_hours", "CPU process-hours"))
+             if hours.get(key)]  # fmt: skip
+    if not spent:
+        return []
+    finished = sum(r.get("gpu_hours", 0) for r in rows)
+    return ["", f"Compute so far: {' and '.join(spent)} (the epochs' wall-clock time times the processes that ran "
+            f"them, units in progress included; the finished units: {finished:.1f} GPU-hours)."]  # fmt: skip
+
+
+def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours: dict[str, float] | None = None) -> str:
+    """The report: status, compute spent, answer, protocol, per-space tables, every unit, figures."""
     s_cfg, t_cfg = SearchConfig(**search_settings(spec)), AugmentConfig(**augment_settings(spec))
     alpha_steps = (s_cfg.subset or 25000) // s_cfg.batch_size * s_cfg.epochs
     acc = lambda kind, space: _group(rows, kind, space, "test_acc")  # noqa: E731
@@ -417,6 +452,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
         "# Does the sandglass block make DARTS find better cells?",
         "",
         f"Status: {len(rows)} of {total_units} units finished (preset `{spec.preset}`).",
+        *_compute_line(rows, hours or {}),
         "",
         "## Answer (from the finished units)",
         "",
@@ -478,20 +514,20 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int) -> st
     lines += ["", "The paper: DARTS cells 3.3M params; sandglass cells about 25% fewer (~2.5M, derived).", "",
               "## Every unit", "",
               "| unit | test acc | params | MFLOPs | params C=36/20 | sg_block | inv_res | skips (normal) | search val acc | "
-              "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s | ran on |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+              "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s | GPU h | ran on |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         search = (f"{100 * r['search_val_acc']:.2f}% | {r['alpha_steps']} | {r['stable_since_epoch']} | "
                   f"{r['entropy_normal']:.3f} / {r['entropy_reduce']:.3f} | {r['search_seconds']:.0f}"
                   if r["kind"] == "searched" else "| | | |")  # fmt: skip
         lines.append(f"| {r['name']} | {100 * r['test_acc']:.2f}% | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
                      f"{r['paper_params'] / 1e6:.2f} M | {r['sg_block_edges']} | {r['inv_res_edges']} | {r['normal_skips']} | "
-                     f"{search} | {r['train_seconds']:.0f} | {r.get('machines', 'not recorded')} |")  # fmt: skip
+                     f"{search} | {r['train_seconds']:.0f} | {r.get('gpu_hours', 0):.2f} | {r.get('machines', 'not recorded')} |")  # fmt: skip
     maxima = ", ".join(f"{math.log(len(resolve_space(space))):.3f} for `{space}`" for space in spec.spaces)
     lines += ["", "Entropy: mean over edges of the entropy (nats) of softmax(alpha) after the last epoch; uniform "
               f"weights give the maximum, ln(number of ops): {maxima}. "
               "Stable since: the first epoch from which the derived genotype no longer changed. Seconds are wall-clock "
               "time (they include any time the run was paused, and run slower beside another unit under --jobs). Ran on: the machines recorded in the unit's metrics, "
-              "epoch by epoch (older lines did not record one).", "",
+              "epoch by epoch (older lines did not record one). GPU h: the unit's epochs on GPUs, wall-clock hours times GPUs.", "",
               "![test accuracy against params](accuracy_vs_params.png)", ""]  # fmt: skip
     return "\n".join(lines) + "\n"

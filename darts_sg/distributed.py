@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "StopVote", "average_gradients", "identical_across_ranks", "init_from_environment", "is_main_process",
+    "StopVote", "average_gradients", "from_main", "identical_across_ranks", "init_from_environment", "is_main_process",
     "leave_process_group", "world",
 ]  # fmt: skip
 
@@ -40,6 +40,17 @@ def world() -> int:
 def is_main_process() -> bool:
     """True on rank 0, the process that writes logs, checkpoints and pictures (and when alone)."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def from_main(decide):
+    """`decide()` evaluated on rank 0 alone and its (picklable) result handed to every process; `decide()` when alone.
+
+    Whatever rank 0 does in `decide` (e.g. removing a folder) is done before any other process goes on."""
+    if world() == 1:
+        return decide()
+    box = [decide() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=collective_device())
+    return box[0]
 
 
 def average_gradients(tensors) -> None:

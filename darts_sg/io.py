@@ -15,6 +15,7 @@ import errno
 import io
 import json
 import os
+import time
 import secrets
 from pathlib import Path
 from typing import Any, Iterator
@@ -200,12 +201,13 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
+def file_lock(path: str | os.PathLike, wait: bool, note: str | None = None, patience: float = 0.0) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on `path` while the block runs (waiting for it, or yielding False when taken).
 
-    The holder writes its PID into the file (`lock_holder` reads it). The kernel drops the lock
-    when its process ends, however it ends. Without POSIX file locks (Windows) the lock is always
-    granted: run one process per folder there.
+    The holder writes `note` (by default its PID, which `lock_holder` reads) into the file. Without
+    `wait`, a taken lock is tried again for `patience` seconds. The kernel drops the lock when its
+    process ends, however it ends. Without POSIX file locks (Windows) the lock is always granted:
+    run one process per folder there.
     """
     try:
         import fcntl
@@ -218,15 +220,23 @@ def file_lock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
     except OSError as exc:
         raise _write_error(path, exc) from None
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.1)
+            except OSError as exc:  # e.g. Lustre mounted without -o flock: ENOSYS
+                raise UserError(f"cannot lock {path} ({exc.strerror}): the folder must be on a file system with file "
+                                "locks (a local disk, NFS, Lustre mounted with -o flock, GPFS)") from None  # fmt: skip
         try:
             with contextlib.suppress(OSError):
                 handle.truncate(0)
-                handle.write(f"{os.getpid()}\n")
+                handle.write(f"{os.getpid() if note is None else note}\n")
                 handle.flush()
             yield True
         finally:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .distributed import init_from_environment
+from .distributed import init_from_environment, world
 from .runs import RunError
 
 __all__ = ["configure_process", "cpu_model", "machine_name", "resolve_device"]
@@ -48,10 +48,12 @@ def cpu_model() -> str:
 
 
 def machine_name(device: torch.device) -> str:
-    """What a run ran on, for its metrics: the GPU's name, or the CPU's model and torch's thread count."""
+    """What a run ran on, for its metrics: the GPU's name, or the CPU's model and torch's thread count;
+    under torchrun, followed by the number of processes (", 4 processes": four GPUs, or four CPU processes)."""
+    processes = f", {world()} processes" if world() > 1 else ""
     if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {cpu_model()}, {thread_count(torch.get_num_threads())}"
+        return f"cuda: {torch.cuda.get_device_name(device)}{processes}"
+    return f"cpu: {cpu_model()}, {thread_count(torch.get_num_threads())}{processes}"
 
 
 def thread_count(threads: int) -> str:

@@ -15,6 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "note: missing ${missing[*]} (e.g. apt-get install ${missing[*]}): dot draws the cell diagrams, tcmalloc speeds up CPU jobs" >&2
   fi
 fi
-if ! python3 -c "import darts_sg, pytest, xdist, torch, torchvision, graphviz, tensorboard, click, matplotlib, scipy, statsmodels" 2>/dev/null; then
+if ! python3 -c "import darts_sg, pytest, xdist, torch, torchvision, graphviz, tensorboard, click, matplotlib, scipy, statsmodels, submitit" 2>/dev/null; then
   python3 -m pip install -q -e ".[test]"
 fi
