@@ -12,6 +12,7 @@ difference. The virtual step never copies the model: w' is evaluated with
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,7 @@ class Architect:
         self.order = order
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas, weight_decay=weight_decay, **optimizer_options)
         self.scaler = scaler or NO_SCALING  # an enabled one for fp16
+        self.penalty: Callable[[], torch.Tensor] | None = None  # a term of the alphas alone added to the loss (darts_sg.cost)
 
     def alpha_grads(self, train_batch: Batch, val_batch: Batch, w_optimizer, xi: float | torch.Tensor):
         """Alpha gradients and validation loss, first or second order."""
@@ -166,6 +168,8 @@ class Architect:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step on the alphas (`xi`: the virtual step's learning rate, a float or a device tensor); returns the validation loss and 1 if the step was skipped (fp16 overflow) else 0."""
         grads, loss = self.alpha_grads(train_batch, val_batch, w_optimizer, xi)
+        if self.penalty is not None:  # a function of the alphas alone: its gradient adds to either order's
+            grads = [g + p for g, p in zip(grads, _grad(self.scaler.scale(self.penalty()), self.model.alphas()))]
         average_gradients(grads)  # identical alphas on every process (an overflow anywhere skips everywhere)
         for alpha, grad in zip(self.model.alphas(), grads):
             alpha.grad = grad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -10,6 +11,7 @@ import torch
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
+from .cost import COST_KINDS, CostPenalty, CostTable, genotype_cost
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
@@ -60,13 +62,20 @@ class SearchConfig(RunConfig):
     early_stop_skips: int | None = None  # DARTS+: stop when the normal cell has more skips than this ...
     early_stop_epochs: int = 1  # ... for this many epochs in a row
     figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
+    # Search under a budget (darts_sg.cost): the expected cost of the derived network in the alpha loss.
+    cost: str | None = None  # params or flops; None = accuracy alone
+    cost_weight: float = 0.1
+    cost_target: float | None = None  # in millions of parameters or MFLOPs: a penalty on the excess only
+    cost_channels: int = 36  # the derived network's scale the cost is counted at
+    cost_layers: int = 20
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
         "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
         "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
-        "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs",
+        "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs", "cost", "cost_weight", "cost_target",
+        "cost_channels", "cost_layers",
     )  # fmt: skip
 
     POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
@@ -98,6 +107,17 @@ class SearchConfig(RunConfig):
                 raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
         if self.order == 2 and self.amp == "fp16":
             raise UserError("--order 2 does not support --amp fp16 (its finite differences need unscaled fp32 gradients); use --amp bf16 or --amp off")
+        if self.cost is not None and self.cost not in COST_KINDS:
+            raise UserError(f"--cost must be one of {', '.join(COST_KINDS)}, got {self.cost!r}")
+        if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
+            raise UserError(f"--cost-weight must be a finite number >= 0, got {self.cost_weight}")
+        if self.cost_target is not None and not (math.isfinite(self.cost_target) and self.cost_target > 0):
+            raise UserError(f"--cost-target must be a positive number (millions of {self.cost or 'params'}), got {self.cost_target}")
+        if (self.cost_target is not None or self.cost_weight != SearchConfig.cost_weight) and self.cost is None:
+            raise UserError("--cost-weight and --cost-target need --cost params or --cost flops")
+        for name in ("cost_channels", "cost_layers"):
+            if getattr(self, name) < (2 if name == "cost_channels" else 3) or (name == "cost_channels" and self.cost_channels % 2):
+                raise UserError(f"--{name.replace('_', '-')} must be an even number >= 2 (channels) or >= 3 (layers), got {getattr(self, name)}")
         if self.early_stop_epochs < 1:
             raise UserError(f"--early-stop-epochs must be positive, got {self.early_stop_epochs}")
 
@@ -206,9 +226,19 @@ class SearchJob:
             "alpha_lr": float(self.architect.optimizer.param_groups[0]["lr"]),
             "warmup": self.warmup,
             "normal_skips": normal_skips,
+            **self.costs(genotype),
             "genotype": genotype.to_dict(),
             **({"early_stop": early_stop} if early_stop else {}),
         }
+
+    def costs(self, genotype: Genotype) -> dict[str, float]:
+        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions)."""
+        penalty = self.architect.penalty
+        if penalty is None:
+            return {}
+        c = self.config
+        true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
+        return {"expected_cost": float(penalty.expected()) / 1e6, "genotype_cost": true_cost / 1e6}
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
         from .visualize import log_search_epoch
@@ -216,6 +246,9 @@ class SearchJob:
         log_search_epoch(writer, epoch, metrics, self.model, self.run, figures=self.config.figures)
         writer.add_scalar("search/normal_skips", metrics["normal_skips"], epoch)
         writer.add_scalar("search/warmup", int(metrics["warmup"]), epoch)
+        for key in ("expected_cost", "genotype_cost"):
+            if key in metrics:
+                writer.add_scalar(f"search/{key}", metrics[key], epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -268,6 +301,10 @@ class SearchStep:
             model, config.alpha_lr, config.alpha_weight_decay, order=config.order, scaler=grad_scaler(device, self.amp),
             **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
         )  # fmt: skip
+        if config.cost:
+            table = CostTable(config.cost, model.primitives, model.steps, config.cost_channels, config.cost_layers, config.op_options())
+            target = config.cost_target * 1e6 if config.cost_target is not None else None
+            self.architect.penalty = CostPenalty(table, model, config.cost_weight, target)
         if graphs:
             device_learning_rates(self.w_optimizer, device)
             device_learning_rates(self.architect.optimizer, device)

@@ -1,0 +1,162 @@
+"""Search under a budget: the expected cost of the supernet's cells, differentiable in the alphas.
+
+FBNet (Wu et al., CVPR 2019) and ProxylessNAS (Cai et al., ICLR 2019) add to the architecture
+loss the expected cost of the mixed ops: each edge's candidates' costs weighted by softmax(alpha).
+Here the cost of a candidate is what it would cost in the *derived* network, at the scale that
+network is trained at (C=36, 20 cells by default): its parameters, or its forward FLOPs on one
+32x32 image (torch's FLOP counter: convolutions and matmuls, a multiply-add counts 2), summed over
+every cell of that type. A derived cell keeps 2 of the incoming edges of each node, so an edge
+into a node with n inputs counts 2/n of its expected cost; the network around the cells (stem,
+preprocessing, classifier) is a constant added on top, so that the expected cost is on the scale
+of the derived network's own count.
+
+The term added to the alpha loss (`CostPenalty`):
+
+- without a target, ``weight * E / E0``: E0 is the expected cost at uniform alphas, so the term
+  starts at `weight` whatever the unit, and always pulls towards cheaper ops (ProxylessNAS' form);
+- with a target T, ``weight * relu(E / T - 1)``: a penalty on the relative excess only. Inside the
+  budget the accuracy objective is left alone (its gradient is exactly zero there), and a cell over
+  budget is pushed back in proportion to how far over it is, whatever the unit.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .flops import flop_counter
+from .genotype import Genotype
+from .network import Network, count_params, reduction_layers
+from .ops import OpOptions, build_op
+
+__all__ = ["COST_KINDS", "CostPenalty", "CostTable", "genotype_cost"]
+
+COST_KINDS = ("params", "flops")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in COST_KINDS:
+        raise UserError(f"--cost must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+
+
+@lru_cache(maxsize=None)
+def _op_cost(kind: str, name: str, C: int, stride: int, size: int, options: OpOptions) -> float:
+    """Parameters, or forward FLOPs on one `size` x `size` image, of one op as a derived network builds it."""
+    op = build_op(name, C, stride, affine=True, options=options)
+    if kind == "params":
+        return float(sum(p.numel() for p in op.parameters()))
+    counter = flop_counter()
+    with torch.no_grad(), counter:
+        op.eval()(torch.zeros(1, C, size, size))
+    return float(counter.get_total_flops())
+
+
+def _network_cost(kind: str, network: torch.nn.Module) -> float:
+    if kind == "params":
+        return float(count_params(network))
+    counter = flop_counter()
+    network.eval()
+    with torch.no_grad(), counter:
+        network(torch.zeros(1, 3, 32, 32))
+    return float(counter.get_total_flops())
+
+
+def _cells(C: int, layers: int) -> list[tuple[bool, int, int]]:
+    """(reduction, channels, input resolution) of each cell of a CIFAR network."""
+    reductions, cells, size = reduction_layers(layers), [], 32
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            C *= 2
+        cells.append((reduction, C, size))
+        if reduction:
+            size //= 2
+    return cells
+
+
+def _edges(steps: int) -> list[tuple[int, int]]:
+    return [(node, src) for node in range(steps) for src in range(node + 2)]
+
+
+class CostTable:
+    """The cost of each (edge, op) choice in the derived network, for the normal and the reduction cell.
+
+    ``normal[e, o]``: the cost of op o on edge e summed over the network's normal cells (the same
+    for ``reduce``); `fixed`: the cost of everything around the cells' edges.
+    """
+
+    def __init__(self, kind: str, primitives: Sequence[str], steps: int, C: int = 36, layers: int = 20,
+                 options: OpOptions | None = None):  # fmt: skip
+        _check_kind(kind)
+        self.kind, self.primitives, self.steps = kind, tuple(primitives), steps
+        self.C, self.layers, self.options = C, layers, options or OpOptions()
+        edges = _edges(steps)
+        tables = {False: torch.zeros(len(edges), len(self.primitives), dtype=torch.float64),
+                  True: torch.zeros(len(edges), len(self.primitives), dtype=torch.float64)}  # fmt: skip
+        for reduction, C_cell, size in _cells(C, layers):
+            for e, (_, src) in enumerate(edges):
+                stride = 2 if reduction and src < 2 else 1
+                for o, name in enumerate(self.primitives):
+                    tables[reduction][e, o] += _op_cost(kind, name, C_cell, stride, size, self.options)
+        self.normal, self.reduce = tables[False], tables[True]
+        # the share of each edge a derived cell keeps: 2 of the n inputs of its node
+        self.edge_share = torch.tensor([2.0 / (node + 2) for node, _ in edges], dtype=torch.float64)
+        op = next(name for name in self.primitives if name != "none")  # any genotype: the cost around its edges is the same
+        edges_of_probe = tuple((op, src) for node in range(steps) for src in (0, 1))
+        probe = Genotype(edges_of_probe, tuple(range(2, steps + 2)), edges_of_probe, tuple(range(2, steps + 2)))
+        self.fixed = genotype_cost(probe, kind, C, layers, self.options) - self.cells_cost(probe)
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "CostTable":
+        """Move the tables to `device` (once: a CUDA graph must not copy them at every step)."""
+        self.normal, self.reduce, self.edge_share = (t.to(device, dtype) for t in (self.normal, self.reduce, self.edge_share))
+        return self
+
+    def cells_cost(self, genotype: Genotype) -> float:
+        """The cost of the genotype's chosen ops alone, read from the table."""
+        total = 0.0
+        for table, edges in ((self.normal, genotype.normal), (self.reduce, genotype.reduce)):
+            for k, (name, src) in enumerate(edges):
+                e = _edges(self.steps).index((k // 2, src))
+                total += float(table[e, self.primitives.index(name)])
+        return total
+
+    def expected(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor) -> torch.Tensor:
+        """The expected cost of the derived network under softmax(alpha): differentiable in the alphas only."""
+        total = torch.zeros((), dtype=alpha_normal.dtype, device=alpha_normal.device)
+        for alpha, table in ((alpha_normal, self.normal), (alpha_reduce, self.reduce)):
+            weights = F.softmax(alpha.float(), dim=-1)
+            per_edge = (weights * table.to(weights)).sum(-1)
+            total = total + (per_edge * self.edge_share.to(weights)).sum()
+        return total + self.fixed
+
+
+def genotype_cost(genotype: Genotype, kind: str, C: int = 36, layers: int = 20, options: OpOptions | None = None) -> float:
+    """The parameters or forward FLOPs (one 32x32 image) of the genotype's CIFAR-10 network, without the auxiliary head."""
+    _check_kind(kind)
+    return _network_cost(kind, Network(genotype, C=C, layers=layers, num_classes=10, options=options))
+
+
+class CostPenalty:
+    """The cost term of the alpha loss (see the module docstring for its two forms)."""
+
+    def __init__(self, table: CostTable, model, weight: float, target: float | None = None):
+        if weight < 0:
+            raise UserError(f"--cost-weight must be zero or positive, got {weight}")
+        if target is not None and target <= 0:
+            raise UserError(f"--cost-target must be positive, got {target}")
+        self.table, self.model, self.weight, self.target = table.to(model.alpha_normal.device), model, weight, target
+        uniform = torch.zeros_like(model.alpha_normal)
+        self.reference = float(table.expected(uniform, uniform))
+
+    def expected(self) -> torch.Tensor:
+        return self.table.expected(self.model.alpha_normal, self.model.alpha_reduce)
+
+    def __call__(self) -> torch.Tensor:
+        expected = self.expected()
+        if self.target is None:
+            return self.weight * expected / self.reference
+        return self.weight * F.relu(expected / self.target - 1.0)
