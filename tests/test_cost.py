@@ -81,7 +81,9 @@ def test_a_heavy_cost_term_derives_a_cheaper_cell_and_a_loose_target_changes_not
     [
         ({"cost": "latency"}, "--cost must be one of params, flops"),
         ({"cost": "params", "cost_weight": float("nan")}, "--cost-weight must be a finite number"),
-        ({"cost": "params", "cost_target": float("inf")}, "--cost-target must be a positive number"),
+        ({"cost": "params", "cost_target": float("inf")}, "--cost-target must be a (finite|positive) number"),
+        ({"cost": "params", "cost_target": -1.0}, "--cost-target must be (zero or )?positive"),
+        ({"cost": "params", "cost_target": 0.0}, "--cost-target must be a positive number"),
         ({"cost_target": 2.5}, "need --cost params or --cost flops"),
         ({"cost": "params", "cost_channels": 7}, "--cost-channels must be an even number"),
     ],
