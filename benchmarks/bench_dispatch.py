@@ -5,8 +5,9 @@ them, so the number of ops per step is the proxy for GPU time that any CPU can c
 runs the step built like ``bench_steps.build_step`` (the jobs' step, its own optimizers) on the
 CPU at C=16, 8 cells, batch 2, with the switches of ``device_policy("cuda")`` or
 ``device_policy("cpu")``, after one warm step, under a ``TorchDispatchMode`` that counts every aten
-op the step dispatches (forward, backward and optimizer). Per edge: one stride-1 mixed op of
-the darts and sgblock spaces, forward and backward (input and alpha gradients) separately.
+op the step dispatches (forward, backward and optimizer). Per edge: one normal cell of the darts
+and sgblock supernets (14 edges and the two preprocessing convolutions), forward and backward
+(input, weight and alpha gradients), and its total over its edges.
 
     python benchmarks/bench_dispatch.py                       # the table, also written to benchmarks/results-dispatch.md
     python benchmarks/bench_dispatch.py --top 15 --out ''     # and the most frequent ops of each row, nothing written
@@ -36,7 +37,7 @@ STEP_ROWS = [
     ("search-so", "darts", "second order, darts space"),
     ("retrain", "darts", "retraining DARTS_V2 (C=36, 20 cells, aux)"),
 ]
-POLICIES = ("cuda", "cpu")
+POLICIES = ("cuda", "cuda, narrow edges", "cpu")  # narrow edges: the cuda policy with wide_edges off
 
 
 class OpCounter(TorchDispatchMode):
@@ -55,12 +56,14 @@ class OpCounter(TorchDispatchMode):
         return sum(self.counts.values())
 
 
-def policy_options(device_type: str) -> dict:
-    """`build_step`'s CPU options that reproduce `device_policy(device_type)` (the jobs' optimizers: foreach on CUDA)."""
+def policy_options(policy: str) -> dict:
+    """`build_step`'s CPU options that reproduce `device_policy(device)` (the jobs' optimizers: foreach on CUDA);
+    `policy` is a device type, optionally followed by ", narrow edges" (wide_edges off)."""
     from darts_sg.accelerate import device_policy
 
-    policy = dataclasses.asdict(device_policy(device_type))
-    return {**policy, "foreach": device_type == "cuda", "skip_none": True}
+    device_type, _, variant = policy.partition(", ")
+    options = {**dataclasses.asdict(device_policy(device_type)), "foreach": device_type == "cuda", "skip_none": True}
+    return {**options, "wide_edges": False} if variant == "narrow edges" else options
 
 
 def count_step(kind: str, opts: dict, space: str, batch_size: int = 2) -> OpCounter:
@@ -74,29 +77,28 @@ def count_step(kind: str, opts: dict, space: str, batch_size: int = 2) -> OpCoun
     return counter
 
 
-def count_edge(space: str, opts: dict, C: int = 16, batch_size: int = 2) -> tuple[OpCounter, OpCounter]:
-    """(forward, backward) ops of one stride-1 mixed op of `space` under `opts`' switches, at C channels, 32x32."""
+def count_cell(space: str, opts: dict, C: int = 16, batch_size: int = 2) -> tuple[OpCounter, OpCounter, int]:
+    """(forward, backward, edges) ops of the second cell of a supernet of `space` (a normal cell at C channels,
+    32x32) under `opts`' switches: forward, then backward to its inputs, weights and alphas."""
     import torch.nn.functional as F
 
+    import darts_sg
     from darts_sg.accelerate import Acceleration, accelerate
-    from darts_sg.cells import MixedOp
-    from darts_sg.ops import OpOptions, resolve_space
 
     torch.manual_seed(0)
     switches = {f.name: opts.get(f.name, False) for f in dataclasses.fields(Acceleration)}
     acceleration = Acceleration(**{**switches, "amp": "off", "cudnn_benchmark": False})
-    primitives = resolve_space(space)
-    edge = accelerate(MixedOp(C, 1, primitives, OpOptions()), torch.device("cpu"), acceleration)
+    model = accelerate(darts_sg.build_supernet(space, C=C, layers=8), torch.device("cpu"), acceleration)
+    cell = model.cells[1]
     memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, C, 32, 32).contiguous(memory_format=memory_format).requires_grad_(True)
-    alpha = torch.zeros(len(primitives), requires_grad=True)
-    edge(x, F.softmax(alpha, 0)).sum().backward()  # warm
+    s0, s1 = (torch.randn(batch_size, c, 32, 32).contiguous(memory_format=memory_format).requires_grad_(True) for c in (3 * C, 4 * C))
+    cell(s0, s1, F.softmax(model.alpha_normal, -1)).sum().backward()  # warm
     forward, backward = OpCounter(), OpCounter()
     with forward:
-        out = edge(x, F.softmax(alpha, 0)).sum()
+        out = cell(s0, s1, F.softmax(model.alpha_normal, -1)).sum()
     with backward:
         out.backward()
-    return forward, backward
+    return forward, backward, len(cell.edges)
 
 
 def _top(counter: OpCounter, n: int) -> str:
@@ -117,13 +119,14 @@ def table(top: int = 0) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{c.total:,}" for c in counters) + " |")
         if top:
             notes += [f"- {label}, {p} policy: {_top(c, top)}" for p, c in zip(POLICIES, counters)]
-    lines += ["", "| one stride-1 edge (C=16) | " + " | ".join(f"forward + backward, {p} policy" for p in POLICIES) + " |",
+    lines += ["", "| one normal cell (C=16, with its preprocessing) | " + " | ".join(f"forward + backward, {p} policy (per edge)" for p in POLICIES) + " |",
               "|---|" + "---:|" * len(POLICIES)]  # fmt: skip
     for space in ("darts", "sgblock"):
-        counters = [count_edge(space, policy_options(p)) for p in POLICIES]
-        lines.append(f"| {space} space | " + " | ".join(f"{f.total} + {b.total}" for f, b in counters) + " |")
+        counters = [count_cell(space, policy_options(p)) for p in POLICIES]
+        cells = [f"{f.total:,} + {b.total:,} ({(f.total + b.total) / n:.0f})" for f, b, n in counters]
+        lines.append(f"| {space} space | " + " | ".join(cells) + " |")
         if top:
-            notes += [f"- {space} edge, {p} policy, forward: {_top(f, top)}; backward: {_top(b, top)}" for p, (f, b) in zip(POLICIES, counters)]
+            notes += [f"- {space} cell, {p} policy, forward: {_top(f, top)}; backward: {_top(b, top)}" for p, (f, b, _) in zip(POLICIES, counters)]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

@@ -36,6 +36,7 @@ class RunConfig:
     recompute_cells: bool | None = None
     lean_relu6: bool | None = None
     lean_blocks: bool | None = None
+    wide_edges: bool | None = None
     amp: str | None = None  # off, bf16 or fp16 (darts_sg.precision)
     compile: bool | None = None  # regional torch.compile of the cells (not bit-exact)
     checkpoint_every: int = 0
