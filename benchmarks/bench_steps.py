@@ -12,7 +12,9 @@ Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step
 GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter with the weight
 gradient of grouped convolutions counted correctly: `darts_sg.flops`) and the share of that GEMM
 peak it reaches. oneDNN runs depthwise and 1x1 convolutions on 16-64 channels far below the GEMM
-rate, so the GEMM peak is an upper bound no step of this network comes near.
+rate, so the GEMM peak is an upper bound no step of this network comes near. The last column is
+the number of aten ops the step dispatches at batch 2 (`bench_dispatch.py`: on a GPU, where the
+host issuing kernels bounds this network's step, the proxy for its time).
 
     python benchmarks/bench_steps.py                     # the full table (~30-40 min on 2 cores)
     python benchmarks/bench_steps.py --only search-fo    # one step kind
@@ -143,7 +145,10 @@ def worker(spec: dict) -> dict:
     peak = _peak_rss_gb()  # before the FLOP count, which runs a smaller batch
     figures = {"s_per_step": median, "images_per_s": images / median, "peak_rss_gb": peak, "allocator": loaded_allocator()}
     if spec.get("count_flops", True):
+        from bench_dispatch import count_step
+
         figures["gflop_per_step"] = _step_gflop(kind, spec["options"], spec["space"], images)
+        figures["aten_ops_per_step"] = count_step(kind, spec["options"], spec["space"]).total  # at batch 2
     return figures
 
 
@@ -375,8 +380,8 @@ def cuda_table(args) -> None:
 def cpu_table(args) -> None:
     """Every CPU speed option, row by row, against the CPU's GEMM peak (with --repeat, in turns, then ratios)."""
     results = []
-    header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) |\n"
-              "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) | aten ops/step |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     print(cpu_line())
     print("Each row in a fresh process, under tcmalloc where installed (darts_sg.allocator, as the jobs run), "
           "unless its options say glibc's malloc.")
@@ -393,7 +398,7 @@ def cpu_table(args) -> None:
                     "steps": args.steps, "data_root": args.data_root, "count_flops": turn == 0}  # fmt: skip
             figures, failure = run_row(spec, args.timeout)
             if figures is None:
-                print(f"| {kind} | {label} | {failure} | | | | | |", flush=True)
+                print(f"| {kind} | {label} | {failure} | | | | | | |", flush=True)
                 continue
             gflops = figures.get("gflop_per_step", 0.0) / figures["s_per_step"]
             if kind == "gemm":
@@ -442,7 +447,8 @@ def format_row(r: dict) -> str:
     gflop = r.get("gflop_per_step")
     cells = [r["kind"], r["label"], f"{r['s_per_step']:.3f}", f"{r['images_per_s']:.1f}" if r["images_per_s"] else "",
              f"{gflop:.1f}" if gflop else "", f"{r['gflop_per_s']:.1f}" if gflop else "",
-             f"{r['percent_of_gemm_peak']:.0f}%" if gflop and r.get("percent_of_gemm_peak") else "", f"{r['peak_rss_gb']:.2f}"]  # fmt: skip
+             f"{r['percent_of_gemm_peak']:.0f}%" if gflop and r.get("percent_of_gemm_peak") else "", f"{r['peak_rss_gb']:.2f}",
+             f"{r['aten_ops_per_step']:,}" if r.get("aten_ops_per_step") else ""]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 if __name__ == "__main__":

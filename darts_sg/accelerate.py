@@ -25,6 +25,9 @@ flag                      plain module -> substitute                      where 
 ``lean_blocks``           the bodies of ``SandGlass`` and                 CPU (less memory); CUDA
                           ``InvertedResidual`` -> `LeanSequential`        untested, off there
                           (BN-ReLU6-conv keeps only the BN's input)
+``wide_edges``            supernet ``Cell`` -> `WideCell`: the edges that     CUDA (launch-bound); CPU:
+                          read one node run as one wide op                see the README
+                          (``darts_sg.wide_edges``)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
@@ -49,7 +52,7 @@ import torch
 from torch import nn
 
 from .batchnorm import WideBatchNorm2d
-from .cells import MixedOp
+from .cells import Cell, MixedOp
 from .cuda_graphs import graph_blocker
 from .distributed import world
 from .fused_mixed_op import FusedMixedOp
@@ -60,6 +63,7 @@ from .ops import FactorizedReduce, InvertedResidual, SandGlass
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 from .precision import check_amp
 from .relu6 import LeanReLU6
+from .wide_edges import WideCell
 
 __all__ = ["Acceleration", "FLAGS", "accelerate", "device_policy", "resolve_acceleration"]
 
@@ -83,6 +87,7 @@ class Acceleration:
     compile: bool = False
     lean_blocks: bool = False
     cuda_graphs: bool = False
+    wide_edges: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -110,6 +115,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
         lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel, and the GPU tests have not run yet
         cuda_graphs=device_type == "cuda",  # benchmarks/results-cuda.md
+        wide_edges=not cpu,  # a third of the kernels per step (benchmarks/results-dispatch.md); on the CPU: README
     )
 
 
@@ -164,6 +170,8 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
             _recast(module, LeanReLU6)
         elif a.lean_blocks and type(module) in (SandGlass, InvertedResidual):
             _recast(module.body, LeanSequential)
+        elif a.wide_edges and type(module) is Cell:
+            _recast(module, WideCell).widen()
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
             _recast(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
     if isinstance(model, CellNetwork):

@@ -75,14 +75,15 @@ def unrolled_alpha_grads(
         train_loss = F.cross_entropy(model(train_batch[0]), train_batch[1])
     grads = _grad(train_loss, weights)
     average_gradients(grads)  # the same virtual step on every process
-    unrolled = []
-    with torch.no_grad():
-        for w, g in zip(weights, grads):
-            direction = g + wd * w
-            buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
-            if buf is not None and momentum:
-                direction = direction + momentum * buf
-            unrolled.append((w - xi * direction).requires_grad_(True))
+    with torch.no_grad():  # one foreach call per list, not one op per parameter
+        direction = torch._foreach_add(grads, weights, alpha=wd) if wd else list(grads)
+        buffers = [w_optimizer.state.get(w, {}).get("momentum_buffer") for w in weights]
+        if momentum and any(buf is not None for buf in buffers):
+            moved = [(d, buf) for d, buf in zip(direction, buffers) if buf is not None]
+            torch._foreach_add_([d for d, _ in moved], [buf for _, buf in moved], alpha=momentum)
+        unrolled = list(torch._foreach_sub(weights, torch._foreach_mul(direction, xi)))
+    for w in unrolled:
+        w.requires_grad_(True)
 
     # 2. dL_val(w', alpha)/d alpha and dL_val(w', alpha)/d w'
     params = dict(zip(names, unrolled))
@@ -120,14 +121,14 @@ def finite_difference_hvp(model: Supernet, direction: list[torch.Tensor], batch:
     names, weights = zip(*model.named_weights())
     alpha_names, alphas = model.alpha_names(), model.alphas()
     with exact_fp32(batch[0].device.type):
-        eps = fd_radius / torch.sqrt(sum((v * v).sum() for v in direction))
+        eps = fd_radius / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(direction)))
         grads = []
         for sign in (1.0, -1.0):
             with torch.no_grad():
-                shifted = {n: w + sign * eps * v for n, w, v in zip(names, weights, direction)}
+                shifted = dict(zip(names, torch._foreach_add(weights, torch._foreach_mul(direction, sign * eps))))
             shifted.update(zip(alpha_names, alphas))
             grads.append(_grad(_loss(model, shifted, batch), alphas))
-        return [(gp - gm) / (2.0 * eps) for gp, gm in zip(*grads)]
+        return torch._foreach_div(torch._foreach_sub(grads[0], grads[1]), 2.0 * eps)
 
 
 class Architect:

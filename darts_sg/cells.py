@@ -85,9 +85,10 @@ class MixedOp(nn.Module):
 
     def weighted_sum(self, terms: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """sum_k weights[k] * terms[k] over the computed ops."""
-        out = terms[0] * weights[self.active[0]]
+        w = weights.unbind(0)
+        out = terms[0] * w[self.active[0]]
         for k, term in zip(self.active[1:], terms[1:]):
-            out = out + weights[k] * term
+            out = out + w[k] * term
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -125,6 +126,7 @@ class Cell(nn.Module):
     make_edge(k, C, stride): builds the module of edge k (stride 2 on edges from the cell
         inputs of a reduction cell).
     concat: the states concatenated into the output.
+    drop_path: give the edges a drop path (the derived network; the supernet never sets one).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Cell(nn.Module):
         concat: Sequence[int],
         make_edge: EdgeFactory,
         affine: bool,
+        drop_path: bool = True,
     ):
         super().__init__()
         self.reduction = reduction
@@ -155,7 +158,9 @@ class Cell(nn.Module):
             make_edge(k, C, 2 if reduction and src < 2 else 1) for k, (_, src) in enumerate(self.edge_list)
         )
         # Skip connections are exempt from drop path, as in the reference.
-        self.drop_paths = nn.ModuleList(nn.Identity() if isinstance(edge, nn.Identity) else DropPath() for edge in self.edges)
+        self.drop_paths = nn.ModuleList(
+            DropPath() if drop_path and not isinstance(edge, nn.Identity) else nn.Identity() for edge in self.edges
+        )
 
     @property
     def multiplier(self) -> int:
@@ -172,12 +177,14 @@ class Cell(nn.Module):
         edge normalisation)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         node_sums: list[torch.Tensor | None] = [None] * self.steps
+        weights = None if edge_weights is None else edge_weights.unbind(0)  # one op for every edge's row
+        scales = None if edge_scales is None else edge_scales.unbind(0)
         for k, ((node, src), edge) in enumerate(zip(self.edge_list, self.edges)):
             if len(states) < node + 2:  # all edges into earlier nodes are done
                 states.extend(node_sums[len(states) - 2 : node])
-            h = edge(states[src]) if edge_weights is None else edge(states[src], edge_weights[k])
-            if edge_scales is not None:
-                h = edge_scales[k] * h
+            h = edge(states[src]) if weights is None else edge(states[src], weights[k])
+            if scales is not None:
+                h = scales[k] * h
             h = self.drop_paths[k](h)
             node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
         states.extend(node_sums[len(states) - 2 :])

@@ -37,9 +37,10 @@ class WeightedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
-        out = terms[0] * weights[0]
+        w = weights.unbind(0)
+        out = terms[0] * w[0]
         for k in range(1, len(terms)):
-            out.addcmul_(terms[k], weights[k])
+            out.addcmul_(terms[k], w[k])
         ctx.save_for_backward(weights, *(terms if ctx.needs_input_grad[0] else ()))
         return out
 
@@ -50,7 +51,8 @@ class WeightedSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flat_grad = _flat_view(grad)
             grad_weights = torch.stack([torch.dot(flat_grad, _flat_view(t, like=grad)) for t in terms]).to(weights.dtype)
-        grad_terms = [grad * weights[k] if ctx.needs_input_grad[k + 1] else None for k in range(len(ctx.needs_input_grad) - 1)]
+        w = weights.unbind(0)
+        grad_terms = [grad * w[k] if ctx.needs_input_grad[k + 1] else None for k in range(len(ctx.needs_input_grad) - 1)]
         return (grad_weights, *grad_terms)
 
 

@@ -182,7 +182,7 @@ class Supernet(CellNetwork):
             return Cell(
                 C_pp, C_p, C_cell, reduction, reduction_prev, edges, concat,
                 lambda k, C_edge, stride: MixedOp(C_edge, stride, self.primitives, options, partial_channels, skip_none),
-                affine=False,
+                affine=False, drop_path=False,
             )  # fmt: skip
 
         super().__init__(C, num_classes, layers, make_cell, auxiliary=False, stem_multiplier=stem_multiplier)

@@ -174,6 +174,30 @@ def test_compiled_cells_agree_with_eager_on_cuda():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("space", ["darts", "sgblock"])
+def test_wide_edges_agree_with_plain_edges_on_cuda(space):
+    import dataclasses
+
+    from darts_sg.accelerate import accelerate, device_policy
+    from darts_sg.wide_edges import WideCell
+
+    plain, wide = _pair(lambda: darts_sg.build_supernet(space, C=8, layers=5, num_classes=10))
+    cuda = torch.device("cuda")
+    plain = accelerate(plain.cuda(), cuda, dataclasses.replace(device_policy("cuda"), wide_edges=False))
+    wide = accelerate(wide, cuda, device_policy("cuda"))
+    assert sum(isinstance(m, WideCell) and m._wide_groups is not None for m in wide.modules()) == 5
+    x, y = _to(_batch(), "cuda")
+    for model in (plain, wide):
+        F.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(wide(x), plain(x), rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(wide.named_parameters(), plain.parameters()):  # weights and alphas
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+    plain_state = plain.state_dict()
+    for key, value in wide.state_dict().items():  # running statistics (the wide batch norms count no batches)
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(value, plain_state[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def _run(args, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 

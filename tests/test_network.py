@@ -93,6 +93,12 @@ def test_drop_path_is_not_in_place_and_exempts_skip():
             assert not isinstance(drop, DropPath) or drop.p == 0.25
 
 
+def test_the_supernet_builds_no_drop_path():
+    model = darts_sg.build_supernet("darts", C=8, layers=3)  # nothing ever sets its probability there
+    assert not any(isinstance(m, DropPath) for m in model.modules())
+    assert all(len(cell.drop_paths) == len(cell.edges) for cell in model.cells)  # Identities in their place
+
+
 def test_partial_channel_supernet():
     model = Supernet(darts_sg.SEARCH_SPACES["sgblock"], C=8, layers=3, partial_channels=4)
     assert len(model.alphas()) == 4

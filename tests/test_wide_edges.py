@@ -1,0 +1,134 @@
+"""Wide edges (darts_sg.wide_edges): the edges that read one node run as one wide op, and nothing changes but speed."""
+
+import copy
+import dataclasses
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import darts_sg
+from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.architect import unrolled_alpha_grads
+from darts_sg.wide_edges import WideCell
+
+CPU = torch.device("cpu")
+
+
+def _supernet(space="darts", partial_channels=1, steps=2):
+    """A tiny supernet: 3 cells (a reduction cell with stride-2 edges among them), 2 nodes (groups of 2 and 1 edges)."""
+    torch.manual_seed(0)
+    return darts_sg.build_supernet(space, C=8, layers=3, num_classes=10, partial_channels=partial_channels, steps=steps).double()
+
+
+def _widened(model, policy="cuda"):
+    """`model` (a copy) accelerated on the CPU with the switches of `policy` and wide edges on."""
+    return accelerate(copy.deepcopy(model), CPU, dataclasses.replace(device_policy(policy), wide_edges=True, cudnn_benchmark=False))
+
+
+def _wide_cells(model):
+    return [m for m in model.modules() if isinstance(m, WideCell) and m._wide_groups is not None]
+
+
+def _batch(n=4):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 8, 8, generator=g, dtype=torch.double), torch.randint(0, 10, (n,), generator=g)
+
+
+def _train(model, batch, steps=2):
+    """Forward and backward `steps` times in training mode (running statistics move); the last loss."""
+    model.train()
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(batch[0]), batch[1])
+        loss.backward()
+    return loss
+
+
+def _assert_same_state(a, b):
+    """Same keys; same values, except the batch counters, which the wide batch norms do not increment."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(sa[key], sb[key], msg=key)
+
+
+@pytest.mark.parametrize("space, policy", [("darts", "cuda"), ("sgblock", "cuda"), ("darts", "cpu")])
+def test_wide_supernet_matches_the_plain_one(space, policy):
+    """Under the CUDA policy's switches, and under the CPU's (channels-last, polyphase dilated convs, wide-view batch norm)."""
+    plain = _supernet(space, steps=4 if policy == "cuda" and space == "darts" else 2)  # 4 nodes: groups of 4, 4, 3, 2, 1 edges
+    wide = _widened(plain, policy)
+    assert len(_wide_cells(wide)) == 3  # normal and reduction cells (stride-2 edges) alike
+    assert [n for n, _ in wide.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    batch = _batch()
+    if policy == "cpu":
+        batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    torch.testing.assert_close(_train(wide, batch), _train(plain, batch))
+    plain_params = dict(plain.named_parameters())
+    for name, p in wide.named_parameters():  # weights and alphas
+        torch.testing.assert_close(p.grad, plain_params[name].grad, msg=name)
+    _assert_same_state(wide, plain)  # the running statistics moved alike
+    plain.eval(), wide.eval()
+    torch.testing.assert_close(wide(batch[0]), plain(batch[0]))
+
+
+def test_partial_channel_cells_stay_plain_and_agree():
+    plain = _supernet("darts", partial_channels=2)
+    wide = _widened(plain)
+    assert not _wide_cells(wide)
+    batch = _batch()
+    torch.testing.assert_close(_train(wide, batch), _train(plain, batch))
+    _assert_same_state(wide, plain)
+
+
+def test_plain_checkpoints_load_into_wide_models_and_back():
+    plain, other = _supernet(), _supernet()
+    _train(other, _batch(), steps=1)  # different weights and statistics than `plain`
+    wide = _widened(plain)
+    _train(wide, _batch(), steps=1)  # the buffers are views of wide ones now
+    buffer = io.BytesIO()
+    torch.save(other.state_dict(), buffer)
+    buffer.seek(0)
+    wide.load_state_dict(torch.load(buffer, weights_only=True))  # copied into the views
+    _assert_same_state(wide, other)
+    batch = _batch(6)
+    torch.testing.assert_close(_train(wide, batch, steps=1), _train(other, batch, steps=1))
+    _assert_same_state(wide, other)  # the loaded statistics moved in place
+    buffer = io.BytesIO()
+    torch.save(wide.state_dict(), buffer)
+    buffer.seek(0)
+    back = _supernet()
+    back.load_state_dict(torch.load(buffer, weights_only=True))
+    _assert_same_state(back, wide)
+
+
+def test_moving_a_wide_model_rehomes_its_statistics():
+    plain = _supernet().float()
+    wide = _widened(plain).double()  # .double() replaces every buffer: the views are gone
+    plain = plain.double()
+    batch = _batch()
+    _train(wide, batch), _train(plain, batch)
+    _assert_same_state(wide, plain)
+    bn = _wide_cells(wide)[0]._wide_groups[0].stage1.stats.bns[0]
+    assert bn.running_mean._base is not None  # a view of the wide buffer again
+
+
+def test_second_order_alpha_gradients_agree():
+    plain = _supernet()
+    wide = _widened(plain)
+    grads = []
+    for model in (plain, wide):
+        optimizer = torch.optim.SGD(model.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
+        grads.append(unrolled_alpha_grads(model, optimizer, _batch(), _batch(6), xi=0.1)[0])
+    for g_plain, g_wide in zip(*grads):
+        torch.testing.assert_close(g_wide, g_plain)
+
+
+def test_the_cuda_policy_widens_the_cpu_policy_does_not():
+    assert device_policy("cuda").wide_edges and not device_policy("cpu").wide_edges
+    model = accelerate(_supernet(), CPU, dataclasses.replace(device_policy("cuda"), cudnn_benchmark=False))
+    assert len(_wide_cells(model)) == 3
+    network = accelerate(darts_sg.build_network("darts_v2", C=8, layers=3), CPU, device_policy("cuda"))
+    assert not _wide_cells(network)  # a derived network's cells have no mixed ops: plain
