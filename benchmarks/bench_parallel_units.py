@@ -62,11 +62,16 @@ def turn(kind: str, jobs: int, threads: int, args) -> list[dict]:
     cmd = [sys.executable, __file__, "--worker", kind, "--threads", str(threads), "--steps", str(args.steps),
            "--scale", args.scale, "--genotype", args.genotype]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE) for _ in range(jobs)]
+    return _results(procs, "a timing process")
+
+
+def _results(procs: list[subprocess.Popen], what: str) -> list[dict]:
+    """The JSON each process printed last, once all have ended; SystemExit naming `what` when one failed."""
     results = []
     for proc in procs:
         stdout, _ = proc.communicate()
         if proc.returncode != 0:
-            raise SystemExit(f"a timing process failed (exit code {proc.returncode})")
+            raise SystemExit(f"{what} failed (exit code {proc.returncode})")
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
 
@@ -110,13 +115,7 @@ def gpu_turn(units: int, args) -> list[dict]:
         for proc in procs:
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        results = []
-        for proc in procs:
-            stdout, _ = proc.communicate()
-            if proc.returncode != 0:
-                raise SystemExit(f"a GPU unit failed (exit code {proc.returncode})")
-            results.append(json.loads(stdout.strip().splitlines()[-1]))
-        return results
+        return _results(procs, "a GPU unit")
     finally:
         for proc in procs:
             if proc.poll() is None:
