@@ -32,7 +32,7 @@ search() {  # search SPACE TARGET WEIGHT
 
 commit() {
   git add "$out"
-  git ls-files -z -- "$out" | grep -z 'checkpoint\.pt$' | xargs -0 -r git reset -q --
+  { git ls-files -z -- "$out" | grep -z 'checkpoint\.pt$' || true; } | xargs -0 -r git reset -q --
   for dir in "$out"/*/; do finished "$dir" && git rm -q --cached --ignore-unmatch "$dir/checkpoint.pt" >/dev/null; done
   git diff --cached --quiet -- "$out" || git commit -q -m "$1"
 }
@@ -52,7 +52,7 @@ mkdir -p "$out" runs
     search ${runs[i]} > "runs/cost-quick-$i.log" 2>&1 &
     search ${runs[i + 1]} > "runs/cost-quick-$((i + 1)).log" 2>&1 &
     wait
-    commit "cost-quick: $(ls -d "$out"/*/ | while read -r d; do finished "$d" && basename "$d"; done | tr '\n' ' ')finished"
+    commit "cost-quick: $(for d in "$out"/*/; do if finished "$d"; then basename "$d"; fi; done | tr '\n' ' ')finished"
   done
 ) >> runs/cost-quick.log 2>&1 &
 echo "cost-quick running as PID $! (logs: runs/cost-quick*.log)"
