@@ -12,32 +12,22 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from .errors import UserError
 from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
 
-__all__ = ["Cell", "DropPath", "MixedOp", "channel_shuffle"]
+__all__ = ["Cell", "DropPath", "MixedOp"]
 
 
-class DropPath(nn.Module):
+class DropPath(StochasticDepth):
     """Drop path: in training, zero whole samples with probability `p` and rescale the rest.
 
-    Not in-place, any device. `p` is set from outside (retraining ramps it up over the epochs).
+    torchvision's row-wise stochastic depth; `p` is set from outside (retraining ramps it up).
     """
 
     def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p <= 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-        return x * (mask / keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        super().__init__(p, "row")
 
 
 class MixedOp(nn.Module):
@@ -78,6 +68,7 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(ops)
         if partial_channels > 1:
             self.bypass_pool = nn.MaxPool2d(2, 2) if stride == 2 else nn.Identity()
+            self.shuffle = nn.ChannelShuffle(partial_channels)  # ShuffleNet's; keeps a channels-last layout
 
     def op_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every computed op on `x`."""
@@ -101,18 +92,7 @@ class MixedOp(nn.Module):
         if K == 1:
             return out
         out = torch.cat([out, self.bypass_pool(x[:, x.shape[1] // K :])], dim=1)
-        return channel_shuffle(out, K)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave `groups` channel groups (ShuffleNet), as PC-DARTS does after a partial op.
-
-    The result keeps the memory layout of `x` (channels-last in, channels-last out)."""
-    n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():  # shuffle the last dimension of the (n, h, w, c) memory: one copy
-        nhwc = x.permute(0, 2, 3, 1)
-        return nhwc.reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c).permute(0, 3, 1, 2)
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.shuffle(out)
 
 
 EdgeFactory = Callable[[int, int, int], nn.Module]

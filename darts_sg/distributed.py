@@ -92,19 +92,22 @@ class StopVote:
     """Agree across processes on whether to stop, so that every process stops after the same step.
 
     Each process calls the vote once per step with whether it was signalled; the votes are
-    combined with an all-reduce (MAX) that is started at once and read at the next step, so the
-    host never waits for the device. Every process reads the same result at the same step.
-    Alone, the vote is its own answer.
+    combined with an all-reduce (MAX) that is started at once and read at the next step. The
+    vote is a CPU tensor on a gloo group of its own, so the host never waits for the device
+    (under NCCL, a vote on the GPU would wait for the step's kernels to copy the flag in and
+    out). Every process reads the same result at the same step. Alone, the vote is its own answer.
     """
 
     def __init__(self):
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
+        # every rank builds the group, in the same order (also under gloo: one code path)
+        self._group = dist.new_group(backend="gloo") if world() > 1 else None
 
     def __call__(self, signalled: bool) -> bool:
         if world() == 1:
             return signalled
-        flag = torch.tensor([int(signalled)], device=collective_device())
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        flag = torch.tensor([int(signalled)])
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
         previous, self._pending = self._pending, (work, flag)
         if previous is None:
             return False

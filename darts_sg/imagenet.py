@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .genotype import Genotype, load_genotype
-from .network import Network
+from .network import AuxiliaryHead, Network
 from .ops import OpOptions
 
 __all__ = ["ImageNetStem", "AuxiliaryHeadImageNet", "build_imagenet_network"]
@@ -45,28 +45,9 @@ class ImageNetStem(nn.Module):
         return s0, self.stem1(s0)
 
 
-class AuxiliaryHeadImageNet(nn.Module):
-    """Auxiliary classifier after the second reduction cell (7x7 at 224x224), reference layout.
-
-    As in the reference, the 768-channel convolution has no batch norm after it (the paper's
-    experiments ran without it).
-    """
-
-    def __init__(self, C: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=False),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.ReLU(inplace=False),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+def AuxiliaryHeadImageNet(C: int, num_classes: int) -> AuxiliaryHead:
+    """The auxiliary head on ImageNet: after the second reduction cell (7x7 at 224x224)."""
+    return AuxiliaryHead(C, num_classes, pool_stride=2, final_norm=False)
 
 
 def build_imagenet_network(

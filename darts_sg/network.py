@@ -44,18 +44,23 @@ def _check_sizes(C: int, layers: int, num_classes: int) -> None:
 
 
 class AuxiliaryHead(nn.Module):
-    """Auxiliary classifier on the 8x8 feature map after the second reduction cell (reference layout)."""
+    """Auxiliary classifier after the second reduction cell, reference layout.
 
-    def __init__(self, C: int, num_classes: int):
+    On CIFAR (the default) it reads the 8x8 map with a stride-3 pool; on ImageNet
+    (`pool_stride=2`, `final_norm=False`) the 7x7 map, and, as in the reference, the
+    768-channel convolution has no batch norm after it (the paper's experiments ran without it).
+    """
+
+    def __init__(self, C: int, num_classes: int, pool_stride: int = 3, final_norm: bool = True):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            *([nn.BatchNorm2d(768)] if final_norm else []),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)

@@ -4,6 +4,7 @@ Each test compares what runs on the GPU with the same computation on the CPU, or
 job there (search, kill and resume, torchrun with NCCL).
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -36,13 +37,19 @@ def _exact_cuda():
     torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
 
 
-def _pair(build):
-    """The same freshly built model on the CPU and on the GPU."""
+def _pair(build, policy="plain"):
+    """The same freshly built model on the CPU and on the GPU; with policy "cuda", the GPU one
+    runs the CUDA device policy's substitutes (wide edges, ...), as the jobs do there."""
     torch.manual_seed(0)
     cpu = build()
     gpu = build()
     gpu.load_state_dict(cpu.state_dict())
-    return cpu, gpu.cuda()
+    gpu = gpu.cuda()
+    if policy == "cuda":
+        from darts_sg.accelerate import accelerate, device_policy
+
+        gpu = accelerate(gpu, torch.device("cuda"), device_policy("cuda"))
+    return cpu, gpu
 
 
 def _batch(n=16, size=16, seed=1):
@@ -54,15 +61,16 @@ def _to(batch, device):
     return tuple(t.to(device) for t in batch)
 
 
+@pytest.mark.parametrize("policy", ["plain", "cuda"])
 @pytest.mark.parametrize("order", [1, 2])
-def test_search_step_agrees_with_the_cpu(order):
+def test_search_step_agrees_with_the_cpu(order, policy):
     """The alpha gradients of the first step, then the weights after its weight step.
 
     The gradients are compared, not the alphas after Adam's first step: that step moves every
     alpha by +-lr whatever the gradient's size, so a near-zero gradient that rounds to the other
     sign on the GPU moves its alpha by 2 lr.
     """
-    cpu, gpu = _pair(lambda: darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10))
+    cpu, gpu = _pair(lambda: darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10), policy)
     train, val = _batch(), _batch(seed=2)
     results = []
     for model, device in ((cpu, "cpu"), (gpu, "cuda")):
@@ -81,13 +89,14 @@ def test_search_step_agrees_with_the_cpu(order):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
-def test_retraining_step_agrees_with_the_cpu():
+@pytest.mark.parametrize("policy", ["plain", "cuda"])
+def test_retraining_step_agrees_with_the_cpu(policy):
     def build():
         net = darts_sg.build_network("darts_v2", C=8, layers=5, num_classes=10, auxiliary=True)
         net.drop_path_prob = 0.0
         return net
 
-    cpu, gpu = _pair(build)
+    cpu, gpu = _pair(build, policy)
     batch = _batch(size=32)
 
     def loss_fn(output, y):
@@ -218,6 +227,24 @@ def test_search_job_runs_and_resumes_after_a_kill_on_cuda(tmp_path, data_root):
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert json.loads((out / "config.json").read_text())["device"] == "cuda"
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphs"])
+def test_search_resumed_mid_epoch_on_cuda_is_bit_identical(tmp_path, data_root, monkeypatch, cuda_graphs):
+    """As on the CPU (tests/test_search_cli.py): killed after a checkpoint and resumed, the run ends
+    with the very weights, alphas, metrics and genotype of the run that was never stopped."""
+    from darts_sg.search import run_search
+    from test_search_cli import assert_same_run, interrupt_after, resumable_config
+
+    config = dataclasses.replace(resumable_config(data_root), device="cuda", cuda_graphs=cuda_graphs)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_search(config, straight, progress=False)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 0, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(config, split, progress=False)
+    run_search(config, split, resume=True, progress=False)
+    assert_same_run(straight, split)
 
 
 def test_one_process_torchrun_search_with_nccl(tmp_path, data_root):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.imagenet import AuxiliaryHeadImageNet, ImageNetStem, build_imagenet_network
-from darts_sg.network import build_network, count_params
+from darts_sg.imagenet import ImageNetStem, build_imagenet_network
+from darts_sg.network import AuxiliaryHead, build_network, count_params
 from darts_sg.augment import flops_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,8 @@ def test_darts_v2_parameter_count_is_the_reference_one(darts_v2_imagenet):
     # auxiliary head (DARTS reports 4.7M), and AuxiliaryHeadImageNet(C_aux=768, 1000) on top.
     assert count_params(net) - count_params(net.aux_head) == 4_718_752
     assert count_params(net.aux_head) == 1_260_776
-    assert isinstance(net.stem, ImageNetStem) and isinstance(net.aux_head, AuxiliaryHeadImageNet)
+    assert isinstance(net.stem, ImageNetStem) and isinstance(net.aux_head, AuxiliaryHead)
+    assert net.aux_head.features[1].stride == 2 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.aux_head.modules()) == 1
     assert net.cells[0].preprocess0.__class__.__name__ == "FactorizedReduce"  # stem1 halved the resolution
     assert [i for i, cell in enumerate(net.cells) if cell.reduction] == [4, 9]
     # the same cells in the CIFAR skeleton still give the reference CIFAR count

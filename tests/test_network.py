@@ -109,8 +109,6 @@ def test_partial_channel_supernet():
 
 
 def test_partial_channel_edge_runs_the_ops_on_one_part_and_shuffles_the_bypass_in():
-    from darts_sg.cells import channel_shuffle
-
     torch.manual_seed(0)
     primitives = ["none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"]
     edge = MixedOp(8, 1, primitives, OpOptions(), partial_channels=4)
@@ -118,7 +116,7 @@ def test_partial_channel_edge_runs_the_ops_on_one_part_and_shuffles_the_bypass_i
     out = edge(x, weights)
     part = x[:, :2]
     mixed = sum(weights[k] * op(part) for k, op in zip(edge.active, edge.ops))  # the plain edge: each op its own ReLU
-    torch.testing.assert_close(out, channel_shuffle(torch.cat([mixed, x[:, 2:]], 1), 4))
+    torch.testing.assert_close(out, torch.nn.ChannelShuffle(4)(torch.cat([mixed, x[:, 2:]], 1)))
     # After the shuffle, channel 4g + j holds group j's channel g: the bypassed channels sit untouched at j > 0.
     for channel in range(2, 8):
         g, j = channel % 2, channel // 2

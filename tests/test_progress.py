@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from darts_sg.engine import EpochTotals, Progress, fit
+from darts_sg.engine import EpochTotals, fit
+from darts_sg.progress import Progress
 from darts_sg.runs import RunDirectory
 
 from fake_job import CountingJob

@@ -46,8 +46,9 @@ def test_short_search_ranks_the_planted_op_first():
     ranking = [PRIMITIVES[k] for k in weights.argsort(descending=True)]
     best, runner_up = weights.sort(descending=True).values[:2].tolist()
     assert ranking[0] == "max_pool_3x3", dict(zip(PRIMITIVES, weights.tolist()))
-    # The margin: from ~1/8 each at the start, the planted op holds at least 40% of the weight
-    # and at least 3x the runner-up's after 30 alpha steps (measured: 64% against 12%).
-    assert start.max() < 0.13 and best >= 0.40 and best >= 3 * runner_up
+    # The margin: after 30 alpha steps the planted op holds at least 40% of the weight, 3x its
+    # share at the start and 3x the runner-up's (measured: 64% against 12%).
+    planted = PRIMITIVES.index("max_pool_3x3")
+    assert best >= 0.40 and best >= 3 * start[planted] and best >= 3 * runner_up
     # Derivation picks it too (a node fed by this edge twice: both edges are max_pool_3x3).
     assert derive_cell(torch.stack([weights, weights]), PRIMITIVES, 1) == (("max_pool_3x3", 0), ("max_pool_3x3", 1))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from darts_sg.cells import MixedOp, channel_shuffle
+from darts_sg.cells import MixedOp
 from darts_sg.io import load_checkpoint
 from darts_sg.layout import is_channels_last
 from darts_sg.network import Supernet
@@ -84,8 +84,9 @@ def test_pc_darts_preset_has_the_published_settings():
 def test_channel_shuffle_keeps_the_memory_layout():
     x = torch.randn(2, 8, 5, 5)
     expected = torch.stack([x[:, [0, 2, 4, 6, 1, 3, 5, 7][i]] for i in range(8)], dim=1)  # 4 groups of 2
-    assert torch.equal(channel_shuffle(x, 4), expected) and channel_shuffle(x, 4).is_contiguous()
-    out = channel_shuffle(x.contiguous(memory_format=torch.channels_last), 4)
+    shuffle = torch.nn.ChannelShuffle(4)  # what a PC-DARTS edge runs after its partial op
+    assert torch.equal(shuffle(x), expected) and shuffle(x).is_contiguous()
+    out = shuffle(x.contiguous(memory_format=torch.channels_last))
     assert torch.equal(out, expected) and is_channels_last(out)
     op = MixedOp(8, 1, SEARCH_SPACES["darts"], OpOptions(), partial_channels=4)
     y = op(x.contiguous(memory_format=torch.channels_last), torch.softmax(torch.randn(8), 0))
