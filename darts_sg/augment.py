@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
+from .flops import cpu_latency_ms, flops_per_image
 from .genotype import load_genotype
 from .hparams import log_hparams
 from .io import atomic_write_bytes, atomic_write_text
@@ -31,7 +31,7 @@ from .run_setup import building, fit_run, launched_as_main, log, log_memory, pre
 from .runs import RunDirectory, RunError
 
 __all__ = [
-    "AugmentConfig", "AUGMENT_PRESETS", "DATASET_SETTINGS", "AugmentJob", "run_augment", "flops_per_image", "cpu_latency_ms",
+    "AugmentConfig", "AUGMENT_PRESETS", "DATASET_SETTINGS", "AugmentJob", "run_augment", 
 ]  # fmt: skip
 
 
@@ -119,42 +119,6 @@ DATASET_SETTINGS: dict[str, dict[str, Any]] = {
         "weight_decay": 3e-5, "label_smoothing": 0.1, "drop_path": 0.0, "cutout": 0,
     },  # fmt: skip
 }
-
-
-@torch.no_grad()
-def flops_per_image(model: torch.nn.Module, device: torch.device, image_size: int = 32) -> int:
-    """Forward FLOPs for one image of `image_size` pixels square (torch's flop counter; a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-@torch.no_grad()
-def cpu_latency_ms(
-    model: torch.nn.Module, batch: int = 1, repeats: int = 10, channels_last: bool = True, image_size: int = 32
-) -> float:
-    """Median CPU inference latency per image in milliseconds (eval mode, after warm-up)."""
-    import copy
-
-    cpu_model = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(batch, 3, image_size, image_size)
-    if channels_last:
-        cpu_model = cpu_model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(3):
-        cpu_model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        cpu_model(x)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000 / batch
 
 
 class AugmentJob:

@@ -52,7 +52,7 @@ def paper_scale_cost(genotype: Genotype, spec: CompareSpec) -> tuple[int, int]:
     import torch
 
     from .network import Network, count_params
-    from .augment import flops_per_image
+    from .flops import flops_per_image
 
     options = AugmentConfig(**augment_settings(spec)).op_options()
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ def test_augment_learns_a_planted_slice_and_reports(planted_training_run, plante
 
 def test_flop_counter_matches_reference_magnitude():
     import darts_sg
-    from darts_sg.augment import flops_per_image
+    from darts_sg.flops import flops_per_image
 
     model = darts_sg.build_network("darts_v2", C=36, layers=20)
     flops = flops_per_image(model, torch.device("cpu"))

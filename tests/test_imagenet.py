@@ -11,7 +11,7 @@ import torch
 
 from darts_sg.imagenet import ImageNetStem, build_imagenet_network
 from darts_sg.network import AuxiliaryHead, build_network, count_params
-from darts_sg.augment import flops_per_image
+from darts_sg.flops import flops_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
