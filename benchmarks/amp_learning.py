@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from darts_sg.io import atomic_write_text
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+from darts_sg.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.search import run_search
 
 
 def _read_jsonl(path: Path) -> list[dict]:

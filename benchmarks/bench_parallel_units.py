@@ -41,9 +41,9 @@ def worker(kind: str, threads: int, steps: int, scale: str, genotype: str) -> No
     relaunch_with_tcmalloc()  # as the jobs run
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    from darts_sg.augment import AugmentConfig
+    from darts_sg.config import AugmentConfig
     from darts_sg.compare import CompareSpec, augment_settings, search_settings
-    from darts_sg.search import SearchConfig
+    from darts_sg.config import SearchConfig
 
     from compare_cost import augment_step, median_seconds, search_step
 

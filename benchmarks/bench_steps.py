@@ -198,7 +198,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         return x.to(device), torch.randint(0, 10, (size,)).to(device)
 
     if kind.startswith("search"):
-        from darts_sg.search import SearchConfig, SearchStep
+        from darts_sg.config import SearchConfig
+        from darts_sg.search import SearchStep
 
         images = batch_size or 64
         model = darts_sg.build_supernet(

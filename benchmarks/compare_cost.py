@@ -17,10 +17,9 @@ import torch
 import darts_sg
 from darts_sg.accelerate import accelerate, device_policy
 from darts_sg.architect import Architect, frozen
-from darts_sg.augment import AugmentConfig
 from darts_sg.compare import CompareSpec, augment_settings, search_settings
+from darts_sg.config import AugmentConfig, SearchConfig
 from darts_sg.engine import weight_step
-from darts_sg.search import SearchConfig
 
 from bench_steps import cpu_line, median_step_seconds
 

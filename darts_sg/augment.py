@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
-from .config import RunConfig
+from .config import AugmentConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
@@ -30,95 +29,7 @@ from .precision import autocast, grad_scaler, load_scaler_state
 from .run_setup import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from .runs import RunDirectory, RunError
 
-__all__ = [
-    "AugmentConfig", "AUGMENT_PRESETS", "DATASET_SETTINGS", "AugmentJob", "run_augment", 
-]  # fmt: skip
-
-
-@dataclass
-class AugmentConfig(RunConfig):
-    """Every setting of an augment (retraining) run (written to config.json)."""
-
-    genotype: str | None = None
-    epochs: int = 600
-    batch_size: int = 96
-    layers: int = 20
-    init_channels: int = 36
-    lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    auxiliary_weight: float = 0.4
-    drop_path: float = 0.2
-    cutout: int = 16
-    train_subset: int = 0
-    test_subset: int = 0
-    space: str | None = None
-    dataset: str = "cifar10"
-    lr_decay: float = 0.0  # 0: cosine schedule; else the lr is multiplied by it every epoch
-    label_smoothing: float = 0.0
-    image_size: int = 224  # ImageNet crop size
-    workers: int = 0  # ImageNet decoding processes
-    # off unless asked for: retraining is not short of memory, and the recomputation costs 3-7% of a step
-    # (a searched invres cell at C=16, 8 cells, batch 96: benchmarks/ab_switch.py, benchmarks/results.md run 8)
-    lean_blocks: bool | None = False
-
-    IDENTITY = (
-        "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
-        "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
-        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "dataset", "lr_decay", "label_smoothing",
-        "image_size", "space",
-    )  # fmt: skip
-
-    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "lr")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.dataset not in (*DATASETS, "imagenet"):
-            raise UserError(f"--dataset must be one of {', '.join((*DATASETS, 'imagenet'))}, got {self.dataset!r}")
-        if not 0 <= self.lr_decay < 1:
-            raise UserError(f"--lr-decay must be in [0, 1) (0 = cosine schedule), got {self.lr_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.dataset == "imagenet" and self.cutout:
-            raise UserError("--cutout applies to CIFAR only; ImageNet training uses random-resized crops (drop --cutout)")
-        if self.dataset == "imagenet" and self.auxiliary_weight > 0 and self.image_size < 193:
-            raise UserError(
-                f"the ImageNet auxiliary head needs --image-size 193 or more (7x7 features), got {self.image_size}; "
-                "use --auxiliary-weight 0 for smaller images"
-            )
-        if self.auxiliary_weight > 0 and self.layers < 2:
-            raise UserError("the auxiliary head needs --layers 2 or more (it follows the second reduction cell); use --auxiliary-weight 0")
-        if self.dataset in DATASETS:
-            for name, size in (("train_subset", 50_000), ("test_subset", 10_000)):
-                if getattr(self, name) > size:
-                    option = f"--{name.replace('_', '-')} {getattr(self, name)}"
-                    raise UserError(f"{option} is larger than the {size:,} images of {self.dataset}; lower it or use 0 for all")
-        if self.train_subset and self.train_subset < self.batch_size:
-            raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
-        if not 0 <= self.drop_path < 1:
-            raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-
-
-AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
-    # The DARTS paper's evaluation settings.
-    "paper": {},
-    # A real training run on a 2-core CPU in about 20 minutes.
-    "quick": {"epochs": 4, "layers": 6, "init_channels": 12, "batch_size": 96, "train_subset": 10000},
-    # Seconds, for tests.
-    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "batch_size": 32, "train_subset": 64, "test_subset": 64},
-}
-
-# Settings that follow from --dataset, under the preset and the explicit options.
-DATASET_SETTINGS: dict[str, dict[str, Any]] = {
-    "cifar10": {},
-    "cifar100": {},
-    # DARTS' train_imagenet (mobile setting): 14 cells, C=48, 250 epochs, batch 128, SGD lr 0.1
-    # decayed by 0.97 per epoch, wd 3e-5, label smoothing 0.1, auxiliary weight 0.4, no drop path.
-    "imagenet": {
-        "layers": 14, "init_channels": 48, "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_decay": 0.97,
-        "weight_decay": 3e-5, "label_smoothing": 0.1, "drop_path": 0.0, "cutout": 0,
-    },  # fmt: skip
-}
+__all__ = ["AugmentJob", "run_augment"]
 
 
 class AugmentJob:

@@ -15,13 +15,13 @@ from typing import Any, Callable
 import click
 
 from .accelerate import FLAGS, device_policy
-from .config import MAX_SEED
+from .config import AUGMENT_PRESETS, DATASET_SETTINGS, MAX_SEED, SEARCH_PRESETS, AugmentConfig, SearchConfig
 from .genotype import MAX_NODES
-from .augment import AUGMENT_PRESETS, DATASET_SETTINGS, AugmentConfig, run_augment
+from .augment import run_augment
 from .distributed import leave_process_group
 from .errors import UserError
 from .precision import AMP_MODES
-from .search import SEARCH_PRESETS, SearchConfig, run_search
+from .search import run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
 SEARCH_PRESET_HELP = PRESET_HELP[:-1] + ", pc-darts (PC-DARTS, Xu et al. ICLR 2020: K=4, batch 256, w lr 0.1, alpha lr 6e-4, 15 warm-up epochs)."

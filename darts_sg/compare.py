@@ -26,6 +26,7 @@ from .compare_plan import (
 )  # fmt: skip
 from .compare_parallel import claim_holder, report_lock, run_in_parallel, this_process, unit_claim, visible_gpus, worker_gpus
 from .compare_report import unit_row, write_report
+from .config import AugmentConfig, SearchConfig
 from .distributed import from_main, init_from_environment, is_main_process
 from .errors import UserError
 from .genotype import load_genotype, random_genotype
@@ -33,8 +34,8 @@ from .io import atomic_write_text
 from .ops import resolve_space
 from .run_setup import RUNTIME_KEYS
 from .runs import RunDirectory
-from .search import SearchConfig, run_search
-from .augment import AugmentConfig, run_augment
+from .search import run_search
+from .augment import run_augment
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "find_unit", "parse_overrides", "prepare_experiment", "run_compare",
            "run_named_unit", "run_unit", "run_units", "search_settings", "augment_settings", "unit_states", "units_of",

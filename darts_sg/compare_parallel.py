@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .config import AUGMENT_PRESETS, SEARCH_PRESETS, SearchConfig
 from .errors import UserError
-from .augment import AUGMENT_PRESETS
-from .search import SEARCH_PRESETS, SearchConfig
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "genotype_path", "parse_overrides", "search_config", "search_settings",
            "augment_settings", "units_of"]  # fmt: skip

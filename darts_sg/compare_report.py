@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .compare_plan import CompareSpec, Unit, search_settings, augment_settings, units_of
+from .config import AugmentConfig, SearchConfig
 from .genotype import Genotype, load_genotype
 from .io import atomic_write_bytes, atomic_write_text, up_to_date
 from .ops import resolve_space
 from .runs import RunDirectory
-from .search import SearchConfig
-from .augment import AugmentConfig
 
 __all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
            "render_markdown"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Settings shared by every run kind (search, augment): sizes, block options, run-time switches."""
+"""The settings of every run: those both jobs share (`RunConfig`), then each job's own, with its presets."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
+from .cost import COST_KINDS
+from .data import DATASETS
 from .errors import UserError
-from .ops import OpOptions
+from .genotype import MAX_NODES
+from .ops import OpOptions, resolve_space
 from .precision import AMP_MODES
 
-__all__ = ["RunConfig", "MAX_INIT_CHANNELS", "MAX_SEED"]
+__all__ = [
+    "RunConfig", "MAX_INIT_CHANNELS", "MAX_SEED", "SearchConfig", "SEARCH_PRESETS", "AugmentConfig", "AUGMENT_PRESETS",
+    "DATASET_SETTINGS",
+]  # fmt: skip
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed's largest seed
 MAX_INIT_CHANNELS = 1024  # the published networks use 16-48; wider ones would not fit in memory with the default sizes
@@ -132,3 +138,194 @@ def _short_repr(value: Any) -> str:
     """A short JSON-like rendering of `value` for an error message."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class SearchConfig(RunConfig):
+    """Every setting of a search run (written to config.json)."""
+
+    ops: str = "sgblock"
+    order: int = 1
+    epochs: int = 50
+    batch_size: int = 64
+    layers: int = 8
+    init_channels: int = 16
+    nodes: int = 4
+    subset: int = 0  # images from each half of the training set; 0 = all 25k
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    alpha_lr: float = 3e-4
+    alpha_weight_decay: float = 1e-3
+    partial_channels: int = 1
+    # A construction option, not a device substitute: it changes the checkpoint layout (IDENTITY).
+    skip_none: bool = True
+    # Exact speed switches of the mixed ops: None = auto, the device's policy (darts_sg.accelerate).
+    share_relu: bool | None = None
+    fused_sum: bool | None = None
+    dataset: str = "cifar10"
+    warmup_epochs: int = 0  # first epochs train the weights only (PC-DARTS: 15 of 50)
+    max_skip: int | None = None  # P-DARTS: at most this many skips in the derived normal cell
+    early_stop_skips: int | None = None  # DARTS+: stop when the normal cell has more skips than this ...
+    early_stop_epochs: int = 1  # ... for this many epochs in a row
+    figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
+    # Search under a budget (darts_sg.cost): the expected cost of the derived network in the alpha loss.
+    cost: str | None = None  # params or flops; None = accuracy alone
+    cost_weight: float = 0.1
+    cost_target: float | None = None  # in millions of parameters or MFLOPs: a penalty on the excess only
+    cost_channels: int = 36  # the derived network's scale the cost is counted at
+    cost_layers: int = 20
+
+    # Settings that define the experiment: a resumed run must not change them.
+    IDENTITY = (
+        "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
+        "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
+        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
+        "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs", "cost", "cost_weight", "cost_target",
+        "cost_channels", "cost_layers",
+    )  # fmt: skip
+
+    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
+
+    def validate(self) -> None:
+        super().validate()
+        resolve_space(self.ops)
+        if self.nodes > MAX_NODES:
+            raise UserError(f"--nodes must be at most {MAX_NODES} (DARTS uses 4), got {self.nodes}")
+        if self.order not in (1, 2):
+            raise UserError(f"--order must be 1 or 2, got {self.order}")
+        for name in ("nodes", "partial_channels", "subset"):
+            if getattr(self, name) < (0 if name == "subset" else 1):
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.subset and self.subset < self.batch_size:
+            raise UserError(f"--subset {self.subset} is smaller than one batch ({self.batch_size}); raise it or lower --batch-size")
+        if self.subset and self.subset > 25_000:
+            raise UserError(f"--subset {self.subset} is larger than a half of the training set (25000); lower it or use 0 for all")
+        if self.init_channels % self.partial_channels:
+            raise UserError(f"--init-channels {self.init_channels} must be divisible by --partial-channels {self.partial_channels}")
+        if self.dataset not in DATASETS:
+            raise UserError(f"--dataset must be one of {', '.join(DATASETS)} for a search, got {self.dataset!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UserError(
+                f"--warmup-epochs {self.warmup_epochs} must be at least 0 and leave epochs for the alphas (--epochs {self.epochs})"
+            )
+        for name in ("max_skip", "early_stop_skips"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
+        if self.order == 2 and self.amp == "fp16":
+            raise UserError("--order 2 does not support --amp fp16 (its finite differences need unscaled fp32 gradients); use --amp bf16 or --amp off")
+        if self.cost is not None and self.cost not in COST_KINDS:
+            raise UserError(f"--cost must be one of {', '.join(COST_KINDS)}, got {self.cost!r}")
+        if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
+            raise UserError(f"--cost-weight must be a finite number >= 0, got {self.cost_weight}")
+        if self.cost_target is not None and not (math.isfinite(self.cost_target) and self.cost_target > 0):
+            raise UserError(f"--cost-target must be a positive number (millions of {self.cost or 'params'}), got {self.cost_target}")
+        if (self.cost_target is not None or self.cost_weight != SearchConfig.cost_weight) and self.cost is None:
+            raise UserError("--cost-weight and --cost-target need --cost params or --cost flops")
+        for name in ("cost_channels", "cost_layers"):
+            if getattr(self, name) < (2 if name == "cost_channels" else 3) or (name == "cost_channels" and self.cost_channels % 2):
+                raise UserError(f"--{name.replace('_', '-')} must be an even number >= 2 (channels) or >= 3 (layers), got {getattr(self, name)}")
+        if self.early_stop_epochs < 1:
+            raise UserError(f"--early-stop-epochs must be positive, got {self.early_stop_epochs}")
+
+
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # The DARTS paper's settings.
+    "paper": {},
+    # A real search on real data that finishes in about 15 minutes on a 2-core CPU. With ~100
+    # alpha steps instead of the paper's ~19,500, the alpha learning rate is 10x the paper's so
+    # that the architecture weights move measurably.
+    "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64, "alpha_lr": 3e-3},
+    # Seconds, for tests; no per-epoch alpha figures (they would take most of the time).
+    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32, "figures": False},
+    # PC-DARTS (Xu et al., ICLR 2020) as published: partial channels K=4 with edge normalisation,
+    # batch 256, weight lr 0.1 cosine to 0, alpha lr 6e-4, the first 15 of 50 epochs weights only.
+    "pc-darts": {"partial_channels": 4, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "alpha_lr": 6e-4, "warmup_epochs": 15},
+}
+
+
+@dataclass
+class AugmentConfig(RunConfig):
+    """Every setting of an augment (retraining) run (written to config.json)."""
+
+    genotype: str | None = None
+    epochs: int = 600
+    batch_size: int = 96
+    layers: int = 20
+    init_channels: int = 36
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    auxiliary_weight: float = 0.4
+    drop_path: float = 0.2
+    cutout: int = 16
+    train_subset: int = 0
+    test_subset: int = 0
+    space: str | None = None
+    dataset: str = "cifar10"
+    lr_decay: float = 0.0  # 0: cosine schedule; else the lr is multiplied by it every epoch
+    label_smoothing: float = 0.0
+    image_size: int = 224  # ImageNet crop size
+    workers: int = 0  # ImageNet decoding processes
+    # off unless asked for: retraining is not short of memory, and the recomputation costs 3-7% of a step
+    # (a searched invres cell at C=16, 8 cells, batch 96: benchmarks/ab_switch.py, benchmarks/results.md run 8)
+    lean_blocks: bool | None = False
+
+    IDENTITY = (
+        "genotype", "epochs", "batch_size", "layers", "init_channels", "seed", "lr", "momentum", "weight_decay",
+        "grad_clip", "auxiliary_weight", "drop_path", "cutout", "train_subset", "test_subset", "sg_ratio",
+        "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "dataset", "lr_decay", "label_smoothing",
+        "image_size", "space",
+    )  # fmt: skip
+
+    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "lr")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dataset not in (*DATASETS, "imagenet"):
+            raise UserError(f"--dataset must be one of {', '.join((*DATASETS, 'imagenet'))}, got {self.dataset!r}")
+        if not 0 <= self.lr_decay < 1:
+            raise UserError(f"--lr-decay must be in [0, 1) (0 = cosine schedule), got {self.lr_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dataset == "imagenet" and self.cutout:
+            raise UserError("--cutout applies to CIFAR only; ImageNet training uses random-resized crops (drop --cutout)")
+        if self.dataset == "imagenet" and self.auxiliary_weight > 0 and self.image_size < 193:
+            raise UserError(
+                f"the ImageNet auxiliary head needs --image-size 193 or more (7x7 features), got {self.image_size}; "
+                "use --auxiliary-weight 0 for smaller images"
+            )
+        if self.auxiliary_weight > 0 and self.layers < 2:
+            raise UserError("the auxiliary head needs --layers 2 or more (it follows the second reduction cell); use --auxiliary-weight 0")
+        if self.dataset in DATASETS:
+            for name, size in (("train_subset", 50_000), ("test_subset", 10_000)):
+                if getattr(self, name) > size:
+                    option = f"--{name.replace('_', '-')} {getattr(self, name)}"
+                    raise UserError(f"{option} is larger than the {size:,} images of {self.dataset}; lower it or use 0 for all")
+        if self.train_subset and self.train_subset < self.batch_size:
+            raise UserError(f"--train-subset {self.train_subset} is smaller than one batch ({self.batch_size})")
+        if not 0 <= self.drop_path < 1:
+            raise UserError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+
+
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    # The DARTS paper's evaluation settings.
+    "paper": {},
+    # A real training run on a 2-core CPU in about 20 minutes.
+    "quick": {"epochs": 4, "layers": 6, "init_channels": 12, "batch_size": 96, "train_subset": 10000},
+    # Seconds, for tests.
+    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "batch_size": 32, "train_subset": 64, "test_subset": 64},
+}
+
+# Settings that follow from --dataset, under the preset and the explicit options.
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "cifar100": {},
+    # DARTS' train_imagenet (mobile setting): 14 cells, C=48, 250 epochs, batch 128, SGD lr 0.1
+    # decayed by 0.97 per epoch, wd 3e-5, label smoothing 0.1, auxiliary weight 0.4, no drop path.
+    "imagenet": {
+        "layers": 14, "init_channels": 48, "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_decay": 0.97,
+        "weight_decay": 3e-5, "label_smoothing": 0.1, "drop_path": 0.0, "cutout": 0,
+    },  # fmt: skip
+}

@@ -24,7 +24,7 @@ from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_text, load_checkpoint, make_parent, read_json
 from .runs import check_output
 from .network import Network, count_params
-from .augment import AugmentConfig
+from .config import AugmentConfig
 from .flops import cpu_latency_ms
 
 __all__ = ["CIFAR10_CLASSES", "EXPORT_FORMATS", "load_trained", "evaluate_network", "export_network"]

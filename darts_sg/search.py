@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
-from .config import RunConfig
-from .cost import COST_KINDS, CostPenalty, CostTable, genotype_cost
+from .config import SearchConfig
+from .cost import CostPenalty, CostTable, genotype_cost
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
-from .errors import UserError
-from .genotype import MAX_NODES, Genotype
+from .genotype import Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
@@ -29,112 +26,7 @@ from .runs import RunDirectory, RunError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "SearchStep", "run_search"]
-
-
-@dataclass
-class SearchConfig(RunConfig):
-    """Every setting of a search run (written to config.json)."""
-
-    ops: str = "sgblock"
-    order: int = 1
-    epochs: int = 50
-    batch_size: int = 64
-    layers: int = 8
-    init_channels: int = 16
-    nodes: int = 4
-    subset: int = 0  # images from each half of the training set; 0 = all 25k
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    alpha_lr: float = 3e-4
-    alpha_weight_decay: float = 1e-3
-    partial_channels: int = 1
-    # A construction option, not a device substitute: it changes the checkpoint layout (IDENTITY).
-    skip_none: bool = True
-    # Exact speed switches of the mixed ops: None = auto, the device's policy (darts_sg.accelerate).
-    share_relu: bool | None = None
-    fused_sum: bool | None = None
-    dataset: str = "cifar10"
-    warmup_epochs: int = 0  # first epochs train the weights only (PC-DARTS: 15 of 50)
-    max_skip: int | None = None  # P-DARTS: at most this many skips in the derived normal cell
-    early_stop_skips: int | None = None  # DARTS+: stop when the normal cell has more skips than this ...
-    early_stop_epochs: int = 1  # ... for this many epochs in a row
-    figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
-    # Search under a budget (darts_sg.cost): the expected cost of the derived network in the alpha loss.
-    cost: str | None = None  # params or flops; None = accuracy alone
-    cost_weight: float = 0.1
-    cost_target: float | None = None  # in millions of parameters or MFLOPs: a penalty on the excess only
-    cost_channels: int = 36  # the derived network's scale the cost is counted at
-    cost_layers: int = 20
-
-    # Settings that define the experiment: a resumed run must not change them.
-    IDENTITY = (
-        "ops", "order", "epochs", "batch_size", "layers", "init_channels", "nodes", "subset", "seed", "w_lr", "w_lr_min",
-        "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
-        "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
-        "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs", "cost", "cost_weight", "cost_target",
-        "cost_channels", "cost_layers",
-    )  # fmt: skip
-
-    POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
-
-    def validate(self) -> None:
-        super().validate()
-        resolve_space(self.ops)
-        if self.nodes > MAX_NODES:
-            raise UserError(f"--nodes must be at most {MAX_NODES} (DARTS uses 4), got {self.nodes}")
-        if self.order not in (1, 2):
-            raise UserError(f"--order must be 1 or 2, got {self.order}")
-        for name in ("nodes", "partial_channels", "subset"):
-            if getattr(self, name) < (0 if name == "subset" else 1):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.subset and self.subset < self.batch_size:
-            raise UserError(f"--subset {self.subset} is smaller than one batch ({self.batch_size}); raise it or lower --batch-size")
-        if self.subset and self.subset > 25_000:
-            raise UserError(f"--subset {self.subset} is larger than a half of the training set (25000); lower it or use 0 for all")
-        if self.init_channels % self.partial_channels:
-            raise UserError(f"--init-channels {self.init_channels} must be divisible by --partial-channels {self.partial_channels}")
-        if self.dataset not in DATASETS:
-            raise UserError(f"--dataset must be one of {', '.join(DATASETS)} for a search, got {self.dataset!r}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise UserError(
-                f"--warmup-epochs {self.warmup_epochs} must be at least 0 and leave epochs for the alphas (--epochs {self.epochs})"
-            )
-        for name in ("max_skip", "early_stop_skips"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(self, name)}")
-        if self.order == 2 and self.amp == "fp16":
-            raise UserError("--order 2 does not support --amp fp16 (its finite differences need unscaled fp32 gradients); use --amp bf16 or --amp off")
-        if self.cost is not None and self.cost not in COST_KINDS:
-            raise UserError(f"--cost must be one of {', '.join(COST_KINDS)}, got {self.cost!r}")
-        if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
-            raise UserError(f"--cost-weight must be a finite number >= 0, got {self.cost_weight}")
-        if self.cost_target is not None and not (math.isfinite(self.cost_target) and self.cost_target > 0):
-            raise UserError(f"--cost-target must be a positive number (millions of {self.cost or 'params'}), got {self.cost_target}")
-        if (self.cost_target is not None or self.cost_weight != SearchConfig.cost_weight) and self.cost is None:
-            raise UserError("--cost-weight and --cost-target need --cost params or --cost flops")
-        for name in ("cost_channels", "cost_layers"):
-            if getattr(self, name) < (2 if name == "cost_channels" else 3) or (name == "cost_channels" and self.cost_channels % 2):
-                raise UserError(f"--{name.replace('_', '-')} must be an even number >= 2 (channels) or >= 3 (layers), got {getattr(self, name)}")
-        if self.early_stop_epochs < 1:
-            raise UserError(f"--early-stop-epochs must be positive, got {self.early_stop_epochs}")
-
-
-SEARCH_PRESETS: dict[str, dict[str, Any]] = {
-    # The DARTS paper's settings.
-    "paper": {},
-    # A real search on real data that finishes in about 15 minutes on a 2-core CPU. With ~100
-    # alpha steps instead of the paper's ~19,500, the alpha learning rate is 10x the paper's so
-    # that the architecture weights move measurably.
-    "quick": {"epochs": 6, "layers": 5, "init_channels": 8, "subset": 1024, "batch_size": 64, "alpha_lr": 3e-3},
-    # Seconds, for tests; no per-epoch alpha figures (they would take most of the time).
-    "smoke": {"epochs": 1, "layers": 3, "init_channels": 4, "nodes": 2, "subset": 64, "batch_size": 32, "figures": False},
-    # PC-DARTS (Xu et al., ICLR 2020) as published: partial channels K=4 with edge normalisation,
-    # batch 256, weight lr 0.1 cosine to 0, alpha lr 6e-4, the first 15 of 50 epochs weights only.
-    "pc-darts": {"partial_channels": 4, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "alpha_lr": 6e-4, "warmup_epochs": 15},
-}
+__all__ = ["SearchJob", "SearchStep", "run_search"]
 
 
 class SearchJob:

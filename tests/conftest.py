@@ -76,7 +76,8 @@ def _hparams_session(tensorboard_dir: Path):
 @pytest.fixture(scope="session")
 def planted_training_run(tmp_path_factory, planted_data_root) -> tuple[Path, dict]:
     """(run directory, summary) of a smoke retraining of DARTS_V2 for one epoch on the planted data."""
-    from darts_sg.augment import AUGMENT_PRESETS, AugmentConfig, run_augment
+    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.augment import run_augment
 
     out = tmp_path_factory.mktemp("planted-run") / "run"
     config = AugmentConfig(**{**AUGMENT_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),

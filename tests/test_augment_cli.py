@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.augment import AugmentConfig
+from darts_sg.config import AugmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_genotype_outside_space_is_refused(tmp_path, data_root):
 def test_every_setting_is_checked_or_free_on_resume():
     from dataclasses import fields
 
-    from darts_sg.search import SearchConfig
+    from darts_sg.config import SearchConfig
     from darts_sg.run_setup import RUNTIME_KEYS
 
     for cls in (SearchConfig, AugmentConfig):

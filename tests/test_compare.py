@@ -17,7 +17,7 @@ from darts_sg.errors import UserError
 from darts_sg.genotype import random_genotype
 from darts_sg.ops import resolve_space
 from darts_sg.runtime import machine_name
-from darts_sg.search import SearchConfig
+from darts_sg.config import SearchConfig
 from darts_sg.visualize import dot_available
 
 ROOT = Path(__file__).resolve().parents[1]

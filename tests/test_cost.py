@@ -10,7 +10,8 @@ from darts_sg.errors import UserError
 from darts_sg.genotype import load_genotype
 from darts_sg.ops import resolve_space
 from darts_sg.runs import RunDirectory
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+from darts_sg.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.search import run_search
 
 
 @pytest.mark.parametrize("kind, C, layers", [("params", 36, 20), ("flops", 8, 5)])

@@ -267,11 +267,13 @@ def _fit(job_kind, tmp_path, data_root, graphs, epochs=3, same_optimizers_eager=
     `same_optimizers_eager` builds the graphed job's optimizers (fused SGD, capturable Adam, device
     learning rates) but runs its steps eagerly: the comparison that isolates capture and replay.
     """
-    from darts_sg.augment import AUGMENT_PRESETS, AugmentConfig, AugmentJob
+    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.augment import AugmentJob
     from darts_sg.engine import fit
     from darts_sg.run_setup import start_run
     from darts_sg.runs import RunDirectory
-    from darts_sg.search import SEARCH_PRESETS, SearchConfig, SearchJob
+    from darts_sg.config import SEARCH_PRESETS, SearchConfig
+    from darts_sg.search import SearchJob
 
     if job_kind == "search":
         config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "subset": 160, "epochs": epochs, "alpha_lr": 3e-3,

@@ -10,7 +10,7 @@ import torch
 
 from darts_sg.accelerate import resolve_acceleration
 from darts_sg.cuda_graphs import GraphedStep, device_learning_rates, graph_blocker, load_optimizer_state
-from darts_sg.search import SearchConfig
+from darts_sg.config import SearchConfig
 
 
 def _model():

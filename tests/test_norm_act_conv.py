@@ -112,8 +112,8 @@ def test_the_runs_found_in_each_block():
 def test_the_search_is_lean_by_default_and_the_retraining_when_asked():
     """Retraining is not short of memory and the recomputation costs time: its default is --plain-blocks."""
     from darts_sg.accelerate import resolve_acceleration
-    from darts_sg.augment import AugmentConfig
-    from darts_sg.search import SearchConfig
+    from darts_sg.config import AugmentConfig
+    from darts_sg.config import SearchConfig
 
     assert resolve_acceleration(SearchConfig(), CPU).lean_blocks
     assert not resolve_acceleration(SearchConfig(device="cuda"), torch.device("cuda")).lean_blocks

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from darts_sg.io import load_checkpoint
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+from darts_sg.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 

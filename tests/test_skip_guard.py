@@ -9,7 +9,8 @@ from darts_sg.genotype import cap_skips, derive_cell, derive_genotype
 from darts_sg.io import load_checkpoint
 from darts_sg.ops import SEARCH_SPACES
 from darts_sg.runs import RunDirectory
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, SearchJob
+from darts_sg.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.search import SearchJob
 from darts_sg.run_setup import start_run
 from darts_sg.skip_guard import SkipGuard, count_normal_skips
 

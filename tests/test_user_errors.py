@@ -66,8 +66,10 @@ SMOKE = ["--preset", "smoke", "--no-progress"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, planted_data_root):
     """A finished smoke search run and a finished smoke retraining run, on the planted data."""
-    from darts_sg.augment import AUGMENT_PRESETS, AugmentConfig, run_augment
-    from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.augment import run_augment
+    from darts_sg.config import SEARCH_PRESETS, SearchConfig
+    from darts_sg.search import run_search
 
     base = tmp_path_factory.mktemp("runs")
     run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "data_root": str(planted_data_root)}), base / "search", progress=False)
@@ -119,7 +121,7 @@ def test_float_options_refuse_nan_infinities_and_zero_out_of_range(capsys, tmp_p
 @pytest.mark.parametrize("field", ["w_lr", "alpha_lr", "grad_clip", "w_momentum", "sg_ratio"])
 def test_the_python_api_refuses_non_finite_floats_too(field):
     from darts_sg.errors import UserError
-    from darts_sg.search import SearchConfig
+    from darts_sg.config import SearchConfig
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(UserError, match=field.replace("_", "-")):

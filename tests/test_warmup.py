@@ -10,7 +10,8 @@ from darts_sg.io import load_checkpoint
 from darts_sg.layout import is_channels_last
 from darts_sg.network import Supernet
 from darts_sg.ops import OpOptions, SEARCH_SPACES, resolve_space
-from darts_sg.search import SEARCH_PRESETS, SearchConfig, run_search
+from darts_sg.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.search import run_search
 from test_search_cli import assert_same_run, interrupt_after, run_cli, smoke_config
 
 
