@@ -2,7 +2,7 @@
 
 The model code (``ops``, ``cells``, ``network``) builds the papers' plain modules. A job builds its
 model, then calls `accelerate` once: like ``nn.SyncBatchNorm.convert_sync_batchnorm``, it walks
-the module tree and swaps modules for exact equivalents that are faster on the device (same
+the module tree and replaces modules by exact equivalents that are faster on the device (same
 parameters, buffers and state-dict keys; the same results up to float rounding), sets the
 memory layout, the recomputation switch and the backend flags, and moves the model to the
 device. `resolve_acceleration` decides what to apply: the device's policy (`device_policy`),
@@ -102,7 +102,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
     """The defaults on a device: the CPU substitutes on the CPU only, cudnn.benchmark on CUDA."""
     cpu = device_type == "cpu"
     return Acceleration(
-        channels_last=cpu,  # oneDNN's fast layout; on CUDA, fp32 NHWC depthwise convs are slow
+        channels_last=cpu,  # oneDNN's fast layout; on CUDA the default NCHW (NHWC has not been timed on a GPU)
         fast_dilated=cpu,
         fast_batchnorm=cpu,
         keep_layout=cpu,
@@ -113,7 +113,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         amp="off",  # on a CPU without bf16 instructions it was more than 10x slower
         cudnn_benchmark=device_type == "cuda" and not deterministic,
         compile=False,  # no benchmark has shown that it pays yet (benchmarks/bench_steps.py --device cuda)
-        lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel, and the GPU tests have not run yet
+        lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel; the recomputation has not been timed on a GPU
         cuda_graphs=device_type == "cuda",  # benchmarks/results-cuda.md
         wide_edges=not cpu,  # a third of the kernels per step (benchmarks/results-dispatch.md); on the CPU: README
     )
@@ -138,16 +138,30 @@ def resolve_acceleration(config: Any, device: torch.device, log: Callable[[str],
     return acceleration
 
 
-def _recast(module: nn.Module, cls: type[M]) -> M:
-    """Make `module` an instance of `cls`, a subclass that changes only how it computes.
+def _substitute(module: nn.Module, cls: type[M]) -> M:
+    """A new `cls` module holding `module`'s very parameters, buffers, children and settings.
 
-    The object keeps its parameters, buffers and children, so optimizers, state-dict keys and
-    initial weights are untouched (torch.nn.utils.parametrize swaps classes the same way).
+    `cls` subclasses `module`'s class and changes only how it computes, so optimizers, state-dict
+    keys and initial weights are untouched (``nn.SyncBatchNorm.convert_sync_batchnorm`` hands its
+    new modules the old parameters the same way).
     """
     if not issubclass(cls, type(module)):
         raise TypeError(f"{cls.__name__} is not a substitute for {type(module).__name__}")
-    module.__class__ = cls
-    return module
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    return new
+
+
+def _replace_modules(module: nn.Module, replace: Callable[[nn.Module], nn.Module], done: dict[int, nn.Module]) -> nn.Module:
+    """`module` with every module of its tree passed through `replace`, children before their parents
+    (a substitute is built from children that are final); a module shared by two parents stays shared."""
+    if id(module) in done:
+        return done[id(module)]
+    for name, child in list(module._modules.items()):
+        if child is not None:
+            module._modules[name] = _replace_modules(child, replace, done)
+    done[id(module)] = new = replace(module)
+    return new
 
 
 def _is_global_pool(module: nn.Module) -> bool:
@@ -157,23 +171,27 @@ def _is_global_pool(module: nn.Module) -> bool:
 def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
     """Swap in the substitutes of `acceleration`, set the layout and flags, and move `model` to `device`."""
     a = acceleration
-    for module in list(model.modules()):
+
+    def substitute(module: nn.Module) -> nn.Module:
         if a.fast_batchnorm and type(module) is nn.BatchNorm2d:
-            _recast(module, WideBatchNorm2d)
-        elif a.fast_dilated and is_dilated_depthwise(module):
-            _recast(module, PolyphaseDilatedConv2d)
-        elif a.keep_layout and type(module) is FactorizedReduce:
-            _recast(module, LayoutKeepingFactorizedReduce)
-        elif a.keep_layout and _is_global_pool(module):
-            _recast(module, LayoutKeepingGlobalPool)
-        elif a.lean_relu6 and type(module) is nn.ReLU6:
-            _recast(module, LeanReLU6)
-        elif a.lean_blocks and type(module) in (SandGlass, InvertedResidual):
-            _recast(module.body, LeanSequential)
+            return _substitute(module, WideBatchNorm2d)
+        if a.fast_dilated and is_dilated_depthwise(module):
+            return _substitute(module, PolyphaseDilatedConv2d)
+        if a.keep_layout and type(module) is FactorizedReduce:
+            return _substitute(module, LayoutKeepingFactorizedReduce)
+        if a.keep_layout and _is_global_pool(module):
+            return _substitute(module, LayoutKeepingGlobalPool)
+        if a.lean_relu6 and type(module) is nn.ReLU6:
+            return _substitute(module, LeanReLU6)
+        if a.lean_blocks and type(module) in (SandGlass, InvertedResidual):
+            module.body = _substitute(module.body, LeanSequential)
         elif a.wide_edges and type(module) is Cell:
-            _recast(module, WideCell).widen()
+            return _substitute(module, WideCell).widen()
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
-            _recast(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
+            return _substitute(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
+        return module
+
+    model = _replace_modules(model, substitute, {})
     if isinstance(model, CellNetwork):
         model.recompute_cells = a.recompute_cells
     model = model.to(device)

@@ -155,7 +155,7 @@ class WideBatchNorm2d(nn.BatchNorm2d):
 
     The wide view is used only where `wide_factor` finds a channels-last CPU tensor with at most 16
     channels or a channel count not a multiple of 16; elsewhere this is torch's batch norm. ``darts_sg.accelerate``
-    swaps it in for ``nn.BatchNorm2d`` (``--fast-batchnorm``).
+    puts it in place of ``nn.BatchNorm2d`` (``--fast-batchnorm``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

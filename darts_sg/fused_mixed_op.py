@@ -69,18 +69,19 @@ def _drop_leading_relu(module: nn.Module) -> bool:
 class FusedMixedOp(MixedOp):
     """``MixedOp`` with one ReLU shared by its conv ops and/or the in-place weighted sum.
 
-    Made from a built ``MixedOp`` by ``darts_sg.accelerate`` (the class is swapped, then `fuse`
-    configures it), so it holds the very same parameters.
+    Made from a built ``MixedOp`` by ``darts_sg.accelerate`` (a new module holding the plain one's
+    parameters and children, then configured by `fuse`), so it holds the very same parameters.
     """
 
     takes_relu: list[bool]
     fused_sum: bool
 
-    def fuse(self, share_relu: bool, fused_sum: bool) -> None:
+    def fuse(self, share_relu: bool, fused_sum: bool) -> "FusedMixedOp":
         """Take the leading ReLU out of the ops that have one (if `share_relu`); set the sum kind."""
         self.takes_relu = [share_relu and _drop_leading_relu(op) for op in self.ops]
         self.fused_sum = fused_sum
         self.register_buffer("_active_index", torch.tensor(self.active, dtype=torch.long), persistent=False)
+        return self
 
     def op_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         relu_x = F.relu(x) if any(self.takes_relu) else None

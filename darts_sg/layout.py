@@ -4,7 +4,7 @@ torch's backward of a slice (``x[:, :, 1:, 1:]``) and of adaptive average poolin
 NCHW gradient even for a channels-last input. Every kernel behind it in the backward pass then
 gets mixed layouts and runs several times slower on the CPU (batch norm and ReLU backward among
 them). These give the same values and gradients, in the input's layout; the two modules at the
-end are the exact substitutes that ``darts_sg.accelerate`` swaps in for the plain factorized
+end are the exact substitutes that ``darts_sg.accelerate`` puts in place of the plain factorized
 reduce and global pooling (``--keep-layout``).
 """
 

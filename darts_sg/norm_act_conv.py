@@ -13,7 +13,7 @@ calls (``convolution_backward``, ``hardtanh_backward``, the batch-norm backward 
 norm's output is computed as ``WideBatchNorm2d`` computes it).
 
 `LeanSequential` is an ``nn.Sequential`` that runs each batch norm - [ReLU6] - convolution run of
-its children this way while training; ``darts_sg.accelerate`` swaps it in for the bodies of the
+its children this way while training; ``darts_sg.accelerate`` puts it in place of the bodies of the
 two blocks (``--lean-blocks``). A sandglass edge (C=16, 32x32, batch 64) keeps 14 instead of 24
 MiB, an inverted residual 52 instead of 100 MiB (``benchmarks/profile_edge.py``).
 """

@@ -6,8 +6,8 @@ The eight classic DARTS primitives follow the reference implementation exactly
 (ReLU-Conv-BN order, separable convolutions applied twice, factorized reduce for a
 stride-2 skip); ``sg_block`` is the MobileNeXt sandglass block and ``inv_res`` the
 MobileNetV2 inverted residual. Every module here is the plain one of the papers (torch's
-``nn.BatchNorm2d``, a dilated ``nn.Conv2d``); faster exact equivalents for a device are swapped
-in from outside, by ``darts_sg.accelerate``.
+``nn.BatchNorm2d``, a dilated ``nn.Conv2d``); faster exact equivalents for a device are put in
+their place from outside, by ``darts_sg.accelerate``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ blocks the ReLU6 output is kept anyway (the next convolution needs it), so the i
 is a second full-size tensor per ReLU6, and the copy a pass over memory. The gradient only needs
 to know where 0 < x < 6, and that is exactly where 0 < relu6(x) < 6; so the same kernel
 (``hardtanh_backward``) applied to the output gives the same gradient, bit for bit.
-``darts_sg.accelerate`` swaps `LeanReLU6` in for ``nn.ReLU6`` (``--lean-relu6``).
+``darts_sg.accelerate`` puts `LeanReLU6` in place of ``nn.ReLU6`` (``--lean-relu6``).
 """
 
 from __future__ import annotations

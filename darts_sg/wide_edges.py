@@ -210,8 +210,8 @@ def _kind(op: nn.Module) -> str:
 class WideCell(Cell):
     """``Cell`` whose mixed-op edges run grouped by the state they read, as wide ops (module docstring).
 
-    Made from a built supernet ``Cell`` by ``darts_sg.accelerate`` (the class is swapped, then
-    `widen` plans the groups): the very same modules, parameters and buffers.
+    Made from a built supernet ``Cell`` by ``darts_sg.accelerate`` (a new module holding the plain
+    cell's children, then `widen` plans the groups): the very same modules, parameters and buffers.
     """
 
     def widen(self) -> "WideCell":
