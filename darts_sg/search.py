@@ -11,16 +11,17 @@ import torch
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
-from .cost import COST_KINDS, CostPenalty, CostTable, genotype_cost
+from .cost import COST_KINDS, COST_UNITS, CostPenalty, CostTable, fit_budget, genotype_cost
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
-from .distributed import identical_across_ranks, is_main_process
+from .distributed import from_main, identical_across_ranks, is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
 from .genotype import MAX_NODES, Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
+from .latency import LatencyMeter
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .precision import autocast, grad_scaler, load_scaler_state
@@ -29,7 +30,7 @@ from .runs import RunDirectory, RunError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "SearchStep", "run_search"]
+__all__ = ["SearchConfig", "SEARCH_PRESETS", "SearchJob", "SearchStep", "run_search", "search_cost_table"]
 
 
 @dataclass
@@ -63,11 +64,13 @@ class SearchConfig(RunConfig):
     early_stop_epochs: int = 1  # ... for this many epochs in a row
     figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
     # Search under a budget (darts_sg.cost): the expected cost of the derived network in the alpha loss.
-    cost: str | None = None  # params or flops; None = accuracy alone
+    cost: str | None = None  # params, flops or latency; None = accuracy alone
     cost_weight: float = 0.1
-    cost_target: float | None = None  # in millions of parameters or MFLOPs: a penalty on the excess only
+    cost_target: float | None = None  # in millions of parameters or MFLOPs, or ms: a penalty on the excess only
     cost_channels: int = 36  # the derived network's scale the cost is counted at
     cost_layers: int = 20
+    cost_device: str = "cpu"  # --cost latency: the device the ops are timed on (batch 1) ...
+    cost_threads: int = 1  # ... with this many CPU threads (1: the mobile setting)
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
@@ -75,7 +78,7 @@ class SearchConfig(RunConfig):
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
         "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
         "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs", "cost", "cost_weight", "cost_target",
-        "cost_channels", "cost_layers",
+        "cost_channels", "cost_layers", "cost_device", "cost_threads",
     )  # fmt: skip
 
     POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
@@ -112,9 +115,13 @@ class SearchConfig(RunConfig):
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise UserError(f"--cost-weight must be a finite number >= 0, got {self.cost_weight}")
         if self.cost_target is not None and not (math.isfinite(self.cost_target) and self.cost_target > 0):
-            raise UserError(f"--cost-target must be a positive number (millions of {self.cost or 'params'}), got {self.cost_target}")
+            raise UserError(f"--cost-target must be a positive number ({COST_UNITS[self.cost or 'params'][1]}), got {self.cost_target}")
         if (self.cost_target is not None or self.cost_weight != SearchConfig.cost_weight) and self.cost is None:
-            raise UserError("--cost-weight and --cost-target need --cost params or --cost flops")
+            raise UserError("--cost-weight and --cost-target need --cost params, flops or latency")
+        if self.cost_device not in ("cpu", "cuda"):
+            raise UserError(f"--cost-device must be cpu or cuda, got {self.cost_device!r}")
+        if self.cost_threads < 1:
+            raise UserError(f"--cost-threads must be positive, got {self.cost_threads}")
         for name in ("cost_channels", "cost_layers"):
             if getattr(self, name) < (2 if name == "cost_channels" else 3) or (name == "cost_channels" and self.cost_channels % 2):
                 raise UserError(f"--{name.replace('_', '-')} must be an even number >= 2 (channels) or >= 3 (layers), got {getattr(self, name)}")
@@ -162,7 +169,8 @@ class SearchJob:
             config.op_options(), config.partial_channels, skip_none=config.skip_none,
         )  # fmt: skip
         self.model = accelerate(supernet, device, self.acceleration)
-        self.step = SearchStep(self.model, config, device, self.acceleration)
+        table = search_cost_table(config, self.primitives, config.nodes, run.file("latency.json")) if config.cost else None
+        self.step = SearchStep(self.model, config, device, self.acceleration, cost_table=table)
         self.w_optimizer, self.architect, self.w_scaler = self.step.w_optimizer, self.step.architect, self.step.w_scaler
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
         self.eval_sums = graphed_batch_sums(self.model, log) if self.acceleration.cuda_graphs else None
@@ -205,7 +213,7 @@ class SearchJob:
         lr = self.lr()
         self.scheduler.step()
         val = evaluate(self.model, self.eval_loader, self.eval_sums)
-        genotype = self.model.genotype(self.config.max_skip)
+        genotype, budget = self.derive()
         normal_skips = count_normal_skips(self.model.genotype())
         early_stop = None if self.warmup else self.skip_guard.update(epoch, normal_skips)  # alphas move after warm-up
         normal, reduce = self.model.op_weights()
@@ -227,18 +235,55 @@ class SearchJob:
             "warmup": self.warmup,
             "normal_skips": normal_skips,
             **self.costs(genotype),
+            **({"budget": budget} if budget else {}),
             "genotype": genotype.to_dict(),
             **({"early_stop": early_stop} if early_stop else {}),
         }
 
+    def derive(self) -> tuple[Genotype, str | None]:
+        """The derived genotype and, under --cost-target, how it meets the budget: "search" (the argmax
+        genotype already does), "derivation" (`fit_budget` changed choices until it did) or "not met"."""
+        genotype = self.model.genotype(self.config.max_skip)
+        penalty = self.architect.penalty
+        if penalty is None or penalty.target is None:
+            return genotype, None
+        if penalty.table.total(genotype) <= penalty.target:
+            return genotype, "search"
+        normal, reduce = self.model.op_weights()
+        fitted, changes = fit_budget(genotype, normal, reduce, penalty.table, penalty.target, self.config.max_skip)
+        met = penalty.table.total(fitted) <= penalty.target
+        log(f"budget: the argmax genotype costs {penalty.table.total(genotype) / COST_UNITS[self.config.cost][0]:.4g} "
+            f"{COST_UNITS[self.config.cost][1]}; {changes} choice(s) changed at derivation"
+            + ("" if met else f", and the cheapest genotype of the space still costs more than {self.config.cost_target:g}"))  # fmt: skip
+        return fitted, "derivation" if met else "not met"
+
     def costs(self, genotype: Genotype) -> dict[str, float]:
-        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions)."""
+        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions; ms for latency,
+        where the genotype's latency is the sum of its ops' from the table)."""
         penalty = self.architect.penalty
         if penalty is None:
             return {}
         c = self.config
-        true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
-        return {"expected_cost": float(penalty.expected()) / 1e6, "genotype_cost": true_cost / 1e6}
+        if c.cost == "latency":
+            true_cost = penalty.table.total(genotype)
+        else:
+            true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
+        scale = COST_UNITS[c.cost][0]
+        return {"expected_cost": float(penalty.expected()) / scale, "genotype_cost": true_cost / scale}
+
+    def summary(self, genotype: Genotype, budget: str | None) -> dict[str, Any] | None:
+        """What genotype.json records beside the final genotype: under --cost, its cost and how the budget was met."""
+        if self.architect.penalty is None:
+            return None
+        c = self.config
+        cost = {"kind": c.cost, "unit": COST_UNITS[c.cost][1], "weight": c.cost_weight, "target": c.cost_target,
+                **self.costs(genotype), "channels": c.cost_channels, "layers": c.cost_layers}  # fmt: skip
+        if c.cost == "latency":
+            cost["device"] = c.cost_device
+            cost["threads"] = c.cost_threads
+        if budget:
+            cost["budget_met_by"] = budget
+        return {"cost": cost}
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
         from .visualize import log_search_epoch
@@ -288,7 +333,7 @@ class SearchStep:
     """
 
     def __init__(self, model: Supernet, config: SearchConfig, device: torch.device, acceleration: Acceleration,
-                 foreach: bool | None = None):  # fmt: skip
+                 foreach: bool | None = None, cost_table: CostTable | None = None):  # fmt: skip
         self.model, self.device, self.amp = model, device, acceleration.amp
         self.grad_clip = config.grad_clip
         graphs = acceleration.cuda_graphs and device.type == "cuda"  # a CPU step counted under the CUDA policy runs eagerly
@@ -302,8 +347,8 @@ class SearchStep:
             **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
         )  # fmt: skip
         if config.cost:
-            table = CostTable(config.cost, model.primitives, model.steps, config.cost_channels, config.cost_layers, config.op_options())
-            target = config.cost_target * 1e6 if config.cost_target is not None else None
+            table = cost_table or search_cost_table(config, model.primitives, model.steps)
+            target = config.cost_target * COST_UNITS[config.cost][0] if config.cost_target is not None else None
             self.architect.penalty = CostPenalty(table, model, config.cost_weight, target)
         if graphs:
             device_learning_rates(self.w_optimizer, device)
@@ -335,6 +380,23 @@ class SearchStep:
         return {"loss": loss, "acc": acc, **stats, **counts}
 
 
+def search_cost_table(config: SearchConfig, primitives, steps: int, latency_path=None) -> CostTable:
+    """The cost table of `--cost`; for latency, timed by the main process (or read from `latency_path`,
+    RUN/latency.json, where an earlier session of the run cached it) and handed to every process."""
+    if config.cost != "latency":
+        return CostTable(config.cost, primitives, steps, config.cost_channels, config.cost_layers, config.op_options())
+
+    def measure() -> CostTable:
+        meter = LatencyMeter(latency_path, config.cost_device, config.cost_threads)
+        table = CostTable("latency", primitives, steps, config.cost_channels, config.cost_layers, config.op_options(), meter)
+        reused = len(meter.table) - meter.measured
+        log(f"latency table: {meter.measured} timings measured on {config.cost_device} ({config.cost_threads} thread(s), batch 1)"
+            + (f", {reused} reused from {latency_path}" if reused else ""))  # fmt: skip
+        return table
+
+    return from_main(measure)
+
+
 def run_search(
     config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
     log_every: float = 60.0,
@@ -358,9 +420,9 @@ def run_search(
                 f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
             log_memory(job.model, config, device, world, acceleration.channels_last)
         fit_run(job, run, config, resume, "search.py", progress, log_every, restored)
-        genotype = job.model.genotype(config.max_skip)
+        genotype, budget = job.derive()
         if is_main_process():
-            genotype.save(run.file("genotype.json"))
+            genotype.save(run.file("genotype.json"), job.summary(genotype, budget))
             if job.stop_reason:
                 run.update_config({**run.load_config(), "early_stop": job.stop_reason})
                 log(f"search stopped early: {job.stop_reason}")
