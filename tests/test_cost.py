@@ -60,8 +60,8 @@ def test_the_architect_adds_the_cost_gradient_to_the_alpha_step(monkeypatch):
     assert any(g.abs().max() > 0 for g in expected)
 
 
-def _search(tmp_path, data_root, name, **cost):
-    config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "ops": "darts", "epochs": 2, "alpha_lr": 0.05,
+def _search(tmp_path, data_root, name, epochs=2, **cost):
+    config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "ops": "darts", "epochs": epochs, "alpha_lr": 0.05,
                              "data_root": str(data_root), **cost})  # fmt: skip
     genotype = run_search(config, str(tmp_path / name), progress=False)
     return genotype, RunDirectory(tmp_path / name).read_metrics()
@@ -98,7 +98,7 @@ def _summary(run) -> dict:
 
 @pytest.mark.xdist_group("cost-searches")
 def test_a_latency_search_caches_its_table_and_a_resume_reuses_or_refuses_it(tmp_path, planted_data_root, monkeypatch):
-    genotype, metrics = _search(tmp_path, planted_data_root, "latency", cost="latency", cost_channels=4, cost_layers=3, cost_weight=1.0)
+    genotype, metrics = _search(tmp_path, planted_data_root, "latency", epochs=1, cost="latency", cost_channels=4, cost_layers=3, cost_weight=1.0)
     table = json.loads((tmp_path / "latency" / "latency.json").read_text())
     assert table["record"]["threads"] == 1 and len(table["ms"]) == 5 * 7 + 1  # the test scale: 5 positions, 7 ops, fixed
     assert metrics[-1]["genotype_cost"] > 0 and _summary(tmp_path / "latency")["cost"]["unit"] == "ms"
