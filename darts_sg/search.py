@@ -269,7 +269,7 @@ class SearchJob:
         else:
             true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
         scale = COST_UNITS[c.cost][0]
-        return {"expected_cost": float(penalty.expected()) / scale, "genotype_cost": true_cost / scale}
+        return {"expected_cost": float(penalty.expected().detach()) / scale, "genotype_cost": true_cost / scale}
 
     def summary(self, genotype: Genotype, budget: str | None) -> dict[str, Any] | None:
         """What genotype.json records beside the final genotype: under --cost, its cost and how the budget was met."""
