@@ -156,3 +156,8 @@ class LatencyMeter:
             return network, torch.randn(self.record["batch"], 3, 32, 32)
 
         return self._lookup(f"fixed C={C} layers={layers} nodes={genotype.steps}", build)
+
+    def network(self, genotype: Genotype, C: int, layers: int, options: OpOptions) -> float:
+        """Milliseconds of the whole derived network timed as one (not cached): a check on the table's additive sum."""
+        network = Network(genotype, C=C, layers=layers, num_classes=10, options=options)
+        return self._time(network, torch.randn(self.record["batch"], 3, 32, 32))

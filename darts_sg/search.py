@@ -278,9 +278,10 @@ class SearchJob:
         c = self.config
         cost = {"kind": c.cost, "unit": COST_UNITS[c.cost][1], "weight": c.cost_weight, "target": c.cost_target,
                 **self.costs(genotype), "channels": c.cost_channels, "layers": c.cost_layers}  # fmt: skip
-        if c.cost == "latency":
-            cost["device"] = c.cost_device
-            cost["threads"] = c.cost_threads
+        if c.cost == "latency":  # the table's sum beside the whole network timed once, the same way
+            meter = LatencyMeter(device=c.cost_device, threads=c.cost_threads)
+            cost.update(device=c.cost_device, threads=c.cost_threads,
+                        measured_whole=meter.network(genotype, c.cost_channels, c.cost_layers, c.op_options()))  # fmt: skip
         if budget:
             cost["budget_met_by"] = budget
         return {"cost": cost}

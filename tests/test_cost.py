@@ -10,7 +10,7 @@ import darts_sg
 from darts_sg.architect import Architect
 from darts_sg.cost import CostPenalty, CostTable, fit_budget, genotype_cost
 from darts_sg.errors import UserError
-from darts_sg.genotype import Genotype, load_genotype, random_genotype
+from darts_sg.genotype import load_genotype, random_genotype
 from darts_sg.latency import LatencyMeter
 from darts_sg.ops import OpOptions, resolve_space
 from darts_sg.runs import RunDirectory
@@ -101,10 +101,12 @@ def test_a_latency_search_caches_its_table_and_a_resume_reuses_or_refuses_it(tmp
     genotype, metrics = _search(tmp_path, planted_data_root, "latency", epochs=1, cost="latency", cost_channels=4, cost_layers=3, cost_weight=1.0)
     table = json.loads((tmp_path / "latency" / "latency.json").read_text())
     assert table["record"]["threads"] == 1 and len(table["ms"]) == 5 * 7 + 1  # the test scale: 5 positions, 7 ops, fixed
-    assert metrics[-1]["genotype_cost"] > 0 and _summary(tmp_path / "latency")["cost"]["unit"] == "ms"
+    summary = _summary(tmp_path / "latency")["cost"]
+    assert metrics[-1]["genotype_cost"] > 0 and summary["unit"] == "ms" and summary["measured_whole"] > 0
     config = SearchConfig.from_dict(RunDirectory(tmp_path / "latency").load_config())
     with monkeypatch.context() as patch:
         patch.setattr(LatencyMeter, "_time", lambda *args: pytest.fail("the cached latency table was measured again"))
+        patch.setattr(LatencyMeter, "network", lambda *args: 1.0)  # the final check on the whole network, not a table entry
         assert run_search(config, str(tmp_path / "latency"), resume=True, progress=False) == genotype
     table["record"]["torch"] = "0.0.1"
     (tmp_path / "latency" / "latency.json").write_text(json.dumps(table))
