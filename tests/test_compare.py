@@ -30,7 +30,7 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
     rows = run_compare(spec, out, log=lambda m: None)
     assert [r["name"] for r in rows] == ["darts_v2", "darts-s0", "sgblock-s0", "darts-random0", "sgblock-random0"]
     assert [r["kind"] for r in rows] == ["reference", "searched", "searched", "random", "random"]
-    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png", "cells/darts-random0_normal.gv",
+    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png", "accuracy_vs_cost.png", "cells/darts-random0_normal.gv",
                  "alphas/darts-s0_normal.png", "alphas/sgblock-s0_reduce.png"):
         assert (out / name).exists(), name
     png = (out / "accuracy_vs_params.png").read_bytes()
