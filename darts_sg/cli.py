@@ -157,9 +157,11 @@ def cli() -> None:
 @_search_option("--max-skip", "max_skip", "P-DARTS (Chen et al. 2019): at most K skip connections in the derived normal cell; the weakest extra skips take their edge's next-best op (none = no cap).", type=NON_NEGATIVE)
 @_search_option("--early-stop-skips", "early_stop_skips", "DARTS+ (Liang et al. 2019): stop the search when the derived normal cell has more than K skip connections (DARTS+: K=1; none = off).", type=NON_NEGATIVE)
 @_search_option("--early-stop-epochs", "early_stop_epochs", "With --early-stop-skips: stop only after E epochs in a row over the limit (DARTS+: 1).", type=POSITIVE)
-@_search_option("--cost", "cost", "Search under a budget (FBNet, ProxylessNAS): add the expected parameters or FLOPs of the derived network (at --cost-channels, --cost-layers) to the alpha loss; metrics log it with the derived genotype's true cost.", type=click.Choice(["params", "flops"]))
+@_search_option("--cost", "cost", "Search under a budget (FBNet, ProxylessNAS): add the expected parameters, FLOPs or latency (a lookup table timed once per op and position, cached in RUN/latency.json) of the derived network (at --cost-channels, --cost-layers) to the alpha loss; metrics log it with the derived genotype's true cost.", type=click.Choice(["params", "flops", "latency"]))
 @_search_option("--cost-weight", "cost_weight", "With --cost: weight of the cost term (without a target, the term starts at this value and pulls towards cheaper ops).", type=NON_NEGATIVE_FLOAT)
-@_search_option("--cost-target", "cost_target", "With --cost: a budget in millions (of parameters or FLOPs); only the excess over it is penalised.", type=POSITIVE_FLOAT)
+@_search_option("--cost-target", "cost_target", "With --cost: a budget in millions of parameters or FLOPs, or in ms; only the excess over it is penalised, and the derived genotype is made to meet it when any genotype of the space can.", type=POSITIVE_FLOAT)
+@_search_option("--cost-device", "cost_device", "With --cost latency: the device the ops are timed on, at batch 1.", type=click.Choice(["cpu", "cuda"]))
+@_search_option("--cost-threads", "cost_threads", "With --cost latency: CPU threads while timing (1: the mobile setting).", type=POSITIVE)
 @_search_option("--cost-channels", "cost_channels", "With --cost: channels C of the derived network the cost is counted for.", type=POSITIVE)
 @_search_option("--cost-layers", "cost_layers", "With --cost: cells of the derived network the cost is counted for.", type=POSITIVE)
 @_search_option("--ops", "ops", "Search space (darts, sgblock, invres) or a comma-separated list of ops.", default=None)
@@ -324,6 +326,10 @@ def export(run, fmt, output) -> None:
                    "4 seeds, 3 random genotypes per space and DARTS_V2 (about 40 h on 2 cores, from the units run so far: README); `quick` = a 2-hour smoke test of the "
                    "pipeline; `smoke` = tiny networks on a few images, seconds per unit (tests, trying the command); `paper` = the papers' settings.")
 @click.option("--search-opt", multiple=True, metavar="KEY=VALUE", help="Override a search setting, e.g. --search-opt epochs=8 (repeatable).")
+@click.option("--cost", type=click.Choice(["params", "flops", "latency"]), default=None,
+              help="Every search under a budget (as `search --cost`); the report then draws accuracy against this cost (else params), its Pareto front marked.")
+@click.option("--cost-weight", type=NON_NEGATIVE_FLOAT, default=None, help="With --cost: the cost term's weight in every search (as `search --cost-weight`).")
+@click.option("--cost-target", type=POSITIVE_FLOAT, default=None, help="With --cost: every search's budget (as `search --cost-target`).")
 @click.option("--augment-opt", multiple=True, metavar="KEY=VALUE", help="Override an augment (retraining) setting, e.g. --augment-opt layers=8 (repeatable).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding cifar-10-batches-py (when not given: $DARTS_SG_DATA, else ./data).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder; run again to resume.")
@@ -356,7 +362,7 @@ def export(run, fmt, output) -> None:
 @click.option("--array-parallelism", type=POSITIVE, default=256, show_default=True, help="--launcher slurm: jobs of the array running at once.")
 @click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE", help="--launcher slurm: a further sbatch option, e.g. --slurm-opt account=myproj --slurm-opt qos=high (repeatable).")
 @click.option("--wait", is_flag=True, help="--launcher slurm: wait for the jobs to end, then rebuild the report.")
-def compare(spaces, seeds, random_count, references, preset, search_opt, augment_opt, data_root, out, report_only, progress, jobs,
+def compare(spaces, seeds, random_count, references, preset, search_opt, cost, cost_weight, cost_target, augment_opt, data_root, out, report_only, progress, jobs,
             units_per_gpu, list_units, as_json, unit, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit,
             array_parallelism, slurm_opt, wait) -> None:  # fmt: skip
     """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
@@ -384,7 +390,8 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, augment
         seeds=seed_list,
         random=random_count,
         references=[r.strip() for r in references.split(",") if r.strip()] if references is not None else None,
-        search_overrides=parse_overrides(search_opt, SearchConfig),
+        search_overrides={**parse_overrides(search_opt, SearchConfig),
+                          **{k: v for k, v in (("cost", cost), ("cost_weight", cost_weight), ("cost_target", cost_target)) if v is not None}},
         augment_overrides=parse_overrides(augment_opt, AugmentConfig),
         data_root=data_root,
     )

@@ -1,7 +1,7 @@
 """The comparison's report: one row per finished unit, statistics per space, figures, plain-words answer.
 
 Everything here reads finished run folders and writes the report files (report.md, rows.json,
-rows.csv, accuracy_vs_params.png, cells/); nothing trains. Differences between groups are
+rows.csv, accuracy_vs_params.png, accuracy_vs_cost.png, cells/); nothing trains. Differences between groups are
 given with 95% Welch confidence intervals (unequal variances, small samples), via SciPy; the
 comparison at equal size is an ordinary least-squares fit, via statsmodels.
 """
@@ -17,15 +17,16 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .compare_plan import CompareSpec, Unit, search_settings, augment_settings, units_of
+from .compare_plan import CompareSpec, Unit, augment_settings, genotype_path, search_settings, units_of
 from .config import AugmentConfig, SearchConfig
+from .cost import COST_UNITS
 from .genotype import Genotype, load_genotype
 from .io import atomic_write_bytes, atomic_write_text, up_to_date
 from .ops import resolve_space
 from .runs import RunDirectory
 
 __all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
-           "render_markdown"]  # fmt: skip
+           "render_markdown", "pareto_front", "accuracy_vs_cost_png"]  # fmt: skip
 
 PAPER_CLAIM = (
     "MobileNeXt (Zhou et al., ECCV 2020) reports that adding the sandglass block to the DARTS space gives cells with "
@@ -39,8 +40,15 @@ PAPER_TRAINING = "600 epochs at C=36, 20 cells, where DARTS (second order) reach
 CSV_COLUMNS = [
     "name", "kind", "space", "seed", "test_acc", "params", "flops", "paper_params", "paper_flops", "sg_block_edges",
     "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
-    "entropy_reduce", "search_seconds", "train_seconds", "gpu_hours", "cpu_hours", "machines",
+    "entropy_reduce", "search_seconds", "train_seconds", "gpu_hours", "cpu_hours", "machines", "latency_ms", "search_cost",
+    "budget_met_by",
 ]  # fmt: skip
+# The cost the report draws accuracy against, per `--cost` of the searches (params when none): (row key, axis, scale).
+COST_AXES = {
+    "params": ("params", "parameters of the retrained network (M)", 1e-6),
+    "flops": ("flops", "FLOPs per image of the retrained network (M)", 1e-6),
+    "latency": ("latency_ms", "CPU latency of the retrained network, batch 1 (ms)", 1.0),
+}
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -145,11 +153,12 @@ def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
         "paper_params": paper_params, "paper_flops": paper_flops,
         "sg_block_edges": genotype.count_op("sg_block"), "inv_res_edges": genotype.count_op("inv_res"),
         "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
-        "train_seconds": summary["train_seconds"],
+        "train_seconds": summary["train_seconds"], "latency_ms": summary.get("latency_ms"),
     }  # fmt: skip
     runs = _unit_runs(out, unit)
     if unit.kind == "searched":
         row.update(search_dynamics(runs[0]))
+        row.update(_search_cost(genotype_path(out, unit)))
     row.update(compute_hours(*runs))
     row["machines"] = machines_of(*runs)
     row["genotype"] = genotype.to_dict()
@@ -157,6 +166,42 @@ def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------------------- statistics
+
+
+def _search_cost(path: Path) -> dict[str, Any]:
+    """A searched unit's cost as its search counted it (genotype.json's summary, under --cost) and how it met the budget."""
+    try:
+        cost = json.loads(path.read_text()).get("summary", {}).get("cost", {})
+    except (OSError, ValueError):
+        return {}
+    return {"search_cost": cost.get("genotype_cost"), "budget_met_by": cost.get("budget_met_by")} if cost else {}
+
+
+def pareto_front(rows: list[dict], key: str) -> list[dict]:
+    """The rows no other row beats on both test accuracy and `key` (a cost): none costs at most as much and is at
+    least as accurate, one of the two strictly. Cheapest first; rows without `key` are left out."""
+    rows = [r for r in rows if r.get(key) is not None]
+
+    def beaten(r: dict) -> bool:
+        return any(o[key] <= r[key] and o["test_acc"] >= r["test_acc"] and (o[key] < r[key] or o["test_acc"] > r["test_acc"])
+                   for o in rows)  # fmt: skip
+
+    return sorted((r for r in rows if not beaten(r)), key=lambda r: (r[key], -r["test_acc"]))
+
+
+def accuracy_vs_cost_png(rows: list[dict], kind: str = "params") -> bytes:
+    """Test accuracy against the cost `kind` of every finished unit (one colour per space and kind), the Pareto front marked."""
+    from .figures import figure_png, pareto_figure
+
+    key, label, scale = COST_AXES[kind]
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r.get(key) is not None:
+            group = r["name"].upper() if r["kind"] == "reference" else f"{r['space']} {r['kind']}"
+            groups.setdefault(group, []).append((r[key] * scale, 100 * r["test_acc"]))
+    front = [(r[key] * scale, 100 * r["test_acc"], r["name"]) for r in pareto_front(rows, key)]
+    title = "Test accuracy against cost; dashed: the Pareto front of the finished units (no unit is cheaper and more accurate)"
+    return figure_png(pareto_figure(groups, front, label, "CIFAR-10 test accuracy (%)", title))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -193,7 +238,7 @@ def _searched_or_random(rows: list[dict]) -> list[dict]:
 
 
 def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_units: int | None = None) -> None:
-    """Write report.md, rows.json, rows.csv, accuracy_vs_params.png and the cell diagrams of the finished rows."""
+    """Write report.md, rows.json, rows.csv, accuracy_vs_params.png, accuracy_vs_cost.png and the cell diagrams of the finished rows."""
     from .visualize import plot_genotype
 
     done = [r for r in rows if r is not None]
@@ -206,6 +251,7 @@ def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_un
     for r in done:
         plot_genotype(Genotype.from_dict(r["genotype"]), out / "cells" / r["name"], quiet=True)
     atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
+    atomic_write_bytes(out / "accuracy_vs_cost.png", accuracy_vs_cost_png(done, _cost_kind(spec)))
     trajectories = alpha_trajectory_pngs(out, done, spec.spaces)
     report = render_markdown(done, spec, total_units or len(units_of(spec)), grid_hours(out, spec))
     if trajectories:
@@ -214,6 +260,22 @@ def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_un
         )
     report += _cells_section(out, done, spec.spaces)
     atomic_write_text(out / "report.md", report)
+
+
+def _cost_kind(spec: CompareSpec) -> str:
+    """The cost the report weighs accuracy against: the searches' --cost, else params."""
+    return search_settings(spec).get("cost") or "params"
+
+
+def _pareto_section(rows: list[dict], spec: CompareSpec) -> list[str]:
+    kind = _cost_kind(spec)
+    key, label, scale = COST_AXES[kind]
+    front = pareto_front(rows, key)
+    lines = ["", "## Accuracy against cost", "",
+             f"The Pareto front of the finished units on {label} and test accuracy: no other unit is both cheaper and "
+             "more accurate.", "", f"| unit | {label} | test acc |", "|---|---:|---:|"]  # fmt: skip
+    lines += [f"| {r['name']} | {r[key] * scale:.3g} | {100 * r['test_acc']:.2f}% |" for r in front]
+    return lines + ["", "![test accuracy against cost](accuracy_vs_cost.png)"]
 
 
 def _first_searched(rows: list[dict], space: str) -> dict | None:
@@ -480,7 +542,10 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours
         f"- Search ({'first' if s_cfg.order == 1 else 'second'}-order DARTS): {s_cfg.layers} cells, C={s_cfg.init_channels}, {s_cfg.nodes} nodes, "
         f"{s_cfg.subset or 25000} + {s_cfg.subset or 25000} images (weights / alphas), batch {s_cfg.batch_size}, {s_cfg.epochs} epochs "
         f"= {alpha_steps} alpha steps; weight lr {s_cfg.w_lr} cosine to {s_cfg.w_lr_min}, alpha lr {s_cfg.alpha_lr} (Adam), "
-        f"seeds {', '.join(map(str, spec.seeds))}.",
+        f"seeds {', '.join(map(str, spec.seeds))}."
+        + (f" Under a budget: --cost {s_cfg.cost}, weight {s_cfg.cost_weight}"
+           + (f", target {s_cfg.cost_target:g} {COST_UNITS[s_cfg.cost][1]}" if s_cfg.cost_target is not None else "")
+           + f" (the cost of the network at C={s_cfg.cost_channels}, {s_cfg.cost_layers} cells)." if s_cfg.cost else ""),
         f"- Random baselines: {spec.random} genotypes per space, drawn uniformly (2 distinct inputs per node, ops without `none`).",
         f"- References: {', '.join(n.upper() for n in spec.references) or 'none'}.",
         f"- Retraining, the same for every genotype: {t_cfg.layers} cells, C={t_cfg.init_channels}, "
@@ -528,5 +593,6 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours
               "Stable since: the first epoch from which the derived genotype no longer changed. Seconds are wall-clock "
               "time (they include any time the run was paused, and run slower beside another unit under --jobs). Ran on: the machines recorded in the unit's metrics, "
               "epoch by epoch (older lines did not record one). GPU h: the unit's epochs on GPUs, wall-clock hours times GPUs.", "",
-              "![test accuracy against params](accuracy_vs_params.png)", ""]  # fmt: skip
+              "![test accuracy against params](accuracy_vs_params.png)"]  # fmt: skip
+    lines += _pareto_section(rows, spec) + [""]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from .cost import COST_KINDS
+from .cost import COST_KINDS, COST_UNITS
 from .data import DATASETS
 from .errors import UserError
 from .genotype import MAX_NODES
@@ -171,11 +171,13 @@ class SearchConfig(RunConfig):
     early_stop_epochs: int = 1  # ... for this many epochs in a row
     figures: bool = True  # alpha heatmaps and trajectories drawn after every epoch (figures/, TensorBoard)
     # Search under a budget (darts_sg.cost): the expected cost of the derived network in the alpha loss.
-    cost: str | None = None  # params or flops; None = accuracy alone
+    cost: str | None = None  # params, flops or latency; None = accuracy alone
     cost_weight: float = 0.1
-    cost_target: float | None = None  # in millions of parameters or MFLOPs: a penalty on the excess only
+    cost_target: float | None = None  # in millions of parameters or MFLOPs, or ms: a penalty on the excess only
     cost_channels: int = 36  # the derived network's scale the cost is counted at
     cost_layers: int = 20
+    cost_device: str = "cpu"  # --cost latency: the device the ops are timed on (batch 1) ...
+    cost_threads: int = 1  # ... with this many CPU threads (1: the mobile setting)
 
     # Settings that define the experiment: a resumed run must not change them.
     IDENTITY = (
@@ -183,7 +185,7 @@ class SearchConfig(RunConfig):
         "w_momentum", "w_weight_decay", "grad_clip", "alpha_lr", "alpha_weight_decay", "partial_channels",
         "sg_ratio", "sg_identity", "sg_min_hidden", "ir_expansion", "deterministic", "skip_none", "dataset",
         "warmup_epochs", "max_skip", "early_stop_skips", "early_stop_epochs", "cost", "cost_weight", "cost_target",
-        "cost_channels", "cost_layers",
+        "cost_channels", "cost_layers", "cost_device", "cost_threads",
     )  # fmt: skip
 
     POSITIVE_FLOATS = (*RunConfig.POSITIVE_FLOATS, "w_lr", "alpha_lr")
@@ -220,9 +222,13 @@ class SearchConfig(RunConfig):
         if not math.isfinite(self.cost_weight) or self.cost_weight < 0:
             raise UserError(f"--cost-weight must be a finite number >= 0, got {self.cost_weight}")
         if self.cost_target is not None and not (math.isfinite(self.cost_target) and self.cost_target > 0):
-            raise UserError(f"--cost-target must be a positive number (millions of {self.cost or 'params'}), got {self.cost_target}")
+            raise UserError(f"--cost-target must be a positive number ({COST_UNITS[self.cost or 'params'][1]}), got {self.cost_target}")
         if (self.cost_target is not None or self.cost_weight != SearchConfig.cost_weight) and self.cost is None:
-            raise UserError("--cost-weight and --cost-target need --cost params or --cost flops")
+            raise UserError("--cost-weight and --cost-target need --cost params, flops or latency")
+        if self.cost_device not in ("cpu", "cuda"):
+            raise UserError(f"--cost-device must be cpu or cuda, got {self.cost_device!r}")
+        if self.cost_threads < 1:
+            raise UserError(f"--cost-threads must be positive, got {self.cost_threads}")
         for name in ("cost_channels", "cost_layers"):
             if getattr(self, name) < (2 if name == "cost_channels" else 3) or (name == "cost_channels" and self.cost_channels % 2):
                 raise UserError(f"--{name.replace('_', '-')} must be an even number >= 2 (channels) or >= 3 (layers), got {getattr(self, name)}")

@@ -176,6 +176,31 @@ def scatter_figure(
     return fig
 
 
+def pareto_figure(groups: Mapping[str, Sequence[tuple[float, float]]], front: Sequence[tuple[float, float, str]],
+                  x_label: str, y_label: str, title: str):  # fmt: skip
+    """Accuracy against cost: the points of each group, and the Pareto front (cheapest first) as a step line
+    through its points, each named."""
+    fig = _new_figure(7.2, 4.8)
+    ax = fig.add_subplot()
+    colours = _colours(len(groups))
+    for k, (name, points) in enumerate(groups.items()):
+        xy = np.asarray(points, dtype=float).reshape(-1, 2)
+        ax.scatter(xy[:, 0], xy[:, 1], color=colours[k], alpha=0.6, edgecolors="black", linewidths=0.5, label=f"{name} ({len(xy)})")
+    if front:
+        xs, ys, names = zip(*front)
+        ax.step(xs, ys, where="post", color="black", lw=1.2, ls="--", label=f"Pareto front ({len(front)})")
+        ax.scatter(xs, ys, s=140, facecolors="none", edgecolors="black", linewidths=1.5)
+        for x, y, name in front:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 def _colours(n: int) -> list:
     from matplotlib import colormaps
 

@@ -83,21 +83,22 @@ class Genotype:
             f"reduce=[{cell(self.reduce)}], reduce_concat={list(self.reduce_concat)})"
         )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the genotype as JSON, atomically."""
+    def save(self, path: str | os.PathLike, summary: dict | None = None) -> None:
+        """Write the genotype as JSON, atomically; a search's run `summary` (e.g. its cost) goes beside it."""
         from .io import atomic_write_text
 
-        atomic_write_text(path, self.to_json() + "\n")
+        data = self.to_dict() if summary is None else {**self.to_dict(), "summary": summary}
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: object, allowed_ops: Iterable[str] | None = None) -> "Genotype":
-        """Build and validate a genotype from its JSON form."""
+        """Build and validate a genotype from its JSON form (a search's "summary" beside it is left aside)."""
         if not isinstance(data, dict):
             raise GenotypeError("a genotype must be a JSON object with keys normal, normal_concat, reduce, reduce_concat")
         missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data]
         if missing:
             raise GenotypeError(f"genotype is missing the key(s) {', '.join(missing)}")
-        extra = sorted(set(data) - {"normal", "normal_concat", "reduce", "reduce_concat"})
+        extra = sorted(set(data) - {"normal", "normal_concat", "reduce", "reduce_concat", "summary"})
         if extra:
             raise GenotypeError(f"genotype has unexpected key(s) {', '.join(extra)}")
         genotype = cls(

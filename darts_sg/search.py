@@ -9,15 +9,16 @@ import torch
 from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import SearchConfig
-from .cost import CostPenalty, CostTable, genotype_cost
+from .cost import COST_UNITS, CostPenalty, CostTable, fit_budget, genotype_cost
 from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
-from .distributed import identical_across_ranks, is_main_process
+from .distributed import from_main, identical_across_ranks, is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .genotype import Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
 from .io import append_jsonl
+from .latency import LatencyMeter
 from .network import Supernet, count_params
 from .ops import resolve_space
 from .precision import autocast, grad_scaler, load_scaler_state
@@ -26,7 +27,7 @@ from .runs import RunDirectory, RunError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["SearchJob", "SearchStep", "run_search"]
+__all__ = ["SearchJob", "SearchStep", "run_search", "search_cost_table"]
 
 
 class SearchJob:
@@ -54,7 +55,8 @@ class SearchJob:
             config.op_options(), config.partial_channels, skip_none=config.skip_none,
         )  # fmt: skip
         self.model = accelerate(supernet, device, self.acceleration)
-        self.step = SearchStep(self.model, config, device, self.acceleration)
+        table = search_cost_table(config, self.primitives, config.nodes, run.file("latency.json")) if config.cost else None
+        self.step = SearchStep(self.model, config, device, self.acceleration, cost_table=table)
         self.w_optimizer, self.architect, self.w_scaler = self.step.w_optimizer, self.step.architect, self.step.w_scaler
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, eta_min=config.w_lr_min)
         self.eval_sums = graphed_batch_sums(self.model, log) if self.acceleration.cuda_graphs else None
@@ -97,7 +99,7 @@ class SearchJob:
         lr = self.lr()
         self.scheduler.step()
         val = evaluate(self.model, self.eval_loader, self.eval_sums)
-        genotype = self.model.genotype(self.config.max_skip)
+        genotype, budget = self.derive()
         normal_skips = count_normal_skips(self.model.genotype())
         early_stop = None if self.warmup else self.skip_guard.update(epoch, normal_skips)  # alphas move after warm-up
         normal, reduce = self.model.op_weights()
@@ -119,18 +121,56 @@ class SearchJob:
             "warmup": self.warmup,
             "normal_skips": normal_skips,
             **self.costs(genotype),
+            **({"budget": budget} if budget else {}),
             "genotype": genotype.to_dict(),
             **({"early_stop": early_stop} if early_stop else {}),
         }
 
+    def derive(self) -> tuple[Genotype, str | None]:
+        """The derived genotype and, under --cost-target, how it meets the budget: "search" (the argmax
+        genotype already does), "derivation" (`fit_budget` changed choices until it did) or "not met"."""
+        genotype = self.model.genotype(self.config.max_skip)
+        penalty = self.architect.penalty
+        if penalty is None or penalty.target is None:
+            return genotype, None
+        if penalty.table.total(genotype) <= penalty.target:
+            return genotype, "search"
+        normal, reduce = self.model.op_weights()
+        fitted, changes = fit_budget(genotype, normal, reduce, penalty.table, penalty.target, self.config.max_skip)
+        met = penalty.table.total(fitted) <= penalty.target
+        log(f"budget: the argmax genotype costs {penalty.table.total(genotype) / COST_UNITS[self.config.cost][0]:.4g} "
+            f"{COST_UNITS[self.config.cost][1]}; {changes} choice(s) changed at derivation"
+            + ("" if met else f", and the cheapest genotype of the space still costs more than {self.config.cost_target:g}"))  # fmt: skip
+        return fitted, "derivation" if met else "not met"
+
     def costs(self, genotype: Genotype) -> dict[str, float]:
-        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions)."""
+        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions; ms for latency,
+        where the genotype's latency is the sum of its ops' from the table)."""
         penalty = self.architect.penalty
         if penalty is None:
             return {}
         c = self.config
-        true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
-        return {"expected_cost": float(penalty.expected()) / 1e6, "genotype_cost": true_cost / 1e6}
+        if c.cost == "latency":
+            true_cost = penalty.table.total(genotype)
+        else:
+            true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
+        scale = COST_UNITS[c.cost][0]
+        return {"expected_cost": float(penalty.expected().detach()) / scale, "genotype_cost": true_cost / scale}
+
+    def summary(self, genotype: Genotype, budget: str | None) -> dict[str, Any] | None:
+        """What genotype.json records beside the final genotype: under --cost, its cost and how the budget was met."""
+        if self.architect.penalty is None:
+            return None
+        c = self.config
+        cost = {"kind": c.cost, "unit": COST_UNITS[c.cost][1], "weight": c.cost_weight, "target": c.cost_target,
+                **self.costs(genotype), "channels": c.cost_channels, "layers": c.cost_layers}  # fmt: skip
+        if c.cost == "latency":  # the table's sum beside the whole network timed once, the same way
+            meter = LatencyMeter(device=c.cost_device, threads=c.cost_threads)
+            cost.update(device=c.cost_device, threads=c.cost_threads,
+                        measured_whole=meter.network(genotype, c.cost_channels, c.cost_layers, c.op_options()))  # fmt: skip
+        if budget:
+            cost["budget_met_by"] = budget
+        return {"cost": cost}
 
     def tensorboard(self, writer, epoch: int, metrics: dict[str, Any]) -> None:
         from .visualize import log_search_epoch
@@ -180,7 +220,7 @@ class SearchStep:
     """
 
     def __init__(self, model: Supernet, config: SearchConfig, device: torch.device, acceleration: Acceleration,
-                 foreach: bool | None = None):  # fmt: skip
+                 foreach: bool | None = None, cost_table: CostTable | None = None):  # fmt: skip
         self.model, self.device, self.amp = model, device, acceleration.amp
         self.grad_clip = config.grad_clip
         graphs = acceleration.cuda_graphs and device.type == "cuda"  # a CPU step counted under the CUDA policy runs eagerly
@@ -194,8 +234,8 @@ class SearchStep:
             **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
         )  # fmt: skip
         if config.cost:
-            table = CostTable(config.cost, model.primitives, model.steps, config.cost_channels, config.cost_layers, config.op_options())
-            target = config.cost_target * 1e6 if config.cost_target is not None else None
+            table = cost_table or search_cost_table(config, model.primitives, model.steps)
+            target = config.cost_target * COST_UNITS[config.cost][0] if config.cost_target is not None else None
             self.architect.penalty = CostPenalty(table, model, config.cost_weight, target)
         if graphs:
             device_learning_rates(self.w_optimizer, device)
@@ -227,6 +267,23 @@ class SearchStep:
         return {"loss": loss, "acc": acc, **stats, **counts}
 
 
+def search_cost_table(config: SearchConfig, primitives, steps: int, latency_path=None) -> CostTable:
+    """The cost table of `--cost`; for latency, timed by the main process (or read from `latency_path`,
+    RUN/latency.json, where an earlier session of the run cached it) and handed to every process."""
+    if config.cost != "latency":
+        return CostTable(config.cost, primitives, steps, config.cost_channels, config.cost_layers, config.op_options())
+
+    def measure() -> CostTable:
+        meter = LatencyMeter(latency_path, config.cost_device, config.cost_threads)
+        table = CostTable("latency", primitives, steps, config.cost_channels, config.cost_layers, config.op_options(), meter)
+        reused = len(meter.table) - meter.measured
+        log(f"latency table: {meter.measured} timings measured on {config.cost_device} ({config.cost_threads} thread(s), batch 1)"
+            + (f", {reused} reused from {latency_path}" if reused else ""))  # fmt: skip
+        return table
+
+    return from_main(measure)
+
+
 def run_search(
     config: SearchConfig, out: str, resume: bool = False, explicit: set[str] | None = None, progress: bool = True,
     log_every: float = 60.0,
@@ -250,9 +307,9 @@ def run_search(
                 f"{job.steps_per_epoch()} steps/epoch on {device}; writing {run.path}")  # fmt: skip
             log_memory(job.model, config, device, world, acceleration.channels_last)
         fit_run(job, run, config, resume, "search.py", progress, log_every, restored)
-        genotype = job.model.genotype(config.max_skip)
+        genotype, budget = job.derive()
         if is_main_process():
-            genotype.save(run.file("genotype.json"))
+            genotype.save(run.file("genotype.json"), job.summary(genotype, budget))
             if job.stop_reason:
                 run.update_config({**run.load_config(), "early_stop": job.stop_reason})
                 log(f"search stopped early: {job.stop_reason}")

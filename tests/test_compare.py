@@ -30,7 +30,7 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
     rows = run_compare(spec, out, log=lambda m: None)
     assert [r["name"] for r in rows] == ["darts_v2", "darts-s0", "sgblock-s0", "darts-random0", "sgblock-random0"]
     assert [r["kind"] for r in rows] == ["reference", "searched", "searched", "random", "random"]
-    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png", "cells/darts-random0_normal.gv",
+    for name in ("report.md", "rows.json", "rows.csv", "accuracy_vs_params.png", "accuracy_vs_cost.png", "cells/darts-random0_normal.gv",
                  "alphas/darts-s0_normal.png", "alphas/sgblock-s0_reduce.png"):
         assert (out / name).exists(), name
     png = (out / "accuracy_vs_params.png").read_bytes()
@@ -298,3 +298,50 @@ def test_settings_are_checked_against_what_the_folder_recorded_not_todays_preset
     recorded["search"] = {**search_settings(spec), "figures": False, "threads": 1}
     (tmp_path / "compare.json").write_text(json.dumps(recorded))
     assert run_compare(spec, tmp_path, log=lambda m: None, report_only=True) == [None]
+
+
+def test_the_report_draws_accuracy_against_cost_with_the_pareto_front():
+    from darts_sg.compare_report import accuracy_vs_cost_png, pareto_front
+
+    def row(name, kind, space, acc, params, latency=None):
+        return {"name": name, "kind": kind, "space": space, "seed": 0, "test_acc": acc, "params": params, "flops": 2 * params,
+                "paper_params": 10 * params, "paper_flops": 20 * params, "sg_block_edges": 0, "inv_res_edges": 0,
+                "normal_skips": 1, "search_val_acc": 0.6, "alpha_steps": 10, "stable_since_epoch": 1, "entropy_normal": 2.0,
+                "entropy_reduce": 2.0, "search_seconds": 1.0, "train_seconds": 1.0, "latency_ms": latency}  # fmt: skip
+
+    rows = [row("a", "searched", "darts", 0.80, 100), row("b", "searched", "darts", 0.85, 200),
+            row("c", "random", "darts", 0.84, 300),  # dominated by b: dearer and less accurate
+            row("d", "searched", "sgblock", 0.85, 250),  # as accurate as b, dearer: dominated
+            row("e", "reference", "darts_v2", 0.90, 400), row("f", "random", "sgblock", 0.80, 100)]  # f ties a: both stay
+    assert [r["name"] for r in pareto_front(rows, "params")] == ["a", "f", "b", "e"]
+    assert pareto_front(rows, "latency_ms") == []  # no unit measured it
+    assert accuracy_vs_cost_png(rows, "params").startswith(b"\x89PNG") and accuracy_vs_cost_png([], "latency").startswith(b"\x89PNG")
+    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0], preset="quick", search_overrides={"cost": "flops", "cost_target": 5.0})
+    report = render_markdown(rows, spec, 6)
+    assert "Under a budget: --cost flops, weight 0.1, target 5 MFLOPs" in report
+    section = report.split("## Accuracy against cost", 1)[1]
+    assert "FLOPs per image" in section and "| b | 0.0004 | 85.00% |" in section and "| c |" not in section
+    assert "![test accuracy against cost](accuracy_vs_cost.png)" in section
+
+
+def test_compare_passes_the_cost_options_to_every_search_and_records_them(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from darts_sg import cli as cli_module
+
+    seen = {}
+    monkeypatch.setattr("darts_sg.compare.run_compare", lambda spec, out, **kw: seen.setdefault("spec", spec) and [])
+    result = CliRunner().invoke(cli_module.cli, ["compare", "--spaces", "darts", "--seeds", "0", "--preset", "smoke", "--out",
+                                                 str(tmp_path), "--cost", "params", "--cost-target", "2.5", "--search-opt", "epochs=2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from darts_sg.compare_plan import search_config
+
+    config = search_config(seen["spec"], "darts", 0)
+    assert (config.cost, config.cost_target, config.cost_weight, config.epochs) == ("params", 2.5, 0.1, 2)
+    from darts_sg.compare import prepare_experiment
+
+    prepare_experiment(seen["spec"], tmp_path)  # the plan records them: a later run with another budget is refused
+    assert json.loads((tmp_path / "compare.json").read_text())["search"]["cost_target"] == 2.5
+    seen["spec"].search_overrides["cost_target"] = 3.0
+    with pytest.raises(UserError, match=r"other search settings \(cost_target\)"):
+        prepare_experiment(seen["spec"], tmp_path)
