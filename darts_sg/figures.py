@@ -25,7 +25,6 @@ __all__ = [
     "figure_png",
     "nodes_for_edges",
     "save_figure",
-    "scatter_figure",
 ]
 
 DPI = 100
@@ -147,32 +146,6 @@ def alpha_trajectories_figure(records: Sequence[Mapping[str, Any]], cell: str = 
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="operation", fontsize=8)
     fig.suptitle(f"softmax(alpha) of the {cell} cell's edges over the search")
-    return fig
-
-
-def scatter_figure(
-    series: Mapping[str, Sequence[tuple[float, float]]], x_label: str, y_label: str, title: str, error_bars: bool = True
-):
-    """Points of several series (one colour each, legend with their counts) and, with
-    `error_bars`, each series' mean with ± one standard deviation in x and y."""
-    fig = _new_figure(7.2, 4.8)
-    ax = fig.add_subplot()
-    colours = _colours(len(series))
-    for k, (name, points) in enumerate(series.items()):
-        xy = np.asarray(points, dtype=float).reshape(-1, 2)
-        ax.scatter(xy[:, 0], xy[:, 1], color=colours[k], alpha=0.55, edgecolors="black", linewidths=0.5,
-                   label=f"{name} ({len(xy)})")  # fmt: skip
-        if error_bars and len(xy) > 1:
-            mean, std = xy.mean(axis=0), xy.std(axis=0, ddof=1)
-            ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], color=colours[k], marker="D", markersize=7,
-                        markeredgecolor="black", capsize=4, linewidth=1.5)  # fmt: skip
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if series:
-        note = " (diamonds: mean ± 1 std)" if error_bars else ""
-        ax.legend(title=f"series (points){note}", fontsize=8, title_fontsize=8)
     return fig
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .figures import alpha_heatmap_figure, alpha_trajectories_figure, figure_png, save_figure, scatter_figure
+from .figures import alpha_heatmap_figure, alpha_trajectories_figure, save_figure
 from .genotype import Genotype
 from .io import atomic_write_bytes, atomic_write_text, make_parent, up_to_date
 
@@ -212,11 +212,3 @@ def _add_png(writer, tag: str, path: Path, epoch: int) -> None:
     image = _image_array(path)
     if image is not None:
         writer.add_image(tag, image, epoch, dataformats="HWC")
-
-
-# ----------------------------------------------------------------------------------------- scatter plot
-
-
-def scatter_plot(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, title: str) -> bytes:
-    """A PNG scatter plot: one colour per series, a legend, each series' mean ± std as error bars."""
-    return figure_png(scatter_figure(series, x_label, y_label, title))

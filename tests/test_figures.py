@@ -13,9 +13,7 @@ from darts_sg.figures import (
     edge_labels,
     nodes_for_edges,
     save_figure,
-    scatter_figure,
 )
-from darts_sg.visualize import scatter_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIMITIVES = ["none", "skip_connect", "sep_conv_3x3"]
@@ -90,20 +88,6 @@ def test_save_figure_writes_a_png_atomically_and_closes_the_figure(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(path.parent) == ["heat.png"]  # no temporary file left behind
     assert fig.axes == []
-
-
-def test_scatter_draws_points_and_mean_with_std_error_bars():
-    series = {"darts": [(1.0, 30.0), (3.0, 34.0)], "sgblock": [(2.0, 33.0)]}
-    fig = scatter_figure(series, "params (M)", "test accuracy (%)", "t")
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["darts (2)", "sgblock (1)"]
-    bars = ax.containers
-    assert len(bars) == 1  # a single point has no spread
-    (mean_line, caps, (xbar, ybar)) = bars[0]
-    assert list(mean_line.get_xdata()) == [2.0] and list(mean_line.get_ydata()) == [32.0]
-    segments = ybar.get_segments()[0]
-    assert np.allclose([segments[0][1], segments[1][1]], [32 - np.sqrt(8), 32 + np.sqrt(8)])
-    assert scatter_plot(series, "x", "y", "t")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_importing_the_figure_modules_loads_no_matplotlib():
