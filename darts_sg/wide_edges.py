@@ -115,13 +115,11 @@ class _Stage:
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """`x`: the stage's input, already op-major over all blocks, or one tensor read by every block."""
+        layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
+        weights = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
+        *depthwise, pointwise = _StackedWeights.apply(layout, *weights, *(u[2].weight for block in self.units for u in block))
         outs, start = [], 0
-        for dilation, kmax, by_kernel in self.runs:
-            parts = []
-            for k, units in by_kernel:
-                w = torch.cat([u[1].weight for u in units]) if len(units) > 1 else units[0][1].weight
-                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
-            weight = torch.cat(parts) if len(parts) > 1 else parts[0]
+        for (dilation, kmax, _), weight in zip(self.runs, depthwise):
             width = weight.shape[0]
             if self.shared_input:
                 inp = x.repeat(1, width // x.shape[1], 1, 1)
@@ -130,8 +128,43 @@ class _Stage:
             outs.append(F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, width))
             start += width
         h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-        pointwise = torch.cat([u[2].weight for block in self.units for u in block])
         return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
+
+
+class _StackedWeights(torch.autograd.Function):
+    """Convolution weights stacked on the output axis, in one op per kernel size each way.
+
+    `layout`: per stacked weight, (its kernel size kmax, [(kernel size k, how many weights)...]);
+    the weights follow, in that order. A k x k kernel is zero-embedded, centred, in kmax x kmax.
+    The gradient of the stack is split back in one op per kernel size (autograd's own ``cat``
+    would take one ``slice`` per weight); the values are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, layout, *weights):
+        ctx.layout = layout
+        stacks, i = [], 0
+        for kmax, groups in layout:
+            parts = []
+            for k, n in groups:
+                w = torch.cat(weights[i : i + n]) if n > 1 else weights[i]
+                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
+                i += n
+            stacks.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+        return tuple(stacks)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out = [None]
+        for (kmax, groups), grad in zip(ctx.layout, grads):
+            per_group = [n for _, n in groups]
+            rows = grad.shape[0] // sum(per_group)
+            for (k, n), g in zip(groups, grad.split([n * rows for n in per_group]) if len(groups) > 1 else (grad,)):
+                if k < kmax:
+                    pad = (kmax - k) // 2
+                    g = g[:, :, pad : pad + k, pad : pad + k].contiguous()
+                out += g.split(rows) if n > 1 else [g]
+        return tuple(out)
 
 
 class _Group:
