@@ -118,15 +118,14 @@ class _Stage:
         layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
         weights = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
         *depthwise, pointwise = _StackedWeights.apply(layout, *weights, *(u[2].weight for block in self.units for u in block))
-        outs, start = [], 0
-        for (dilation, kmax, _), weight in zip(self.runs, depthwise):
-            width = weight.shape[0]
-            if self.shared_input:
-                inp = x.repeat(1, width // x.shape[1], 1, 1)
-            else:
-                inp = x if len(self.runs) == 1 else x[:, start : start + width]
-            outs.append(F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, width))
-            start += width
+        widths = [weight.shape[0] for weight in depthwise]
+        if self.shared_input:
+            x = x.repeat(1, sum(widths) // x.shape[1], 1, 1)
+        inputs = x.split(widths, 1) if len(widths) > 1 else (x,)  # its backward: one cat, not a zero-filled copy per slice
+        outs = [
+            F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, weight.shape[0])
+            for (dilation, kmax, _), weight, inp in zip(self.runs, depthwise, inputs)
+        ]
         h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
 
@@ -206,16 +205,17 @@ class _Group:
         pieces: list[torch.Tensor] = []
         if self.pools:
             pooled = [edges[0].ops[p][0](x) for p in self.pools]  # no parameters: the same for every edge
-            pieces.append(self.pool_stats.batch_norm(torch.cat([t for t in pooled for _ in range(E)], 1), training))
+            pieces.append(self.pool_stats.batch_norm(_repeated(pooled, E), training))
         for p in self.skip:
-            pieces += [x] * E if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
+            pieces += [_repeated([x], E)] if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
         if self.stage1 is not None:
             mid = self.stage1(relu_x, training)
             n_sep = len(self.sep) * E * x.shape[1]
+            sep_mid, dil_mid = mid.split([n_sep, mid.shape[1] - n_sep], 1) if self.sep and self.dil else (mid, mid)
             if self.sep:
-                pieces.append(self.stage2(F.relu(mid[:, :n_sep]), training))
+                pieces.append(self.stage2(F.relu(sep_mid), training))
             if self.dil:
-                pieces.append(mid[:, n_sep:] if self.sep else mid)
+                pieces.append(dil_mid)
         for p in self.other:
             takes_relu = getattr(edges[0], "takes_relu", None)
             inp = relu_x if takes_relu is not None and takes_relu[p] else x
@@ -224,6 +224,16 @@ class _Group:
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(-1).index_select(0, index).view(1, len(self.order), E, 1, 1, 1)
         return (stacked * w).sum(1)
+
+
+def _repeated(blocks: list[torch.Tensor], E: int) -> torch.Tensor:
+    """``torch.cat([t for t in blocks for _ in range(E)], 1)``, whose backward sums each block's E copies in one op
+    (a ``cat``'s backward takes a slice per copy and an add per repeat)."""
+    if E == 1:
+        return torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]
+    if len(blocks) == 1:
+        return blocks[0].repeat(1, E, 1, 1)
+    return torch.stack(blocks, 1).repeat(1, 1, E, 1, 1).flatten(1, 2)
 
 
 def _kind(op: nn.Module) -> str:
