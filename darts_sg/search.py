@@ -12,11 +12,12 @@ from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import RunConfig
 from .cost import COST_KINDS, CostPenalty, CostTable, genotype_cost
-from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
+from .cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import identical_across_ranks, is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
+from .fused_optim import optimizer_kwargs
 from .genotype import MAX_NODES, Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
@@ -288,18 +289,26 @@ class SearchStep:
     """
 
     def __init__(self, model: Supernet, config: SearchConfig, device: torch.device, acceleration: Acceleration,
-                 foreach: bool | None = None):  # fmt: skip
+                 foreach: bool | None = None, optimizer_device: str | None = None):  # fmt: skip
+        """`foreach`: torch's foreach switch for both optimizers instead of the device's options
+        (``darts_sg.fused_optim``); `optimizer_device`: the device whose options to take (default
+        `device`; the benchmarks count a CUDA step's ops on the CPU)."""
         self.model, self.device, self.amp = model, device, acceleration.amp
         self.grad_clip = config.grad_clip
         graphs = acceleration.cuda_graphs and device.type == "cuda"  # a CPU step counted under the CUDA policy runs eagerly
+
+        def options(kind: str) -> dict[str, bool]:
+            if foreach is not None and not graphs:
+                return {"foreach": foreach}
+            return optimizer_kwargs(kind, optimizer_device or device, graphs)
+
         self.w_optimizer = torch.optim.SGD(
-            model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay,
-            **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}),
+            model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay, **options("sgd")
         )  # fmt: skip
         self.w_scaler = grad_scaler(device, self.amp)
         self.architect = Architect(
             model, config.alpha_lr, config.alpha_weight_decay, order=config.order, scaler=grad_scaler(device, self.amp),
-            **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
+            **options("adam"),
         )  # fmt: skip
         if config.cost:
             table = CostTable(config.cost, model.primitives, model.steps, config.cost_channels, config.cost_layers, config.op_options())
