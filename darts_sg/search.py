@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ from .fused_optim import optimizer_kwargs
 from .genotype import MAX_NODES, Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
+from .wide_edges import stacked_once
 from .io import append_jsonl
 from .network import Supernet, count_params
 from .ops import resolve_space
@@ -318,6 +320,7 @@ class SearchStep:
             device_learning_rates(self.w_optimizer, device)
             device_learning_rates(self.architect.optimizer, device)
         self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
+        self.same_weights = nullcontext if acceleration.compile else stacked_once  # compiled cells trace their own stacks
         self.warmup = False
 
     def __call__(self, train_batch: Batch, val_batch: Batch, warmup: bool = False) -> dict[str, torch.Tensor]:
@@ -332,7 +335,7 @@ class SearchStep:
         train_batch, val_batch = (x_train, y_train), (x_val, y_val)
         lr = self.w_optimizer.param_groups[0]["lr"]  # the virtual step of second order takes the weights' learning rate
         stats, skipped = {}, {}
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp), self.same_weights(self.model):  # both passes see the weights before the update
             if not self.warmup:  # warm-up epochs train the weights alone
                 stats["alpha_loss"], skipped["skipped_alpha_steps"] = self.architect.step(train_batch, val_batch, self.w_optimizer, lr)
             with frozen(self.model.alphas()):

@@ -30,7 +30,9 @@ partial channels (PC-DARTS), edge scales or a drop path set run as plain cells.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from itertools import groupby
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,7 @@ from torch import nn
 from .cells import Cell, DropPath, MixedOp
 from .ops import DilConv, FactorizedReduce, SepConv, Zero
 
-__all__ = ["WideCell", "SharedStats"]
+__all__ = ["WideCell", "SharedStats", "stacked_once"]
 
 
 class SharedStats:
@@ -104,6 +106,9 @@ class _Stage:
             by_kernel = [(k, [u for block in same for u in block]) for k, same in groupby(blocks, key=lambda b: b[0][1].kernel_size[0])]
             self.runs.append((dilation, kmax, by_kernel))
         self.stats = SharedStats([u[3] for u in flat])
+        self.layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
+        self.reuse = False  # set inside `stacked_once`
+        self.kept: tuple | None = None  # (weights, their versions, grad mode, stacks) while reused
         self.ok = (
             all(dw.stride == self.stride and dw.groups == dw.in_channels == dw.out_channels and dw.bias is None for dw in dws)
             and all(dw.kernel_size[0] == dw.kernel_size[1] and dw.dilation[0] == dw.dilation[1] for dw in dws)
@@ -115,9 +120,8 @@ class _Stage:
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """`x`: the stage's input, already op-major over all blocks, or one tensor read by every block."""
-        layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
-        weights = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
-        *depthwise, pointwise = _StackedWeights.apply(layout, *weights, *(u[2].weight for block in self.units for u in block))
+        depthwise = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
+        *depthwise, pointwise = self.stacked([*depthwise, *(u[2].weight for block in self.units for u in block)])
         widths = [weight.shape[0] for weight in depthwise]
         if self.shared_input:
             x = x.repeat(1, sum(widths) // x.shape[1], 1, 1)
@@ -128,6 +132,20 @@ class _Stage:
         ]
         h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
+
+    def stacked(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The depthwise stack of each run and the pointwise stack; inside `stacked_once`, the kept ones while the
+        weights are the same parameters at the same version, in the same grad mode."""
+        if not self.reuse:
+            return _StackedWeights.apply(self.layout, *weights)
+        versions, grad = [w._version for w in weights], torch.is_grad_enabled()
+        kept = self.kept
+        if kept is not None and kept[1] == versions and kept[2] == grad and all(a is b for a, b in zip(kept[0], weights)):
+            return kept[3]
+        stacks = _StackedWeights.apply(self.layout, *weights)
+        if all(isinstance(w, nn.Parameter) for w in weights):  # not the tensors of a functional call (second order)
+            self.kept = (weights, versions, grad, stacks)
+        return stacks
 
 
 class _StackedWeights(torch.autograd.Function):
@@ -224,6 +242,25 @@ class _Group:
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(-1).index_select(0, index).view(1, len(self.order), E, 1, 1, 1)
         return (stacked * w).sum(1)
+
+
+@contextmanager
+def stacked_once(model: nn.Module) -> Iterator[None]:
+    """Inside, each wide stage of `model` stacks its weights once and reuses the stacks while they stay the same
+    parameters at the same version: the forward passes of one step before its optimizer update (the alpha and the
+    weight pass) share them. Nothing is kept after the block, so a CUDA graph captured around it stacks once per replay.
+    """
+    stages = [
+        stage for cell in model.modules() if isinstance(cell, WideCell) and getattr(cell, "_wide_groups", None)
+        for group in cell._wide_groups for stage in (group.stage1, group.stage2) if stage is not None
+    ]  # fmt: skip
+    for stage in stages:
+        stage.reuse = True
+    try:
+        yield
+    finally:
+        for stage in stages:
+            stage.reuse, stage.kept = False, None
 
 
 def _repeated(blocks: list[torch.Tensor], E: int) -> torch.Tensor:
