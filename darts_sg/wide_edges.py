@@ -19,7 +19,8 @@ into a node keep the plain cell's order, so the result is the plain cell's up to
 
 The substitute keeps every module, parameter and buffer where it was (the state-dict keys, old
 checkpoints and the optimizers are untouched): the wide weights are concatenated from the
-modules' own parameters at each call, and each batch norm's running statistics become views of
+modules' own parameters at each call (their gradient split back in one op per kernel size, and,
+inside `stacked_once`, once per step for all its passes), and each batch norm's running statistics become views of
 one wide buffer per stage, which ``F.batch_norm`` updates in place; after ``.to()``, a dtype change
 or ``load_state_dict(assign=True)`` replaced the buffers, the next forward re-homes them. Like
 torch's batch norm with a momentum set, the wide batch norms never read ``num_batches_tracked``,
