@@ -217,8 +217,9 @@ class _Group:
         )
         self.E = E
 
-    def __call__(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, training: bool) -> torch.Tensor:
-        """The E edges' outputs on `x`, stacked: (N, E, C, H', W')."""
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor, training: bool) -> torch.Tensor:
+        """The E edges' outputs on `x`, stacked: (N, E, C, H', W'); `weights`: the (block, edge) weights in the order
+        of `weight_index`."""
         edges, E = self.edges, self.E
         relu_x = F.relu(x) if self.stage1 is not None else None
         pieces: list[torch.Tensor] = []
@@ -241,7 +242,7 @@ class _Group:
             pieces += [e.ops[p](inp) for e in edges]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
-        w = weights.view(-1).index_select(0, index).view(1, len(self.order), E, 1, 1, 1)
+        w = weights.view(1, len(self.order), E, 1, 1, 1)
         return (stacked * w).sum(1)
 
 
@@ -309,8 +310,10 @@ class WideCell(Cell):
             if not group.ok:
                 return self
             groups.append(group)
-            self.register_buffer(f"_wide_index_{len(groups) - 1}", group.weight_index, persistent=False)
         self._wide_groups = groups
+        # every group's weights gathered at once: one index_select (and one index_add back) per cell
+        self.register_buffer("_wide_index", torch.cat([g.weight_index for g in groups]), persistent=False)
+        self._wide_sizes = [len(g.weight_index) for g in groups]
         return self
 
     def forward(self, s0, s1, edge_weights=None, edge_scales=None):
@@ -321,10 +324,11 @@ class WideCell(Cell):
             return super().forward(s0, s1, edge_weights, edge_scales)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         node_sums: list[torch.Tensor | None] = [None] * self.steps
-        for g, group in enumerate(groups):
+        group_weights = edge_weights.view(-1).index_select(0, self._wide_index).split(self._wide_sizes)
+        for group, weights in zip(groups, group_weights):
             while len(states) <= group.src:  # every edge into that node has run (groups go by ascending source)
                 states.append(node_sums[len(states) - 2])
-            outs = group(states[group.src], edge_weights, getattr(self, f"_wide_index_{g}"), self.training).unbind(1)
+            outs = group(states[group.src], weights, self.training).unbind(1)
             for k, h in zip(group.edge_ids, outs):
                 node = self.edge_list[k][0]
                 node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
