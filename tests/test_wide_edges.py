@@ -159,13 +159,14 @@ def test_stacked_once_reuses_the_stacks_while_the_weights_stay_the_same():
     assert stage.kept is None and not stage.reuse
 
 
-def test_a_search_step_with_shared_stacks_is_the_step_without():
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_search_step_with_shared_stacks_is_the_step_without(order):
     from darts_sg.search import SearchConfig, SearchStep
 
     steps = []
     for reuse in (True, False):
         wide = _widened(_supernet())
-        step = SearchStep(wide, SearchConfig(order=1), CPU, device_policy("cuda"), optimizer_device="cuda")
+        step = SearchStep(wide, SearchConfig(order=order), CPU, device_policy("cuda"), optimizer_device="cuda")
         if not reuse:
             step.same_weights = contextlib.nullcontext
         step(_batch(), _batch(6))
