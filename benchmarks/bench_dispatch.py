@@ -57,12 +57,14 @@ class OpCounter(TorchDispatchMode):
 
 
 def policy_options(policy: str) -> dict:
-    """`build_step`'s CPU options that reproduce `device_policy(device)` (the jobs' optimizers: foreach on CUDA);
+    """`build_step`'s CPU options that reproduce `device_policy(device)` (the jobs' optimizers: ``fused_optim``'s on CUDA);
     `policy` is a device type, optionally followed by ", narrow edges" (wide_edges off)."""
     from darts_sg.accelerate import device_policy
 
     device_type, _, variant = policy.partition(", ")
-    options = {**dataclasses.asdict(device_policy(device_type)), "foreach": device_type == "cuda", "skip_none": True}
+    cuda = device_type == "cuda"
+    options = {**dataclasses.asdict(device_policy(device_type)), "foreach": None if cuda else False, "skip_none": True,
+               "optimizer_device": device_type}  # fmt: skip
     return {**options, "wide_edges": False} if variant == "narrow edges" else options
 
 

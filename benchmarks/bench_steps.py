@@ -184,7 +184,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         # every switch the row does not name is off (rows written before a switch existed ran without it)
         switches = {f.name: opts.get(f.name, False) for f in dataclasses.fields(Acceleration)}
         acceleration = Acceleration(**{**switches, "amp": opts["amp"], "cudnn_benchmark": False})
-        foreach, skip_none = opts["foreach"], opts["skip_none"]
+        foreach, skip_none = opts["foreach"], opts["skip_none"]  # foreach None: the options of opts["optimizer_device"]
     else:
         acceleration = dataclasses.replace(
             device_policy(device.type), amp=opts["amp"], compile=opts["compile"], cuda_graphs=opts.get("graphs", False)
@@ -207,7 +207,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         )  # fmt: skip
         model = accelerate(model, device, acceleration)
         config = SearchConfig(order=2 if kind == "search-so" else 1, grad_clip=5.0)  # the DARTS settings
-        search_step = SearchStep(model, config, device, acceleration, foreach=foreach)
+        search_step = SearchStep(model, config, device, acceleration, foreach=foreach, optimizer_device=opts.get("optimizer_device"))
         train, val = batch(images), batch(images)
 
         def step():
@@ -215,7 +215,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
 
         return step, images
     images = batch_size or 96
-    from darts_sg.cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options
+    from darts_sg.cuda_graphs import GraphedStep, device_learning_rates
+    from darts_sg.fused_optim import optimizer_kwargs
 
     model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
     model = accelerate(model, device, acceleration)
@@ -223,7 +224,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
     model.train()
     graphs = acceleration.cuda_graphs and device.type == "cuda"
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4,
-                          **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}))  # fmt: skip
+                          **(optimizer_kwargs("sgd", opts.get("optimizer_device") or device, graphs) if graphs or foreach is None else {"foreach": foreach}))  # fmt: skip
     if graphs:
         device_learning_rates(opt, device)
     data = batch(images)

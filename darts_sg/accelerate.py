@@ -19,6 +19,8 @@ flag                      plain module -> substitute                      where 
 ``fast_batchnorm``        ``nn.BatchNorm2d`` -> `WideBatchNorm2d`         CPU, channels-last, C % 16
 ``keep_layout``           ``FactorizedReduce``, global pooling ->         CPU, channels-last
                           layout-keeping gradients (``darts_sg.layout``)
+``uncounted_batchnorm``   ``nn.BatchNorm2d`` with a momentum ->             CUDA (one op less per batch
+                          `UncountedBatchNorm2d` (no batch counter)       norm: launch-bound steps)
 ``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
 ``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
 ``lean_relu6``            ``nn.ReLU6`` -> `LeanReLU6` (keeps its output)  any device (less memory)
@@ -51,7 +53,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from .batchnorm import WideBatchNorm2d
+from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
 from .cells import Cell, MixedOp
 from .cuda_graphs import graph_blocker
 from .distributed import world
@@ -88,6 +90,7 @@ class Acceleration:
     lean_blocks: bool = False
     cuda_graphs: bool = False
     wide_edges: bool = False
+    uncounted_batchnorm: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -116,6 +119,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         lean_blocks=cpu,  # on CUDA cuDNN's batch norm is one kernel; the recomputation has not been timed on a GPU
         cuda_graphs=device_type == "cuda",  # benchmarks/results-cuda.md
         wide_edges=not cpu,  # a third of the kernels per step (benchmarks/results-dispatch.md); on the CPU: README
+        uncounted_batchnorm=not cpu,  # an add_ per batch norm; the CPU's fast_batchnorm takes them there
     )
 
 
@@ -175,6 +179,8 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
     def substitute(module: nn.Module) -> nn.Module:
         if a.fast_batchnorm and type(module) is nn.BatchNorm2d:
             return _substitute(module, WideBatchNorm2d)
+        if a.uncounted_batchnorm and type(module) is nn.BatchNorm2d and module.momentum is not None:
+            return _substitute(module, UncountedBatchNorm2d)
         if a.fast_dilated and is_dilated_depthwise(module):
             return _substitute(module, PolyphaseDilatedConv2d)
         if a.keep_layout and type(module) is FactorizedReduce:

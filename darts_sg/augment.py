@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from .accelerate import Acceleration, accelerate, resolve_acceleration
-from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
+from .cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
 from .config import AugmentConfig
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
 from .errors import UserError
 from .flops import cpu_latency_ms, flops_per_image
+from .fused_optim import optimizer_kwargs
 from .genotype import load_genotype
 from .hparams import log_hparams
 from .io import atomic_write_bytes, atomic_write_text
@@ -63,7 +64,7 @@ class AugmentJob:
         graphs = self.acceleration.cuda_graphs
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            **graph_safe_options("sgd", device) if graphs else {},
+            **optimizer_kwargs("sgd", device, graphs),
         )  # fmt: skip
         if graphs:
             device_learning_rates(self.optimizer, device)

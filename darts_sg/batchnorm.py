@@ -24,7 +24,7 @@ from torch import nn
 from .layout import is_channels_last
 
 __all__ = [
-    "WideBatchNorm2d", "batch_norm_grads", "batch_stats", "graph_grads", "normalized", "update_running_stats", "wide_factor",
+    "UncountedBatchNorm2d", "WideBatchNorm2d", "batch_norm_grads", "batch_stats", "graph_grads", "normalized", "update_running_stats", "wide_factor",
 ]
 
 _VECTOR_WIDTH = 16
@@ -171,6 +171,22 @@ class WideBatchNorm2d(nn.BatchNorm2d):
         if self.training and self.track_running_stats:
             update_running_stats(self, mean, var, x.numel() // x.shape[1])
         return out
+
+
+class UncountedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with a momentum set, minus its batch counter: one op less per batch norm and step.
+
+    With a momentum, torch's batch norm increments ``num_batches_tracked`` in training but never
+    reads it (the counter only sets the factor of a cumulative average, ``momentum=None``). This
+    one leaves the counter as it was and computes the rest as torch does: same outputs, gradients,
+    running statistics and state-dict keys. ``darts_sg.accelerate`` swaps it in (``--uncounted-batchnorm``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.track_running_stats and self.momentum is not None):
+            return super().forward(x)
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ class RunConfig:
     lean_relu6: bool | None = None
     lean_blocks: bool | None = None
     wide_edges: bool | None = None
+    uncounted_batchnorm: bool | None = None
     amp: str | None = None  # off, bf16 or fp16 (darts_sg.precision)
     compile: bool | None = None  # regional torch.compile of the cells (not bit-exact)
     cuda_graphs: bool | None = None  # the whole step as a CUDA graph (darts_sg.cuda_graphs)

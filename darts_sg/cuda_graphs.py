@@ -9,7 +9,7 @@ A step can be captured only if it never waits for the host. What that asks of a 
 
 - the learning rates live in device tensors that the scheduler writes (`device_learning_rates`,
   and `load_optimizer_state` keeps them there when a checkpoint is loaded);
-- the optimizers are capturable: SGD ``fused=True``, Adam ``capturable=True`` (`graph_safe_options`);
+- the optimizers are capturable: SGD ``fused=True``, Adam ``capturable=True`` (``darts_sg.fused_optim.optimizer_kwargs``);
 - no host synchronisation and no branch on device values inside the step: fp16 loss scaling
   (the scaler reads its overflow flag on the host) and the collectives of several processes
   are left eager (`graph_blocker` says why);
@@ -25,16 +25,9 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["GraphedStep", "device_learning_rates", "graph_blocker", "graph_safe_options", "load_optimizer_state"]
+__all__ = ["GraphedStep", "device_learning_rates", "graph_blocker", "load_optimizer_state"]
 
 StepOutputs = dict[str, torch.Tensor]
-
-
-def graph_safe_options(kind: str, device: torch.device) -> dict[str, bool]:
-    """Constructor options that make an optimizer of `kind` ("sgd" or "adam") capturable on `device`."""
-    if device.type != "cuda":
-        return {}
-    return {"fused": True} if kind == "sgd" else {"capturable": True, "foreach": True}
 
 
 def device_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -29,7 +29,7 @@ from .progress import Progress, epoch_line
 from .runs import RunDirectory, RunError
 from .runtime import machine_name
 
-__all__ = ["Job", "fit", "restore", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "weight_step"]
+__all__ = ["Job", "fit", "restore", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "set_grads", "weight_step"]
 
 
 class Interrupted(Exception):
@@ -61,6 +61,18 @@ class Job(Protocol):
     # its `device` (CPU when absent) names the machine in each epoch's metrics.
 
 
+def set_grads(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """``loss.backward()`` for `params` alone: each one's ``.grad`` is its gradient, or None when `loss` does
+    not depend on it (after ``zero_grad(set_to_none=True)``, the same as backward).
+
+    Taken with ``torch.autograd.grad`` and assigned, so autograd's per-parameter accumulation
+    (an op per parameter) never runs; the values are backward's.
+    """
+    trained = [p for p in params if p.requires_grad]
+    for p, g in zip(trained, torch.autograd.grad(loss, trained, allow_unused=True)):
+        p.grad = g
+
+
 def weight_step(
     model: Callable,
     optimizer: torch.optim.Optimizer,
@@ -80,8 +92,8 @@ def weight_step(
     optimizer.zero_grad(set_to_none=True)
     output = model(x)
     loss = loss_fn(output, y)
-    scaler.scale(loss).backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    set_grads(scaler.scale(loss), params)
     average_gradients([p.grad for p in params if p.grad is not None])
     if grad_clip > 0:
         scaler.unscale_(optimizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -10,13 +11,15 @@ from .accelerate import Acceleration, accelerate, resolve_acceleration
 from .architect import Architect, frozen
 from .config import SearchConfig
 from .cost import COST_UNITS, CostPenalty, CostTable, fit_budget, genotype_cost
-from .cuda_graphs import GraphedStep, device_learning_rates, graph_safe_options, load_optimizer_state
+from .cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
 from .data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from .distributed import from_main, identical_across_ranks, is_main_process
 from .engine import evaluate, graphed_batch_sums, restore, weight_step
+from .fused_optim import optimizer_kwargs
 from .genotype import Genotype
 from .hparams import log_hparams
 from .skip_guard import SkipGuard, count_normal_skips
+from .wide_edges import stacked_once
 from .io import append_jsonl
 from .latency import LatencyMeter
 from .network import Supernet, count_params
@@ -220,18 +223,27 @@ class SearchStep:
     """
 
     def __init__(self, model: Supernet, config: SearchConfig, device: torch.device, acceleration: Acceleration,
-                 foreach: bool | None = None, cost_table: CostTable | None = None):  # fmt: skip
+                 foreach: bool | None = None, cost_table: CostTable | None = None, optimizer_device: str | None = None):  # fmt: skip
+        """`foreach`: torch's foreach switch for both optimizers instead of the device's options
+        (``darts_sg.fused_optim``); `cost_table`: the table of --cost, when the caller built it;
+        `optimizer_device`: the device whose optimizer options to take (default `device`; the
+        benchmarks count a CUDA step's ops on the CPU)."""
         self.model, self.device, self.amp = model, device, acceleration.amp
         self.grad_clip = config.grad_clip
         graphs = acceleration.cuda_graphs and device.type == "cuda"  # a CPU step counted under the CUDA policy runs eagerly
+
+        def options(kind: str) -> dict[str, bool]:
+            if foreach is not None and not graphs:
+                return {"foreach": foreach}
+            return optimizer_kwargs(kind, optimizer_device or device, graphs)
+
         self.w_optimizer = torch.optim.SGD(
-            model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay,
-            **(graph_safe_options("sgd", device) if graphs else {"foreach": foreach}),
+            model.weights(), config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay, **options("sgd")
         )  # fmt: skip
         self.w_scaler = grad_scaler(device, self.amp)
         self.architect = Architect(
             model, config.alpha_lr, config.alpha_weight_decay, order=config.order, scaler=grad_scaler(device, self.amp),
-            **(graph_safe_options("adam", device) if graphs else {"foreach": foreach}),
+            **options("adam"),
         )  # fmt: skip
         if config.cost:
             table = cost_table or search_cost_table(config, model.primitives, model.steps)
@@ -241,6 +253,7 @@ class SearchStep:
             device_learning_rates(self.w_optimizer, device)
             device_learning_rates(self.architect.optimizer, device)
         self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
+        self.same_weights = nullcontext if acceleration.compile else stacked_once  # compiled cells trace their own stacks
         self.warmup = False
 
     def __call__(self, train_batch: Batch, val_batch: Batch, warmup: bool = False) -> dict[str, torch.Tensor]:
@@ -255,7 +268,7 @@ class SearchStep:
         train_batch, val_batch = (x_train, y_train), (x_val, y_val)
         lr = self.w_optimizer.param_groups[0]["lr"]  # the virtual step of second order takes the weights' learning rate
         stats, skipped = {}, {}
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp), self.same_weights(self.model):  # both passes see the weights before the update
             if not self.warmup:  # warm-up epochs train the weights alone
                 stats["alpha_loss"], skipped["skipped_alpha_steps"] = self.architect.step(train_batch, val_batch, self.w_optimizer, lr)
             with frozen(self.model.alphas()):

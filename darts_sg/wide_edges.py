@@ -19,7 +19,8 @@ into a node keep the plain cell's order, so the result is the plain cell's up to
 
 The substitute keeps every module, parameter and buffer where it was (the state-dict keys, old
 checkpoints and the optimizers are untouched): the wide weights are concatenated from the
-modules' own parameters at each call, and each batch norm's running statistics become views of
+modules' own parameters at each call (their gradient split back in one op per kernel size, and,
+inside `stacked_once`, once per step for all its passes), and each batch norm's running statistics become views of
 one wide buffer per stage, which ``F.batch_norm`` updates in place; after ``.to()``, a dtype change
 or ``load_state_dict(assign=True)`` replaced the buffers, the next forward re-homes them. Like
 torch's batch norm with a momentum set, the wide batch norms never read ``num_batches_tracked``,
@@ -30,7 +31,9 @@ partial channels (PC-DARTS), edge scales or a drop path set run as plain cells.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from itertools import groupby
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,7 @@ from torch import nn
 from .cells import Cell, DropPath, MixedOp
 from .ops import DilConv, FactorizedReduce, SepConv, Zero
 
-__all__ = ["WideCell", "SharedStats"]
+__all__ = ["WideCell", "SharedStats", "stacked_once"]
 
 
 class SharedStats:
@@ -104,6 +107,9 @@ class _Stage:
             by_kernel = [(k, [u for block in same for u in block]) for k, same in groupby(blocks, key=lambda b: b[0][1].kernel_size[0])]
             self.runs.append((dilation, kmax, by_kernel))
         self.stats = SharedStats([u[3] for u in flat])
+        self.layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
+        self.reuse = False  # set inside `stacked_once`
+        self.kept: tuple | None = None  # (weights, their versions, grad mode, stacks) while reused
         self.ok = (
             all(dw.stride == self.stride and dw.groups == dw.in_channels == dw.out_channels and dw.bias is None for dw in dws)
             and all(dw.kernel_size[0] == dw.kernel_size[1] and dw.dilation[0] == dw.dilation[1] for dw in dws)
@@ -115,23 +121,68 @@ class _Stage:
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
         """`x`: the stage's input, already op-major over all blocks, or one tensor read by every block."""
-        outs, start = [], 0
-        for dilation, kmax, by_kernel in self.runs:
-            parts = []
-            for k, units in by_kernel:
-                w = torch.cat([u[1].weight for u in units]) if len(units) > 1 else units[0][1].weight
-                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
-            weight = torch.cat(parts) if len(parts) > 1 else parts[0]
-            width = weight.shape[0]
-            if self.shared_input:
-                inp = x.repeat(1, width // x.shape[1], 1, 1)
-            else:
-                inp = x if len(self.runs) == 1 else x[:, start : start + width]
-            outs.append(F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, width))
-            start += width
+        depthwise = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
+        *depthwise, pointwise = self.stacked([*depthwise, *(u[2].weight for block in self.units for u in block)])
+        widths = [weight.shape[0] for weight in depthwise]
+        if self.shared_input:
+            x = x.repeat(1, sum(widths) // x.shape[1], 1, 1)
+        inputs = x.split(widths, 1) if len(widths) > 1 else (x,)  # its backward: one cat, not a zero-filled copy per slice
+        outs = [
+            F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, weight.shape[0])
+            for (dilation, kmax, _), weight, inp in zip(self.runs, depthwise, inputs)
+        ]
         h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-        pointwise = torch.cat([u[2].weight for block in self.units for u in block])
         return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
+
+    def stacked(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The depthwise stack of each run and the pointwise stack; inside `stacked_once`, the kept ones while the
+        weights are the same parameters at the same version, in the same grad mode."""
+        if not self.reuse:
+            return _StackedWeights.apply(self.layout, *weights)
+        versions, grad = [w._version for w in weights], torch.is_grad_enabled()
+        kept = self.kept
+        if kept is not None and kept[1] == versions and kept[2] == grad and all(a is b for a, b in zip(kept[0], weights)):
+            return kept[3]
+        stacks = _StackedWeights.apply(self.layout, *weights)
+        if all(isinstance(w, nn.Parameter) for w in weights):  # not the tensors of a functional call (second order)
+            self.kept = (weights, versions, grad, stacks)
+        return stacks
+
+
+class _StackedWeights(torch.autograd.Function):
+    """Convolution weights stacked on the output axis, in one op per kernel size each way.
+
+    `layout`: per stacked weight, (its kernel size kmax, [(kernel size k, how many weights)...]);
+    the weights follow, in that order. A k x k kernel is zero-embedded, centred, in kmax x kmax.
+    The gradient of the stack is split back in one op per kernel size (autograd's own ``cat``
+    would take one ``slice`` per weight); the values are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, layout, *weights):
+        ctx.layout = layout
+        stacks, i = [], 0
+        for kmax, groups in layout:
+            parts = []
+            for k, n in groups:
+                w = torch.cat(weights[i : i + n]) if n > 1 else weights[i]
+                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
+                i += n
+            stacks.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+        return tuple(stacks)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out = [None]
+        for (kmax, groups), grad in zip(ctx.layout, grads):
+            per_group = [n for _, n in groups]
+            rows = grad.shape[0] // sum(per_group)
+            for (k, n), g in zip(groups, grad.split([n * rows for n in per_group]) if len(groups) > 1 else (grad,)):
+                if k < kmax:
+                    pad = (kmax - k) // 2
+                    g = g[:, :, pad : pad + k, pad : pad + k].contiguous()
+                out += g.split(rows) if n > 1 else [g]
+        return tuple(out)
 
 
 class _Group:
@@ -166,31 +217,62 @@ class _Group:
         )
         self.E = E
 
-    def __call__(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, training: bool) -> torch.Tensor:
-        """The E edges' outputs on `x`, stacked: (N, E, C, H', W')."""
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor, training: bool) -> torch.Tensor:
+        """The E edges' outputs on `x`, stacked: (N, E, C, H', W'); `weights`: the (block, edge) weights in the order
+        of `weight_index`."""
         edges, E = self.edges, self.E
         relu_x = F.relu(x) if self.stage1 is not None else None
         pieces: list[torch.Tensor] = []
         if self.pools:
             pooled = [edges[0].ops[p][0](x) for p in self.pools]  # no parameters: the same for every edge
-            pieces.append(self.pool_stats.batch_norm(torch.cat([t for t in pooled for _ in range(E)], 1), training))
+            pieces.append(self.pool_stats.batch_norm(_repeated(pooled, E), training))
         for p in self.skip:
-            pieces += [x] * E if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
+            pieces += [_repeated([x], E)] if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
         if self.stage1 is not None:
             mid = self.stage1(relu_x, training)
             n_sep = len(self.sep) * E * x.shape[1]
+            sep_mid, dil_mid = mid.split([n_sep, mid.shape[1] - n_sep], 1) if self.sep and self.dil else (mid, mid)
             if self.sep:
-                pieces.append(self.stage2(F.relu(mid[:, :n_sep]), training))
+                pieces.append(self.stage2(F.relu(sep_mid), training))
             if self.dil:
-                pieces.append(mid[:, n_sep:] if self.sep else mid)
+                pieces.append(dil_mid)
         for p in self.other:
             takes_relu = getattr(edges[0], "takes_relu", None)
             inp = relu_x if takes_relu is not None and takes_relu[p] else x
             pieces += [e.ops[p](inp) for e in edges]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
-        w = weights.view(-1).index_select(0, index).view(1, len(self.order), E, 1, 1, 1)
+        w = weights.view(1, len(self.order), E, 1, 1, 1)
         return (stacked * w).sum(1)
+
+
+@contextmanager
+def stacked_once(model: nn.Module) -> Iterator[None]:
+    """Inside, each wide stage of `model` stacks its weights once and reuses the stacks while they stay the same
+    parameters at the same version: the forward passes of one step before its optimizer update (the alpha and the
+    weight pass) share them. Nothing is kept after the block, so a CUDA graph captured around it stacks once per replay.
+    """
+    stages = [
+        stage for cell in model.modules() if isinstance(cell, WideCell) and getattr(cell, "_wide_groups", None)
+        for group in cell._wide_groups for stage in (group.stage1, group.stage2) if stage is not None
+    ]  # fmt: skip
+    for stage in stages:
+        stage.reuse = True
+    try:
+        yield
+    finally:
+        for stage in stages:
+            stage.reuse, stage.kept = False, None
+
+
+def _repeated(blocks: list[torch.Tensor], E: int) -> torch.Tensor:
+    """``torch.cat([t for t in blocks for _ in range(E)], 1)``, whose backward sums each block's E copies in one op
+    (a ``cat``'s backward takes a slice per copy and an add per repeat)."""
+    if E == 1:
+        return torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]
+    if len(blocks) == 1:
+        return blocks[0].repeat(1, E, 1, 1)
+    return torch.stack(blocks, 1).repeat(1, 1, E, 1, 1).flatten(1, 2)
 
 
 def _kind(op: nn.Module) -> str:
@@ -228,8 +310,10 @@ class WideCell(Cell):
             if not group.ok:
                 return self
             groups.append(group)
-            self.register_buffer(f"_wide_index_{len(groups) - 1}", group.weight_index, persistent=False)
         self._wide_groups = groups
+        # every group's weights gathered at once: one index_select (and one index_add back) per cell
+        self.register_buffer("_wide_index", torch.cat([g.weight_index for g in groups]), persistent=False)
+        self._wide_sizes = [len(g.weight_index) for g in groups]
         return self
 
     def forward(self, s0, s1, edge_weights=None, edge_scales=None):
@@ -240,10 +324,11 @@ class WideCell(Cell):
             return super().forward(s0, s1, edge_weights, edge_scales)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         node_sums: list[torch.Tensor | None] = [None] * self.steps
-        for g, group in enumerate(groups):
+        group_weights = edge_weights.view(-1).index_select(0, self._wide_index).split(self._wide_sizes)
+        for group, weights in zip(groups, group_weights):
             while len(states) <= group.src:  # every edge into that node has run (groups go by ascending source)
                 states.append(node_sums[len(states) - 2])
-            outs = group(states[group.src], edge_weights, getattr(self, f"_wide_index_{g}"), self.training).unbind(1)
+            outs = group(states[group.src], weights, self.training).unbind(1)
             for k, h in zip(group.edge_ids, outs):
                 node = self.edge_list[k][0]
                 node_sums[node] = h if node_sums[node] is None else node_sums[node] + h

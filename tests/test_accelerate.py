@@ -10,7 +10,7 @@ from torch import nn
 
 import darts_sg
 from darts_sg.accelerate import FLAGS, Acceleration, accelerate, device_policy, resolve_acceleration
-from darts_sg.batchnorm import WideBatchNorm2d
+from darts_sg.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
 from darts_sg.cells import MixedOp
 from darts_sg.config import RunConfig
 from darts_sg.fused_mixed_op import FusedMixedOp
@@ -63,7 +63,7 @@ def test_an_explicit_flag_overrides_the_policy():
 
 def test_the_model_code_builds_plain_modules():
     kinds = _kinds(_supernet()) | _kinds(darts_sg.build_network("darts_v2", C=8, layers=5, auxiliary=True))
-    assert not kinds & set(SUBSTITUTE_CLASSES)
+    assert not kinds & {*SUBSTITUTE_CLASSES, UncountedBatchNorm2d}
     assert {nn.BatchNorm2d, FactorizedReduce, MixedOp, nn.AdaptiveAvgPool2d, nn.ReLU6} <= kinds
 
 
@@ -87,8 +87,10 @@ def test_the_cuda_policy_leaves_the_cpu_substitutes_out():
     model = accelerate(_supernet(), CPU, device_policy("cuda"))  # what a CUDA run applies, checked on the CPU
     kinds = _kinds(model)
     assert not kinds & {WideBatchNorm2d, PolyphaseDilatedConv2d, LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool, LeanSequential}
-    assert {FusedMixedOp, LeanReLU6} <= kinds
+    assert {FusedMixedOp, LeanReLU6, UncountedBatchNorm2d} <= kinds
+    assert nn.BatchNorm2d not in kinds  # every batch norm has a momentum: none counts its batches
     assert model.stem[0].weight.is_contiguous()
+    assert UncountedBatchNorm2d not in _kinds(accelerate(_supernet(), CPU, device_policy("cpu")))  # the CPU keeps its own
 
 
 def test_accelerate_applies_recomputation_and_no_substitute_when_all_off():

@@ -4,7 +4,7 @@ from torch.func import functional_call
 
 import darts_sg
 from darts_sg.architect import Architect, frozen, unrolled_alpha_grads
-from darts_sg.engine import weight_step
+from darts_sg.engine import set_grads, weight_step
 
 
 def _tiny(space="sgblock"):
@@ -93,3 +93,20 @@ def test_finite_difference_runs_in_fp32_under_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         unguarded = architect.finite_difference_hvp(model, direction, batch)
     assert relative_error(unguarded) > 0.05
+
+
+def test_set_grads_gives_what_backward_gives():
+    """The weight step's gradients (torch.autograd.grad, assigned) are backward's bit for bit; unused ones stay None."""
+    model, _, train, _ = _tiny()
+    unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    frozen_weight = torch.nn.Parameter(torch.ones(3, dtype=torch.float64), requires_grad=False)
+    params = [*model.weights(), unused, frozen_weight]
+    with frozen(model.alphas()):
+        F.cross_entropy(model(train[0]), train[1]).backward()
+        expected = [p.grad for p in params]
+        model.zero_grad(set_to_none=True)
+        set_grads(F.cross_entropy(model(train[0]), train[1]), params)
+    assert all(a.grad is None for a in model.alphas())
+    assert unused.grad is None and frozen_weight.grad is None
+    for p, g in zip(params, expected):
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g)

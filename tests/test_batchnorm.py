@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from darts_sg.batchnorm import WideBatchNorm2d, wide_factor
+from darts_sg.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d, wide_factor
 
 CL = torch.channels_last
 
@@ -120,3 +120,36 @@ def test_run_setting_reaches_every_batch_norm(enabled):
     model = accelerate(model, cpu, resolve_acceleration(RunConfig(fast_batchnorm=enabled), cpu))
     kinds = {type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     assert kinds == {WideBatchNorm2d if enabled else nn.BatchNorm2d}
+
+
+def test_uncounted_batch_norm_is_torchs_without_the_counter():
+    """Outputs, gradients and running statistics bit for bit; the counter stays where it was; old state dicts load."""
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(6).double()
+    reference(torch.randn(4, 6, 5, 5, dtype=torch.float64))  # a state dict that has counted one batch
+    ours = UncountedBatchNorm2d(6).double()
+    ours.load_state_dict(reference.state_dict())
+    for _ in range(3):
+        x = torch.randn(4, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+        grad_out = torch.randn(4, 6, 5, 5, dtype=torch.float64)
+        outs = []
+        for bn in (reference, ours):
+            out = bn(x)
+            outs.append((out, *torch.autograd.grad(out, (x, bn.weight, bn.bias), grad_out)))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+    for key, value in reference.state_dict().items():
+        if key != "num_batches_tracked":
+            assert torch.equal(ours.state_dict()[key], value), key
+    assert reference.num_batches_tracked == 4 and ours.num_batches_tracked == 1
+    ours.eval(), reference.eval()
+    assert torch.equal(ours(x), reference(x))
+
+
+def test_uncounted_batch_norm_without_momentum_counts_as_torch_does():
+    ours, reference = UncountedBatchNorm2d(3, momentum=None).double(), nn.BatchNorm2d(3, momentum=None).double()
+    for _ in range(2):
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+        assert torch.equal(ours(x), reference(x))
+    assert ours.num_batches_tracked == 2
+    assert torch.equal(ours.running_var, reference.running_var)

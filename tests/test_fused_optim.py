@@ -6,9 +6,14 @@ import torch
 from darts_sg.fused_optim import optimizer_kwargs
 
 
-def test_fused_on_cuda_only_default_on_the_cpu():
-    assert optimizer_kwargs("cuda") == {"fused": True}
-    assert optimizer_kwargs(torch.device("cpu")) == {}
+def test_fused_on_cuda_only_default_on_the_cpu_capturable_under_graphs():
+    for kind in ("sgd", "adam"):
+        assert optimizer_kwargs(kind, "cuda") == {"fused": True}
+        assert optimizer_kwargs(kind, torch.device("cpu")) == optimizer_kwargs(kind, "cpu", graphs=True) == {}
+    assert optimizer_kwargs("sgd", "cuda", graphs=True) == {"fused": True}
+    assert optimizer_kwargs("adam", "cuda", graphs=True) == {"capturable": True, "foreach": True}
+    with pytest.raises(ValueError, match="sgd, adam"):
+        optimizer_kwargs("rmsprop", "cuda")
 
 
 def _steps(make, fused, device, steps=5):

@@ -1,5 +1,6 @@
 """Wide edges (darts_sg.wide_edges): the edges that read one node run as one wide op, and nothing changes but speed."""
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 import darts_sg
 from darts_sg.accelerate import accelerate, device_policy
 from darts_sg.architect import unrolled_alpha_grads
-from darts_sg.wide_edges import WideCell
+from darts_sg.wide_edges import WideCell, stacked_once
 
 CPU = torch.device("cpu")
 
@@ -132,3 +133,43 @@ def test_the_cuda_policy_widens_the_cpu_policy_does_not():
     assert len(_wide_cells(model)) == 3
     network = accelerate(darts_sg.build_network("darts_v2", C=8, layers=3), CPU, device_policy("cuda"))
     assert not _wide_cells(network)  # a derived network's cells have no mixed ops: plain
+
+
+def test_stacked_once_reuses_the_stacks_while_the_weights_stay_the_same():
+    """One step's passes share each stage's weight stacks; the gradients are those of stacking at every pass;
+    an in-place update makes a new stack, and nothing is kept after the block."""
+    wide = _widened(_supernet())
+    stage = _wide_cells(wide)[0]._wide_groups[0].stage1
+    x, y = _batch()
+    F.cross_entropy(wide(x), y).backward()
+    expected = {name: p.grad.clone() for name, p in wide.named_parameters()}
+    wide.zero_grad(set_to_none=True)
+    with stacked_once(wide):
+        F.cross_entropy(wide(x), y).backward()  # a pass whose stacks are kept, as the alpha pass's
+        wide.zero_grad(set_to_none=True)
+        kept = stage.kept[3]
+        F.cross_entropy(wide(x), y).backward()
+        assert stage.kept[3] is kept
+        for name, p in wide.named_parameters():
+            assert torch.equal(p.grad, expected[name]), name
+        with torch.no_grad():
+            stage.units[0][0][1].weight.add_(1.0)
+        wide(x)
+        assert stage.kept[3] is not kept
+    assert stage.kept is None and not stage.reuse
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_search_step_with_shared_stacks_is_the_step_without(order):
+    from darts_sg.search import SearchConfig, SearchStep
+
+    steps = []
+    for reuse in (True, False):
+        wide = _widened(_supernet())
+        step = SearchStep(wide, SearchConfig(order=order), CPU, device_policy("cuda"), optimizer_device="cuda")
+        if not reuse:
+            step.same_weights = contextlib.nullcontext
+        step(_batch(), _batch(6))
+        steps.append(wide.state_dict())
+    for key, value in steps[0].items():
+        assert torch.equal(value, steps[1][key]), key
