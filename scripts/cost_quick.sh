@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The search-under-a-budget demonstration (issue 45): quick-preset searches in the sgblock and darts spaces, seed 0,
-# without a cost and with --cost params at a target of 2.5 M parameters (weights 0.1, the default, and 1.0), then
-# 3.0 M (weight 0.1); resumable across sessions, results committed as each pair of runs finishes.
+# without a cost and with --cost params at targets of 2.5 and 3.0 M parameters (the default weight 0.1), then 2.5 M
+# with weight 1.0; resumable across sessions, results committed as each pair of runs finishes.
 #   bash scripts/cost_quick.sh           # in the background: two searches at once, one thread each
 #   bash scripts/cost_quick.sh --save    # before a session ends: commit the checkpoints of the runs in progress
 set -euo pipefail
@@ -10,7 +10,7 @@ source scripts/env.sh
 out=results/cost-quick
 epochs=6  # the quick preset's
 # space, target in millions of parameters (none: no cost term), cost weight
-runs=("sgblock 2.5 0.1" "darts 2.5 0.1" "sgblock none -" "darts none -" "sgblock 2.5 1.0" "darts 2.5 1.0" "sgblock 3.0 0.1" "darts 3.0 0.1")
+runs=("sgblock 2.5 0.1" "darts 2.5 0.1" "sgblock none -" "darts none -" "sgblock 3.0 0.1" "darts 3.0 0.1" "sgblock 2.5 1.0" "darts 2.5 1.0")
 
 run_name() {  # SPACE TARGET WEIGHT: sgblock-t2.5-s0 (the default weight), sgblock-t2.5-w1.0-s0, sgblock-free-s0
   if [ "$2" = none ]; then echo "$1-free-s0"
