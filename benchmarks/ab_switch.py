@@ -3,7 +3,7 @@
     python benchmarks/ab_switch.py lean_blocks --genotype results/compare-medium/search/invres-s0/genotype.json
     python benchmarks/ab_switch.py lean_blocks --space sgblock            # a first-order search step instead
 
-Builds the same model twice under the CPU policy (`darts_sg.accelerate.device_policy`), once with
+Builds the same model twice under the CPU policy (`darts_sg.speed.accelerate.device_policy`), once with
 the switch on and once off, and times their training steps in turns after a warm-up step each,
 so that drifts of the machine's speed hit both alike. With --genotype: a retraining step of that
 genotype (default: the `medium` comparison's scale, C=16, 8 cells, batch 96, auxiliary head);
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.accelerate import Acceleration, accelerate, device_policy
-from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
-from darts_sg.genotype import load_genotype
+from darts_sg.speed.accelerate import Acceleration, accelerate, device_policy
+from darts_sg.utils.allocator import loaded_allocator, relaunch_with_tcmalloc
+from darts_sg.model.genotype import load_genotype
 
 from bench_steps import DEFAULTS, build_step, cpu_line
 
@@ -49,7 +49,7 @@ def retrain_step(genotype: str, policy: Acceleration, C: int, layers: int, batch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("switch", help="a field of darts_sg.accelerate.Acceleration, e.g. lean_blocks")
+    parser.add_argument("switch", help="a field of darts_sg.speed.accelerate.Acceleration, e.g. lean_blocks")
     parser.add_argument("--genotype", help="time a retraining step of this genotype (a name or a JSON file)")
     parser.add_argument("--space", default="sgblock", help="without --genotype: the search space of a first-order step")
     parser.add_argument("--C", type=int, default=16)
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--turns", type=int, default=5)
     args = parser.parse_args()
-    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator)
+    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.utils.allocator)
     torch.set_num_threads(2)
     print(f"{cpu_line()}; torch {torch.__version__}, 2 threads, allocator: {loaded_allocator()}")
     steps = {}

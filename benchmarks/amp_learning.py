@@ -16,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from darts_sg.io import atomic_write_text
-from darts_sg.config import SEARCH_PRESETS, SearchConfig
-from darts_sg.search import run_search
+from darts_sg.utils.io import atomic_write_text
+from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.jobs.search import run_search
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -25,7 +25,7 @@ from bench_steps import cpu_line
 WORKER = """
 import json, sys, time, torch
 from darts_sg import build_supernet
-from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.speed.accelerate import accelerate, device_policy
 torch.manual_seed(0)
 model = accelerate(build_supernet("sgblock", C=8, layers=3), torch.device("cpu"), device_policy("cpu"))
 x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)

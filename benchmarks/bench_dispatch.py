@@ -59,7 +59,7 @@ class OpCounter(TorchDispatchMode):
 def policy_options(policy: str) -> dict:
     """`build_step`'s CPU options that reproduce `device_policy(device)` (the jobs' optimizers: ``fused_optim``'s on CUDA);
     `policy` is a device type, optionally followed by ", narrow edges" (wide_edges off)."""
-    from darts_sg.accelerate import device_policy
+    from darts_sg.speed.accelerate import device_policy
 
     device_type, _, variant = policy.partition(", ")
     cuda = device_type == "cuda"
@@ -85,7 +85,7 @@ def count_cell(space: str, opts: dict, C: int = 16, batch_size: int = 2) -> tupl
     import torch.nn.functional as F
 
     import darts_sg
-    from darts_sg.accelerate import Acceleration, accelerate
+    from darts_sg.speed.accelerate import Acceleration, accelerate
 
     torch.manual_seed(0)
     switches = {f.name: opts.get(f.name, False) for f in dataclasses.fields(Acceleration)}
@@ -141,7 +141,7 @@ def main() -> None:
     text = table(args.top)
     print(text, end="")
     if args.out:
-        from darts_sg.io import atomic_write_text
+        from darts_sg.utils.io import atomic_write_text
 
         atomic_write_text(Path(args.out), "# Aten ops per step (benchmarks/bench_dispatch.py)\n\n" + text)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from bench_steps import cpu_line
-from darts_sg.figures import figure_png
-from darts_sg.visualize import alpha_figures, read_alpha_records
+from darts_sg.plots.figures import figure_png
+from darts_sg.plots.visualize import alpha_figures, read_alpha_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

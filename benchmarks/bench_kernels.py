@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
+from darts_sg.utils.allocator import loaded_allocator, relaunch_with_tcmalloc
 
 from bench_steps import cpu_line
 
@@ -67,7 +67,7 @@ def depthwise_table() -> None:
 
 
 def batchnorm_table() -> None:
-    from darts_sg.batchnorm import WideBatchNorm2d
+    from darts_sg.speed.batchnorm import WideBatchNorm2d
 
     print("\n| batch | C | H=W | torch forward (ms) | torch backward (ms) | wide forward (ms) | wide backward (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -85,9 +85,9 @@ def batchnorm_table() -> None:
 
 
 def compile_row() -> None:
-    from darts_sg.accelerate import accelerate, device_policy
-    from darts_sg.cells import MixedOp
-    from darts_sg.ops import OpOptions, resolve_space
+    from darts_sg.speed.accelerate import accelerate, device_policy
+    from darts_sg.model.cells import MixedOp
+    from darts_sg.model.ops import OpOptions, resolve_space
 
     primitives = resolve_space("darts")
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--only", choices=["depthwise", "batchnorm", "compile"], help="run one measurement")
     args = parser.parse_args()
-    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
+    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.utils.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
     torch.set_num_threads(2)
     print(f"{cpu_line()}; torch {torch.__version__}, 2 threads, allocator: {loaded_allocator()}")
     if args.only in (None, "depthwise"):

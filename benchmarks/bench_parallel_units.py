@@ -36,14 +36,14 @@ HERE = Path(__file__).resolve().parent
 
 def worker(kind: str, threads: int, steps: int, scale: str, genotype: str) -> None:
     """One timing process: print {"seconds": median s/step, "batch": images per step} as JSON."""
-    from darts_sg.allocator import relaunch_with_tcmalloc
+    from darts_sg.utils.allocator import relaunch_with_tcmalloc
 
     relaunch_with_tcmalloc()  # as the jobs run
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    from darts_sg.config import AugmentConfig
-    from darts_sg.compare import CompareSpec, augment_settings, search_settings
-    from darts_sg.config import SearchConfig
+    from darts_sg.train.config import AugmentConfig
+    from darts_sg.experiment.compare import CompareSpec, augment_settings, search_settings
+    from darts_sg.train.config import SearchConfig
 
     from compare_cost import augment_step, median_seconds, search_step
 
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--spaces", default="sgblock", help="comma-separated spaces whose search step is timed")
     parser.add_argument("--genotype", default="darts_v2", help="the genotype whose retraining step is timed")
-    parser.add_argument("--scale", default="medium", help="a comparison scale (darts_sg.compare_plan.COMPARE_SCALES)")
+    parser.add_argument("--scale", default="medium", help="a comparison scale (darts_sg.experiment.plan.COMPARE_SCALES)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per process (after one warm-up step)")
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: K units on one GPU (see above)")

@@ -5,12 +5,12 @@ inputs with 2 threads, like ../shared/BASELINES.md: warm-up steps, then the medi
 steps. The `reference-like` row turns off every speed option of ours (NCHW, `none` computed,
 native dilated convolutions, one ReLU per op, unfused weighted sums, for-loop optimizers) to
 approximate the reference implementation on the same machine; the BASELINES figures were measured on another CPU.
-Every worker runs under tcmalloc where it is installed, as the jobs do (`darts_sg.allocator`),
+Every worker runs under tcmalloc where it is installed, as the jobs do (`darts_sg.utils.allocator`),
 except the rows whose options say glibc's malloc.
 
 Every run starts with the CPU's fp32 GEMM throughput (2 threads), and every step row gives its
 GFLOP (convolutions and matmuls, forward and backward, by torch's FLOP counter with the weight
-gradient of grouped convolutions counted correctly: `darts_sg.flops`) and the share of that GEMM
+gradient of grouped convolutions counted correctly: `darts_sg.model.measure`) and the share of that GEMM
 peak it reaches. oneDNN runs depthwise and 1x1 convolutions on 16-64 channels far below the GEMM
 rate, so the GEMM peak is an upper bound no step of this network comes near. The last column is
 the number of aten ops the step dispatches at batch 2 (`bench_dispatch.py`: on a GPU, where the
@@ -23,7 +23,7 @@ host issuing kernels bounds this network's step, the proxy for its time).
 
 With `--device cuda` the rows (CUDA_ROWS) are the first-order, second-order and retraining steps
 at the DARTS settings under the device's policy, eager or captured as CUDA graphs
-(`darts_sg.cuda_graphs`), fp32 (TF32 convolutions, torch's default) or bf16, in both spaces and at
+(`darts_sg.speed.cuda_graphs`), fp32 (TF32 convolutions, torch's default) or bf16, in both spaces and at
 batch 64 and 256; then fp16 with loss scaling and torch.compile. Each is timed after
 `torch.cuda.synchronize`, with the peak GPU memory and the time to build, warm up and capture or
 compile; and the data pipeline with CIFAR-10 held on the GPU. The GPU's name heads the table.
@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from darts_sg.allocator import ALLOCATOR_ENV, relaunch_with_tcmalloc
+from darts_sg.utils.allocator import ALLOCATOR_ENV, relaunch_with_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,8 @@ ROWS = [
     ("search-so", "defaults with plain blocks (sgblock space)", {**DEFAULTS, "lean_blocks": False, "space": "sgblock"}),
 ]
 
-# On CUDA: the device's policy (darts_sg.accelerate.device_policy: cudnn.benchmark, no CPU
-# substitutes), each step eager or captured as a CUDA graph (darts_sg.cuda_graphs), in fp32 (TF32
+# On CUDA: the device's policy (darts_sg.speed.accelerate.device_policy: cudnn.benchmark, no CPU
+# substitutes), each step eager or captured as a CUDA graph (darts_sg.speed.cuda_graphs), in fp32 (TF32
 # convolutions, torch's default) or bf16 autocast; then fp16 with loss scaling and torch.compile.
 # (step kind, row label, options): options name the space and the batch (None = the step's default).
 def _cuda_row(kind, space, batch, mode, amp="off"):
@@ -121,7 +121,7 @@ def worker(spec: dict) -> dict:
     """Time one configuration in this process; return figures as a dict."""
     import torch
 
-    from darts_sg.allocator import loaded_allocator
+    from darts_sg.utils.allocator import loaded_allocator
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -175,9 +175,9 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
     import torch
 
     import darts_sg
-    from darts_sg.accelerate import Acceleration, accelerate, device_policy
-    from darts_sg.engine import weight_step
-    from darts_sg.precision import autocast, grad_scaler
+    from darts_sg.speed.accelerate import Acceleration, accelerate, device_policy
+    from darts_sg.train.engine import weight_step
+    from darts_sg.speed.precision import autocast, grad_scaler
 
     device = torch.device(device)
     if device.type == "cpu":
@@ -198,8 +198,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         return x.to(device), torch.randint(0, 10, (size,)).to(device)
 
     if kind.startswith("search"):
-        from darts_sg.config import SearchConfig
-        from darts_sg.search import SearchStep
+        from darts_sg.train.config import SearchConfig
+        from darts_sg.jobs.search import SearchStep
 
         images = batch_size or 64
         model = darts_sg.build_supernet(
@@ -215,8 +215,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
 
         return step, images
     images = batch_size or 96
-    from darts_sg.cuda_graphs import GraphedStep, device_learning_rates
-    from darts_sg.fused_optim import optimizer_kwargs
+    from darts_sg.speed.cuda_graphs import GraphedStep, device_learning_rates
+    from darts_sg.speed.fused_optim import optimizer_kwargs
 
     model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
     model = accelerate(model, device, acceleration)
@@ -247,11 +247,11 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
 
 
 def _step_gflop(kind: str, opts: dict, space: str, images: int, probe_batch: int = 8) -> float:
-    """GFLOP of one step (convolutions and matmuls, forward and backward; `darts_sg.flops`).
+    """GFLOP of one step (convolutions and matmuls, forward and backward; `darts_sg.model.measure`).
 
     Counted on a step of `probe_batch` images and scaled to `images` (the count is linear in the batch).
     """
-    from darts_sg.flops import flop_counter
+    from darts_sg.model.measure import flop_counter
 
     step, _ = build_step(kind, opts, space, batch_size=probe_batch)
     counter = flop_counter()
@@ -277,7 +277,7 @@ def _gemm_worker(n: int = 2048, repeats: int = 20) -> dict:
 def _data_worker(spec: dict) -> dict:
     import torch
 
-    from darts_sg.data import DataAugmentation, BatchLoader, load_cifar10
+    from darts_sg.train.data import DataAugmentation, BatchLoader, load_cifar10
 
     device = spec.get("device", "cpu")
     data = load_cifar10(spec.get("data_root"))
@@ -315,7 +315,7 @@ def run_row(spec: dict, timeout: float) -> tuple[dict | None, str]:
 def write_out(out: Path | None, header: str, lines: list[str], raw: dict) -> None:
     """The table so far and its raw figures (after every row, so a stopped run keeps what it measured)."""
     if out:
-        from darts_sg.io import atomic_write_text
+        from darts_sg.utils.io import atomic_write_text
 
         atomic_write_text(out, "\n".join([header, *lines]) + "\n")
         atomic_write_text(out.with_suffix(".json"), json.dumps(raw, indent=2))
@@ -385,7 +385,7 @@ def cpu_table(args) -> None:
     header = ("| step | options | s/step | images/s | GFLOP/step | GFLOP/s | % of GEMM peak | peak RSS (GB) | aten ops/step |\n"
               "|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     print(cpu_line())
-    print("Each row in a fresh process, under tcmalloc where installed (darts_sg.allocator, as the jobs run), "
+    print("Each row in a fresh process, under tcmalloc where installed (darts_sg.utils.allocator, as the jobs run), "
           "unless its options say glibc's malloc.")
     print(header, flush=True)
     wanted = {int(r) for r in args.rows.split(",")} if args.rows else None

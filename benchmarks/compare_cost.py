@@ -15,11 +15,11 @@ import argparse
 import torch
 
 import darts_sg
-from darts_sg.accelerate import accelerate, device_policy
-from darts_sg.architect import Architect, frozen
-from darts_sg.compare import CompareSpec, augment_settings, search_settings
-from darts_sg.config import AugmentConfig, SearchConfig
-from darts_sg.engine import weight_step
+from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.train.architect import Architect, frozen
+from darts_sg.experiment.compare import CompareSpec, augment_settings, search_settings
+from darts_sg.train.config import AugmentConfig, SearchConfig
+from darts_sg.train.engine import weight_step
 
 from bench_steps import cpu_line, median_step_seconds
 

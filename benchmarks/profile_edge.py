@@ -9,7 +9,7 @@ The op is built as the supernet builds it (affine=False) and accelerated with th
 (channels-last, wide-view batch norm, ...), then timed on a fixed random batch (2 threads,
 median of --steps after warm-up): forward and backward with respect to the input and the
 weights, as in a weight step. Each row gives the op's GFLOP (forward + backward,
-``darts_sg.flops``) and GFLOP/s, so ops that cost more than their work stand out, and the MiB
+``darts_sg.model.measure``) and GFLOP/s, so ops that cost more than their work stand out, and the MiB
 autograd keeps for its backward (the input excluded: in the supernet every op shares it). With
 --kernels, the profiler's table of the first op's kernels follows (self CPU time; the
 profiler's overhead inflates the total, read the shares). With --compile, each op is also timed
@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from darts_sg.accelerate import Acceleration, accelerate, device_policy
-from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
-from darts_sg.flops import flop_counter
-from darts_sg.memory import counting_saved_bytes
-from darts_sg.ops import OpOptions, build_op
+from darts_sg.speed.accelerate import Acceleration, accelerate, device_policy
+from darts_sg.utils.allocator import loaded_allocator, relaunch_with_tcmalloc
+from darts_sg.model.measure import flop_counter
+from darts_sg.train.memory import counting_saved_bytes
+from darts_sg.model.ops import OpOptions, build_op
 
 from bench_steps import cpu_line, median_step_seconds
 
@@ -38,7 +38,7 @@ def edge_step(name: str, C: int, size: int, stride: int, batch: int, compiled: b
     """A closure running forward + backward of op `name` on a fixed channels-last batch.
 
     compiled: the plain op (channels-last, no eager substitutes) under ``torch.compile``;
-    without: the name of a switch of the CPU policy (``darts_sg.accelerate.Acceleration``) to turn off.
+    without: the name of a switch of the CPU policy (``darts_sg.speed.accelerate.Acceleration``) to turn off.
     """
     policy = _policy(without)
     if compiled:  # the compiler fuses the plain modules; the substitutes' autograd Functions would break its graph
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--without", action="append", default=[], metavar="SWITCH",
                         help="also time each op with this switch of the CPU policy off, e.g. lean_blocks (repeatable)")
     args = parser.parse_args()
-    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
+    relaunch_with_tcmalloc()  # as the jobs run (darts_sg.utils.allocator); DARTS_SG_ALLOCATOR=system for glibc's malloc
     torch.set_num_threads(2)
     torch.manual_seed(0)
     print(f"{cpu_line()}; torch {torch.__version__}, 2 threads, allocator: {loaded_allocator()}")

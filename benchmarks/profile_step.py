@@ -6,7 +6,7 @@
 
 Prints the operators by self CPU time (profiler overhead inflates the total; read shares).
 With --conv-flops, instead: the share of the step's convolution FLOPs (forward and gradients,
-counted as in darts_sg.flops) in 1x1 dense, depthwise and other convolutions.
+counted as in darts_sg.model.measure) in 1x1 dense, depthwise and other convolutions.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def conv_flop_shares(step) -> dict[str, float]:
     """Shares of one step's convolution FLOPs by kind: '1x1', 'depthwise', 'other'."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from darts_sg.flops import conv_backward_flops, conv_forward_flops
+    from darts_sg.model.measure import conv_backward_flops, conv_forward_flops
 
     totals: collections.Counter = collections.Counter()
 

@@ -1,7 +1,7 @@
 """darts-sg: differentiable architecture search with the MobileNeXt sandglass block.
 
-The public names load on first use (PEP 562), so that a submodule without torch (`allocator`,
-`errors`) can be imported without torch: the entry points relaunch the process before importing it.
+The public names load on first use (PEP 562), so that a submodule without torch (`utils.allocator`,
+`utils.errors`) can be imported without torch: the entry points relaunch the process before importing it.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .genotype import Genotype, GenotypeError, load_genotype
-    from .imagenet import build_imagenet_network
-    from .network import Network, Supernet, build_network, build_supernet, count_params
-    from .ops import SEARCH_SPACES, OpOptions
+    from .model.genotype import Genotype, GenotypeError, load_genotype
+    from .model.imagenet import build_imagenet_network
+    from .model.network import Network, Supernet, build_network, build_supernet, count_params
+    from .model.ops import SEARCH_SPACES, OpOptions
 
 _PUBLIC = {
-    "genotype": ("Genotype", "GenotypeError", "load_genotype"),
-    "imagenet": ("build_imagenet_network",),
-    "network": ("Network", "Supernet", "build_network", "build_supernet", "count_params"),
-    "ops": ("SEARCH_SPACES", "OpOptions"),
+    "model.genotype": ("Genotype", "GenotypeError", "load_genotype"),
+    "model.imagenet": ("build_imagenet_network",),
+    "model.network": ("Network", "Supernet", "build_network", "build_supernet", "count_params"),
+    "model.ops": ("SEARCH_SPACES", "OpOptions"),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import click
 
-from .accelerate import FLAGS, device_policy
-from .config import AUGMENT_PRESETS, DATASET_SETTINGS, MAX_SEED, SEARCH_PRESETS, AugmentConfig, SearchConfig
-from .genotype import MAX_NODES
-from .augment import run_augment
-from .distributed import leave_process_group
-from .errors import UserError
-from .precision import AMP_MODES
-from .search import run_search
+from .speed.accelerate import FLAGS, device_policy
+from .train.config import AUGMENT_PRESETS, DATASET_SETTINGS, MAX_SEED, SEARCH_PRESETS, AugmentConfig, SearchConfig
+from .model.genotype import MAX_NODES
+from .jobs.augment import run_augment
+from .utils.distributed import leave_process_group
+from .utils.errors import UserError
+from .speed.precision import AMP_MODES
+from .jobs.search import run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
 SEARCH_PRESET_HELP = PRESET_HELP[:-1] + ", pc-darts (PC-DARTS, Xu et al. ICLR 2020: K=4, batch 256, w lr 0.1, alpha lr 6e-4, 15 warm-up epochs)."
@@ -235,8 +235,8 @@ def plot(genotype, output, fmt) -> None:
     """
     from pathlib import Path
 
-    from .genotype import load_genotype
-    from .visualize import plot_genotype, plot_search_run
+    from .model.genotype import load_genotype
+    from .plots.visualize import plot_genotype, plot_search_run
 
     if Path(genotype).is_dir():
         for path in plot_search_run(genotype):
@@ -254,7 +254,7 @@ def plot(genotype, output, fmt) -> None:
 
 def _scale_defaults(key: str) -> str:
     """`(when not given: ...)` with each comparison scale's own value of `key` (compare_plan.COMPARE_SCALES)."""
-    from .compare_plan import COMPARE_SCALES, CompareSpec
+    from .experiment.plan import COMPARE_SCALES, CompareSpec
 
     values = {name: getattr(CompareSpec.for_preset(name), key) for name in COMPARE_SCALES}
     shown = {name: ",".join(map(str, v)) if isinstance(v, list) else str(v) for name, v in values.items()}
@@ -275,10 +275,10 @@ def evaluate(run_or_model, data_root, test_subset, batch_size, device, json_path
     """
     import json
 
-    from .deploy import evaluate_network, load_trained
-    from .io import atomic_write_text, make_parent
-    from .runs import check_output
-    from .runtime import resolve_device
+    from .jobs.deploy import evaluate_network, load_trained
+    from .utils.io import atomic_write_text, make_parent
+    from .train.rundir import check_output
+    from .train.process import resolve_device
 
     if json_path:
         check_output(json_path, "--json file")  # before evaluating: a path that cannot be written would lose the result
@@ -306,7 +306,7 @@ def export(run, fmt, output) -> None:
     """
     from pathlib import Path
 
-    from .deploy import export_network, load_trained
+    from .jobs.deploy import export_network, load_trained
 
     network, config = load_trained(run)
     if output is None:
@@ -367,7 +367,7 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, cost, c
             units_per_gpu, list_units, as_json, unit, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit,
             array_parallelism, slurm_opt, wait) -> None:  # fmt: skip
     """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
-    from .compare import CompareSpec, parse_overrides, run_compare
+    from .experiment.compare import CompareSpec, parse_overrides, run_compare
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
@@ -400,8 +400,8 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, cost, c
     if list_units:
         _list_units(spec, out, as_json)
     elif unit is not None:
-        from .compare import run_named_unit
-        from .distributed import is_main_process
+        from .experiment.compare import run_named_unit
+        from .utils.distributed import is_main_process
 
         ran = run_named_unit(spec, out, unit, log=log, progress=progress)
         if is_main_process():
@@ -412,8 +412,8 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, cost, c
         rows = run_compare(spec, out, progress=progress, log=log, report_only=report_only, jobs=jobs, units_per_gpu=units_per_gpu)
         from pathlib import Path
 
-        from .compare_parallel import claimed_elsewhere
-        from .compare_plan import units_of
+        from .experiment.parallel import claimed_elsewhere
+        from .experiment.plan import units_of
 
         pending = [unit for unit, row in zip(units_of(spec), rows) if row is None]
         elsewhere = len(claimed_elsewhere(Path(out), pending)) if pending else 0
@@ -425,7 +425,7 @@ def _list_units(spec, out: str, as_json: bool) -> None:
     """`compare --list-units`: one line per unit (or JSON), and the counts on stderr."""
     import json
 
-    from .compare import prepare_experiment, unit_states
+    from .experiment.compare import prepare_experiment, unit_states
 
     states = unit_states(spec, prepare_experiment(spec, out, write=False))
     if as_json:
@@ -441,7 +441,7 @@ def _list_units(spec, out: str, as_json: bool) -> None:
 
 def _submit(spec, out, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit, array_parallelism, slurm_opt, wait, log) -> None:
     """`compare --launcher slurm|submitit-local`: submit the unfinished units, and with `wait` wait for them."""
-    from .compare_slurm import LaunchOptions, parse_time, submit_units, wait_for_units
+    from .experiment.slurm import LaunchOptions, parse_time, submit_units, wait_for_units
 
     options = {}
     for item in slurm_opt:
@@ -464,7 +464,7 @@ def _submit(spec, out, launcher, partition, gpus_per_unit, cpus_per_unit, time_l
 
 def _run_with_clean_errors(command: click.Command, args=None, prog_name: str | None = None) -> None:
     """Run a click command; input errors become one line on stderr and exit code 2."""
-    from .engine import Interrupted, NonFiniteLoss
+    from .train.engine import Interrupted, NonFiniteLoss
 
     try:
         command.main(args=args, prog_name=prog_name, standalone_mode=False)

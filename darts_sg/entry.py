@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from .allocator import relaunch_with_tcmalloc
-from .errors import UserError
+from .utils.allocator import relaunch_with_tcmalloc
+from .utils.errors import UserError
 
 
 def _relaunch_first() -> None:

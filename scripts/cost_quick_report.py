@@ -19,8 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darts_sg.cost import CostTable, fit_budget  # noqa: E402
-from darts_sg.genotype import Genotype, derive_genotype  # noqa: E402
+from darts_sg.train.cost import CostTable, fit_budget  # noqa: E402
+from darts_sg.model.genotype import Genotype, derive_genotype  # noqa: E402
 
 OUT = ROOT / "results" / "cost-quick"
 EPOCHS = 6  # the quick preset's
@@ -86,7 +86,7 @@ def markdown(rows: list[dict]) -> str:
     older = [r["run"] for r in rows if r.get("written_is_argmax") and r.get("changes")]
     if older:
         lines += ["", f"{', '.join(older)} ran before the budget was met at derivation and wrote the argmax genotype; "
-                  "the derived column applies today's derivation (`darts_sg.cost.fit_budget`, what `search.py` now runs at "
+                  "the derived column applies today's derivation (`darts_sg.train.cost.fit_budget`, what `search.py` now runs at "
                   "the end of every epoch) to their final alphas."]  # fmt: skip
     free = [r for r in rows if "derivation_alone" in r]
     if free:

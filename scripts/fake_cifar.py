@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darts_sg.data import FOLDER, IMAGE_BYTES, TEST_FILES, TRAIN_FILES
+from darts_sg.train.data import FOLDER, IMAGE_BYTES, TEST_FILES, TRAIN_FILES
 
 
 def main() -> None:

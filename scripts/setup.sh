@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System libraries from Debian: Graphviz's dot (cell diagrams) and tcmalloc (faster CPU steps, darts_sg/allocator.py).
+# System libraries from Debian: Graphviz's dot (cell diagrams) and tcmalloc (faster CPU steps, darts_sg/utils/allocator.py).
 missing=()
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
 python3 -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" || missing+=(libtcmalloc-minimal4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import FOLDER, TEST_FILES, TRAIN_FILES, DataError, load_cifar10
+from darts_sg.train.data import FOLDER, TEST_FILES, TRAIN_FILES, DataError, load_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -76,8 +76,8 @@ def _hparams_session(tensorboard_dir: Path):
 @pytest.fixture(scope="session")
 def planted_training_run(tmp_path_factory, planted_data_root) -> tuple[Path, dict]:
     """(run directory, summary) of a smoke retraining of DARTS_V2 for one epoch on the planted data."""
-    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
-    from darts_sg.augment import run_augment
+    from darts_sg.train.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.jobs.augment import run_augment
 
     out = tmp_path_factory.mktemp("planted-run") / "run"
     config = AugmentConfig(**{**AUGMENT_PRESETS["smoke"], "genotype": "darts_v2", "data_root": str(planted_data_root),

@@ -9,16 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import darts_sg
-from darts_sg.accelerate import FLAGS, Acceleration, accelerate, device_policy, resolve_acceleration
-from darts_sg.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
-from darts_sg.cells import MixedOp
-from darts_sg.config import RunConfig
-from darts_sg.fused_mixed_op import FusedMixedOp
-from darts_sg.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
-from darts_sg.norm_act_conv import LeanSequential
-from darts_sg.ops import FactorizedReduce
-from darts_sg.polyphase import PolyphaseDilatedConv2d
-from darts_sg.relu6 import LeanReLU6
+from darts_sg.speed.accelerate import FLAGS, Acceleration, accelerate, device_policy, resolve_acceleration
+from darts_sg.speed.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
+from darts_sg.model.cells import MixedOp
+from darts_sg.train.config import RunConfig
+from darts_sg.speed.fused_mixed_op import FusedMixedOp
+from darts_sg.speed.layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
+from darts_sg.speed.norm_act_conv import LeanSequential
+from darts_sg.model.ops import FactorizedReduce
+from darts_sg.speed.polyphase import PolyphaseDilatedConv2d
+from darts_sg.speed.relu6 import LeanReLU6
 
 CPU = torch.device("cpu")
 CPU_SUBSTITUTES = ("channels_last", "fast_dilated", "fast_batchnorm", "keep_layout", "lean_blocks")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from darts_sg import allocator
-from darts_sg.allocator import ALLOCATOR_ENV, allocator_note, find_tcmalloc, relaunch_env
-from darts_sg.errors import UserError
+from darts_sg.utils import allocator
+from darts_sg.utils.allocator import ALLOCATOR_ENV, allocator_note, find_tcmalloc, relaunch_env
+from darts_sg.utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "libtcmalloc_minimal.so.4"
@@ -52,10 +52,10 @@ def test_a_cpu_job_on_glibc_malloc_says_how_to_get_tcmalloc(monkeypatch):
 # space, the CPU policy): the loss and every gradient, as bytes.
 STEP = """
 import hashlib, torch
-from darts_sg.allocator import loaded_allocator, relaunch_with_tcmalloc
+from darts_sg.utils.allocator import loaded_allocator, relaunch_with_tcmalloc
 relaunch_with_tcmalloc()
 from darts_sg import build_supernet
-from darts_sg.accelerate import accelerate, device_policy
+from darts_sg.speed.accelerate import accelerate, device_policy
 torch.manual_seed(0)  # both runs on torch's default threads
 model = accelerate(build_supernet("sgblock", C=8, layers=3), torch.device("cpu"), device_policy("cpu"))
 x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)

@@ -3,8 +3,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import darts_sg
-from darts_sg.architect import Architect, frozen, unrolled_alpha_grads
-from darts_sg.engine import set_grads, weight_step
+from darts_sg.train.architect import Architect, frozen, unrolled_alpha_grads
+from darts_sg.train.engine import set_grads, weight_step
 
 
 def _tiny(space="sgblock"):
@@ -73,7 +73,7 @@ def test_finite_difference_runs_in_fp32_under_autocast(monkeypatch):
     """The Hessian term moves each weight by ~1e-5 relative: under bf16 autocast it must still be the fp32 one."""
     import contextlib
 
-    import darts_sg.architect as architect
+    import darts_sg.train.architect as architect
 
     torch.manual_seed(0)
     model = darts_sg.build_supernet("sgblock", C=4, layers=3, num_classes=10, steps=2)

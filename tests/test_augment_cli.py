@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.config import AugmentConfig
+from darts_sg.train.config import AugmentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_augment_learns_a_planted_slice_and_reports(planted_training_run, plante
 
 def test_flop_counter_matches_reference_magnitude():
     import darts_sg
-    from darts_sg.flops import flops_per_image
+    from darts_sg.model.measure import flops_per_image
 
     model = darts_sg.build_network("darts_v2", C=36, layers=20)
     flops = flops_per_image(model, torch.device("cpu"))
@@ -75,8 +75,8 @@ def test_genotype_outside_space_is_refused(tmp_path, data_root):
 def test_every_setting_is_checked_or_free_on_resume():
     from dataclasses import fields
 
-    from darts_sg.config import SearchConfig
-    from darts_sg.run_setup import RUNTIME_KEYS
+    from darts_sg.train.config import SearchConfig
+    from darts_sg.train.launch import RUNTIME_KEYS
 
     for cls in (SearchConfig, AugmentConfig):
         names = {f.name for f in fields(cls)}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from darts_sg.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d, wide_factor
+from darts_sg.speed.batchnorm import UncountedBatchNorm2d, WideBatchNorm2d, wide_factor
 
 CL = torch.channels_last
 
@@ -83,7 +83,7 @@ def test_native_path_where_the_wide_one_does_not_apply():
 def test_wide_path_runs_in_the_substitute_only(monkeypatch):
     ours, reference = _pair(36)
     calls = []
-    monkeypatch.setattr("darts_sg.batchnorm._WideBatchNorm.apply", lambda *a: calls.append(a))
+    monkeypatch.setattr("darts_sg.speed.batchnorm._WideBatchNorm.apply", lambda *a: calls.append(a))
     reference(torch.randn(2, 36, 4, 4, dtype=torch.float64).contiguous(memory_format=CL))
     assert calls == []
     with pytest.raises(TypeError):  # the patched apply returns None: proves the wide path was taken
@@ -112,8 +112,8 @@ def test_second_derivatives_match_torch():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_run_setting_reaches_every_batch_norm(enabled):
     import darts_sg
-    from darts_sg.accelerate import accelerate, resolve_acceleration
-    from darts_sg.config import RunConfig
+    from darts_sg.speed.accelerate import accelerate, resolve_acceleration
+    from darts_sg.train.config import RunConfig
 
     cpu = torch.device("cpu")
     model = darts_sg.build_supernet("darts", C=4, layers=3, num_classes=10, steps=2)

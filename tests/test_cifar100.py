@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import DataError, load_cifar
+from darts_sg.train.data import DataError, load_cifar
 from test_search_cli import run_cli
 
 

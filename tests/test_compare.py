@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
-from darts_sg.compare_report import (
+from darts_sg.experiment.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
+from darts_sg.experiment.report import (
     _at_equal_size, _p_value, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences,
     size_association, welch_interval,
 )
-from darts_sg.errors import UserError
-from darts_sg.genotype import random_genotype
-from darts_sg.ops import resolve_space
-from darts_sg.runtime import machine_name
-from darts_sg.config import SearchConfig
-from darts_sg.visualize import dot_available
+from darts_sg.utils.errors import UserError
+from darts_sg.model.genotype import random_genotype
+from darts_sg.model.ops import resolve_space
+from darts_sg.train.process import machine_name
+from darts_sg.train.config import SearchConfig
+from darts_sg.plots.visualize import dot_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_report_only_runs_nothing_and_reports_what_finished(tmp_path, data_root)
 def test_alpha_figures_are_drawn_again_only_when_their_search_changed(tmp_path):
     """The report is rebuilt after every unit; the first search's alpha figures are redrawn only when its
     alphas.jsonl is newer than them."""
-    from darts_sg.compare_report import alpha_trajectory_pngs
+    from darts_sg.experiment.report import alpha_trajectory_pngs
 
     search = tmp_path / "search" / "darts-s0"
     search.mkdir(parents=True)
@@ -106,7 +106,7 @@ def test_units_interleave_references_seeds_and_random_genotypes():
 
 
 def test_medium_scale_makes_over_a_thousand_alpha_steps_and_keeps_one_protocol():
-    from darts_sg.compare import search_settings, augment_settings
+    from darts_sg.experiment.compare import search_settings, augment_settings
 
     spec = CompareSpec.for_preset("medium")
     assert spec.seeds == [0, 1, 2, 3] and spec.random == 3 and spec.references == ["darts_v2"]
@@ -264,7 +264,7 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_quick_comparison_scale_and_overrides():
-    from darts_sg.compare import search_settings, augment_settings
+    from darts_sg.experiment.compare import search_settings, augment_settings
 
     spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
     assert (search_settings(spec)["epochs"], search_settings(spec)["subset"], search_settings(spec)["layers"]) == (4, 640, 5)
@@ -286,7 +286,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 def test_settings_are_checked_against_what_the_folder_recorded_not_todays_presets(tmp_path):
     """A folder whose recorded settings differ from what the same command gives today (say, a preset changed in
     the code since) is refused, although its stored command line is the same."""
-    from darts_sg.compare import search_settings, augment_settings
+    from darts_sg.experiment.compare import search_settings, augment_settings
 
     spec = CompareSpec(spaces=["darts"], seeds=[0], preset="quick")
     recorded = {"spaces": ["darts"], "seeds": [0], "preset": "quick", "search_overrides": {}, "augment_overrides": {},
@@ -301,7 +301,7 @@ def test_settings_are_checked_against_what_the_folder_recorded_not_todays_preset
 
 
 def test_the_report_draws_accuracy_against_cost_with_the_pareto_front():
-    from darts_sg.compare_report import accuracy_vs_cost_png, pareto_front
+    from darts_sg.experiment.report import accuracy_vs_cost_png, pareto_front
 
     def row(name, kind, space, acc, params, latency=None):
         return {"name": name, "kind": kind, "space": space, "seed": 0, "test_acc": acc, "params": params, "flops": 2 * params,
@@ -330,15 +330,15 @@ def test_compare_passes_the_cost_options_to_every_search_and_records_them(tmp_pa
     from darts_sg import cli as cli_module
 
     seen = {}
-    monkeypatch.setattr("darts_sg.compare.run_compare", lambda spec, out, **kw: seen.setdefault("spec", spec) and [])
+    monkeypatch.setattr("darts_sg.experiment.compare.run_compare", lambda spec, out, **kw: seen.setdefault("spec", spec) and [])
     result = CliRunner().invoke(cli_module.cli, ["compare", "--spaces", "darts", "--seeds", "0", "--preset", "smoke", "--out",
                                                  str(tmp_path), "--cost", "params", "--cost-target", "2.5", "--search-opt", "epochs=2"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    from darts_sg.compare_plan import search_config
+    from darts_sg.experiment.plan import search_config
 
     config = search_config(seen["spec"], "darts", 0)
     assert (config.cost, config.cost_target, config.cost_weight, config.epochs) == ("params", 2.5, 0.1, 2)
-    from darts_sg.compare import prepare_experiment
+    from darts_sg.experiment.compare import prepare_experiment
 
     prepare_experiment(seen["spec"], tmp_path)  # the plan records them: a later run with another budget is refused
     assert json.loads((tmp_path / "compare.json").read_text())["search"]["cost_target"] == 2.5

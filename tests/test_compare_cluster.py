@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from darts_sg.cli import cli
-from darts_sg.compare import CompareSpec, find_unit, prepare_experiment, run_named_unit, unit_states, units_of
-from darts_sg.compare_parallel import run_in_parallel, unit_claim, visible_gpus, worker_gpus
-from darts_sg.compare_report import compute_hours, render_markdown
-from darts_sg.compare_slurm import parse_time
-from darts_sg.errors import UserError
-from darts_sg.runs import RunDirectory
+from darts_sg.experiment.compare import CompareSpec, find_unit, prepare_experiment, run_named_unit, unit_states, units_of
+from darts_sg.experiment.parallel import run_in_parallel, unit_claim, visible_gpus, worker_gpus
+from darts_sg.experiment.report import compute_hours, render_markdown
+from darts_sg.experiment.slurm import parse_time
+from darts_sg.utils.errors import UserError
+from darts_sg.train.rundir import RunDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 # two random genotypes of the darts space at the smoke scale: the cheapest units (no search)

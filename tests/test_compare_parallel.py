@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from darts_sg.compare import Unit
-from darts_sg.compare_parallel import unit_claim
-from darts_sg.io import load_checkpoint
+from darts_sg.experiment.compare import Unit
+from darts_sg.experiment.parallel import unit_claim
+from darts_sg.utils.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ def test_a_claimed_unit_is_refused_to_others_and_freed_when_its_holder_dies(tmp_
         assert again
     # a process that dies holding the claim (SIGKILL: no clean-up of its own) leaves the unit free
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom darts_sg.compare import Unit\n"
-         "from darts_sg.compare_parallel import unit_claim\n"
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom darts_sg.experiment.compare import Unit\n"
+         "from darts_sg.experiment.parallel import unit_claim\n"
          f"with unit_claim(Path({str(tmp_path)!r}), Unit('searched', 'darts', 0)) as held:\n"
          "    print(held, flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,

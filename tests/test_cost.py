@@ -1,4 +1,4 @@
-"""Search under a budget (darts_sg.cost, darts_sg.latency): the cost tables, the gradient of the cost term, the
+"""Search under a budget (darts_sg.train.cost, darts_sg.train.latency): the cost tables, the gradient of the cost term, the
 budget at derivation, the latency table's cache, and what they do to a search."""
 
 import json
@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import darts_sg
-from darts_sg.architect import Architect
-from darts_sg.cost import CostPenalty, CostTable, fit_budget, genotype_cost
-from darts_sg.errors import UserError
-from darts_sg.genotype import load_genotype, random_genotype
-from darts_sg.latency import LatencyMeter
-from darts_sg.ops import OpOptions, resolve_space
-from darts_sg.runs import RunDirectory
-from darts_sg.config import SEARCH_PRESETS, SearchConfig
-from darts_sg.search import run_search
+from darts_sg.train.architect import Architect
+from darts_sg.train.cost import CostPenalty, CostTable, fit_budget, genotype_cost
+from darts_sg.utils.errors import UserError
+from darts_sg.model.genotype import load_genotype, random_genotype
+from darts_sg.train.latency import LatencyMeter
+from darts_sg.model.ops import OpOptions, resolve_space
+from darts_sg.train.rundir import RunDirectory
+from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.jobs.search import run_search
 
 
 @pytest.mark.parametrize("kind, C, layers", [("params", 36, 20), ("flops", 8, 5)])
@@ -224,7 +224,7 @@ def test_the_budget_is_met_at_derivation_losing_the_least_weight_per_cost_saved(
     # edge row 0 (node 0 <- input 0): max_pool_3x3 almost as strong as the favourite sep_conv_5x5
     normal = _planted_weights(primitives, 2, "sep_conv_5x5", {(0, "max_pool_3x3"): 0.49})
     reduce = _planted_weights(primitives, 2, "sep_conv_5x5")
-    from darts_sg.genotype import derive_genotype
+    from darts_sg.model.genotype import derive_genotype
 
     argmax = derive_genotype(normal, reduce, primitives, 2)
     assert {op for op in argmax.ops()} == {"sep_conv_5x5"}
@@ -250,7 +250,7 @@ def test_the_budget_keeps_the_skip_cap():
     primitives = resolve_space("darts")
     table = CostTable("params", primitives, 2, 8, 5)
     weights = _planted_weights(primitives, 2, "sep_conv_5x5")
-    from darts_sg.genotype import derive_genotype
+    from darts_sg.model.genotype import derive_genotype
 
     argmax = derive_genotype(weights, weights, primitives, 2)
     fitted, _ = fit_budget(argmax, weights, weights, table, 0.0, max_skip=1)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.architect import Architect, frozen
-from darts_sg.engine import weight_step
-from darts_sg.io import load_checkpoint
+from darts_sg.train.architect import Architect, frozen
+from darts_sg.train.engine import weight_step
+from darts_sg.utils.io import load_checkpoint
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -46,7 +46,7 @@ def _pair(build, policy="plain"):
     gpu.load_state_dict(cpu.state_dict())
     gpu = gpu.cuda()
     if policy == "cuda":
-        from darts_sg.accelerate import accelerate, device_policy
+        from darts_sg.speed.accelerate import accelerate, device_policy
 
         gpu = accelerate(gpu, torch.device("cuda"), device_policy("cuda"))
     return cpu, gpu
@@ -138,7 +138,7 @@ def test_bf16_search_step_is_finite_on_cuda():
 
 
 def test_fp16_search_step_scales_and_skips_overflows_on_cuda():
-    from darts_sg.precision import autocast
+    from darts_sg.speed.precision import autocast
 
     model = darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10).cuda()
     train, val = _to(_batch(), "cuda"), _to(_batch(), "cuda")
@@ -156,7 +156,7 @@ def test_fp16_search_step_scales_and_skips_overflows_on_cuda():
 
 
 def test_batches_held_on_the_gpu_equal_the_cpu_ones(data_root):
-    from darts_sg.data import BatchLoader, DataAugmentation, load_cifar
+    from darts_sg.train.data import BatchLoader, DataAugmentation, load_cifar
 
     data = load_cifar("cifar10", data_root, train=True).slice(0, 256)
     augmentation = DataAugmentation(cutout=16)
@@ -169,7 +169,7 @@ def test_batches_held_on_the_gpu_equal_the_cpu_ones(data_root):
 def test_compiled_cells_agree_with_eager_on_cuda():
     import dataclasses
 
-    from darts_sg.accelerate import accelerate, device_policy
+    from darts_sg.speed.accelerate import accelerate, device_policy
 
     eager, compiled = _pair(lambda: darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10))
     cuda = torch.device("cuda")
@@ -187,8 +187,8 @@ def test_compiled_cells_agree_with_eager_on_cuda():
 def test_wide_edges_agree_with_plain_edges_on_cuda(space):
     import dataclasses
 
-    from darts_sg.accelerate import accelerate, device_policy
-    from darts_sg.wide_edges import WideCell
+    from darts_sg.speed.accelerate import accelerate, device_policy
+    from darts_sg.speed.wide_edges import WideCell
 
     plain, wide = _pair(lambda: darts_sg.build_supernet(space, C=8, layers=5, num_classes=10))
     cuda = torch.device("cuda")
@@ -233,7 +233,7 @@ def test_search_job_runs_and_resumes_after_a_kill_on_cuda(tmp_path, data_root):
 def test_search_resumed_mid_epoch_on_cuda_is_bit_identical(tmp_path, data_root, monkeypatch, cuda_graphs):
     """As on the CPU (tests/test_search_cli.py): killed after a checkpoint and resumed, the run ends
     with the very weights, alphas, metrics and genotype of the run that was never stopped."""
-    from darts_sg.search import run_search
+    from darts_sg.jobs.search import run_search
     from test_search_cli import assert_same_run, interrupt_after, resumable_config
 
     config = dataclasses.replace(resumable_config(data_root), device="cuda", cuda_graphs=cuda_graphs)
@@ -258,7 +258,7 @@ def test_one_process_torchrun_search_with_nccl(tmp_path, data_root):
     assert len(metrics) == 2 and all(m["alphas_identical_across_ranks"] for m in metrics)
 
 
-# --- CUDA graphs (darts_sg.cuda_graphs) --------------------------------------------------------------
+# --- CUDA graphs (darts_sg.speed.cuda_graphs) --------------------------------------------------------------
 
 
 def _fit(job_kind, tmp_path, data_root, graphs, epochs=3, same_optimizers_eager=False, resume=False, name="run", **options):
@@ -267,13 +267,13 @@ def _fit(job_kind, tmp_path, data_root, graphs, epochs=3, same_optimizers_eager=
     `same_optimizers_eager` builds the graphed job's optimizers (fused SGD, capturable Adam, device
     learning rates) but runs its steps eagerly: the comparison that isolates capture and replay.
     """
-    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
-    from darts_sg.augment import AugmentJob
-    from darts_sg.engine import fit
-    from darts_sg.run_setup import start_run
-    from darts_sg.runs import RunDirectory
-    from darts_sg.config import SEARCH_PRESETS, SearchConfig
-    from darts_sg.search import SearchJob
+    from darts_sg.train.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.jobs.augment import AugmentJob
+    from darts_sg.train.engine import fit
+    from darts_sg.train.launch import start_run
+    from darts_sg.train.rundir import RunDirectory
+    from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+    from darts_sg.jobs.search import SearchJob
 
     if job_kind == "search":
         config = SearchConfig(**{**SEARCH_PRESETS["smoke"], "subset": 160, "epochs": epochs, "alpha_lr": 3e-3,
@@ -353,8 +353,8 @@ def test_search_cli_with_cuda_graphs_runs_and_says_so(tmp_path, data_root):
 
 def test_graphed_evaluation_equals_the_eager_one(planted_data_root):
     """Full batches and the last, smaller one each get their graph; three passes, the same sums as eager."""
-    from darts_sg.data import BatchLoader, load_cifar
-    from darts_sg.engine import evaluate, graphed_batch_sums
+    from darts_sg.train.data import BatchLoader, load_cifar
+    from darts_sg.train.engine import evaluate, graphed_batch_sums
 
     torch.manual_seed(0)
     model = darts_sg.build_supernet("sgblock", C=8, layers=5, num_classes=10).cuda()

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from darts_sg.accelerate import resolve_acceleration
-from darts_sg.cuda_graphs import GraphedStep, device_learning_rates, graph_blocker, load_optimizer_state
-from darts_sg.config import SearchConfig
+from darts_sg.speed.accelerate import resolve_acceleration
+from darts_sg.speed.cuda_graphs import GraphedStep, device_learning_rates, graph_blocker, load_optimizer_state
+from darts_sg.train.config import SearchConfig
 
 
 def _model():

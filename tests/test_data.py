@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.data import DataAugmentation, BatchLoader, DataError, crop, cutout, load_cifar10, read_batch
+from darts_sg.train.data import DataAugmentation, BatchLoader, DataError, crop, cutout, load_cifar10, read_batch
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.data import load_cifar10
-from darts_sg.deploy import CIFAR10_CLASSES, ONNX_HINT, DeployError, evaluate_network, export_network, load_trained
+from darts_sg.train.data import load_cifar10
+from darts_sg.jobs.deploy import CIFAR10_CLASSES, ONNX_HINT, DeployError, evaluate_network, export_network, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from darts_sg.io import load_checkpoint
+from darts_sg.utils.io import load_checkpoint
 
 from test_search_cli import smoke_config
 
@@ -22,7 +22,7 @@ def torchrun(*args, nproc=2, timeout=300):
 
 
 def test_two_processes_match_one_and_agree_on_alphas(tmp_path, data_root):
-    from darts_sg.search import run_search
+    from darts_sg.jobs.search import run_search
 
     two, one = tmp_path / "two", tmp_path / "one"
     env_args = ["--data-root", str(data_root)]
@@ -100,8 +100,8 @@ def test_collectives_get_tensors_on_the_models_device(monkeypatch):
     import pytest
     import torch
 
-    from darts_sg.distributed import identical_across_ranks
-    from darts_sg.engine import evaluate
+    from darts_sg.utils.distributed import identical_across_ranks
+    from darts_sg.train.engine import evaluate
 
     class Loader:
         def iterate(self, epoch):
@@ -120,9 +120,9 @@ STOP_WORKER = """
 import json, os, signal, sys
 import torch
 import torch.distributed as dist
-from darts_sg.distributed import leave_process_group
-from darts_sg.engine import Interrupted, fit
-from darts_sg.runs import RunDirectory
+from darts_sg.utils.distributed import leave_process_group
+from darts_sg.train.engine import Interrupted, fit
+from darts_sg.train.rundir import RunDirectory
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

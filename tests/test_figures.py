@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.figures import (
+from darts_sg.plots.figures import (
     alpha_heatmap_figure,
     alpha_trajectories_figure,
     edge_labels,
@@ -91,6 +91,6 @@ def test_save_figure_writes_a_png_atomically_and_closes_the_figure(tmp_path):
 
 
 def test_importing_the_figure_modules_loads_no_matplotlib():
-    code = "import sys, darts_sg.figures, darts_sg.visualize; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    code = "import sys, darts_sg.plots.figures, darts_sg.plots.visualize; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

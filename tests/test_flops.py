@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import darts_sg
-from darts_sg.flops import flop_counter
+from darts_sg.model.measure import flop_counter
 
 
 def _count(fn):

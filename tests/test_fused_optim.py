@@ -1,9 +1,9 @@
-"""Fused optimizers (darts_sg.fused_optim): which devices get them, and that they step as the for-loop ones do."""
+"""Fused optimizers (darts_sg.speed.fused_optim): which devices get them, and that they step as the for-loop ones do."""
 
 import pytest
 import torch
 
-from darts_sg.fused_optim import optimizer_kwargs
+from darts_sg.speed.fused_optim import optimizer_kwargs
 
 
 def test_fused_on_cuda_only_default_on_the_cpu_capturable_under_graphs():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import darts_sg
-from darts_sg.genotype import Genotype, GenotypeError, derive_cell, derive_genotype, load_genotype, parse_legacy
-from darts_sg.ops import CLASSIC_PRIMITIVES
+from darts_sg.model.genotype import Genotype, GenotypeError, derive_cell, derive_genotype, load_genotype, parse_legacy
+from darts_sg.model.ops import CLASSIC_PRIMITIVES
 
 DARTS_V2_LEGACY = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
@@ -53,7 +53,7 @@ def test_bad_nested_legacy_strings_are_refused(text, message):
 
 
 def test_named_genotypes_resolve_through_the_package():
-    from darts_sg.genotype import available_genotypes, genotype_dir
+    from darts_sg.model.genotype import available_genotypes, genotype_dir
 
     zoo = genotype_dir()
     assert {"DARTS_V1", "DARTS_V2"} <= set(available_genotypes())

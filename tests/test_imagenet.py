@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from darts_sg.imagenet import ImageNetStem, build_imagenet_network
-from darts_sg.network import AuxiliaryHead, build_network, count_params
-from darts_sg.flops import flops_per_image
+from darts_sg.model.imagenet import ImageNetStem, build_imagenet_network
+from darts_sg.model.network import AuxiliaryHead, build_network, count_params
+from darts_sg.model.measure import flops_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def write_image_folder(root: Path, classes=3, per_class=4, seed=0):
 
 
 def test_folder_batches_are_reproducible_from_any_step(tmp_path):
-    from darts_sg.folder_data import FolderLoader, image_folder
+    from darts_sg.train.folder_data import FolderLoader, image_folder
 
     folder = image_folder(write_image_folder(tmp_path / "imagenet", classes=2, per_class=4), "train")
     loader = FolderLoader(folder, 2, train=True, image_size=32, seed=1)

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_sg.layout import (
+from darts_sg.speed.layout import (
     LayoutKeepingFactorizedReduce,
     LayoutKeepingGlobalPool,
     global_avg_pool,
     stride2_samples,
     subsample,
 )
-from darts_sg.ops import FactorizedReduce
+from darts_sg.model.ops import FactorizedReduce
 
 CL = torch.channels_last
 

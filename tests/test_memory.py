@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import darts_sg
-from darts_sg import memory
-from darts_sg.accelerate import accelerate, device_policy
-from darts_sg.memory import activation_gb, memory_report
+from darts_sg.train import memory
+from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.train.memory import activation_gb, memory_report
 
 CPU = torch.device("cpu")
 

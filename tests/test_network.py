@@ -3,11 +3,11 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.accelerate import Acceleration, accelerate
-from darts_sg.cells import DropPath, MixedOp
-from darts_sg.fused_mixed_op import FusedMixedOp, WeightedSum
-from darts_sg.network import Supernet, reduction_layers
-from darts_sg.ops import OpOptions
+from darts_sg.speed.accelerate import Acceleration, accelerate
+from darts_sg.model.cells import DropPath, MixedOp
+from darts_sg.speed.fused_mixed_op import FusedMixedOp, WeightedSum
+from darts_sg.model.network import Supernet, reduction_layers
+from darts_sg.model.ops import OpOptions
 
 CPU = torch.device("cpu")
 

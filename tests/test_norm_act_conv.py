@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from darts_sg.accelerate import accelerate, device_policy
-from darts_sg.memory import counting_saved_bytes
-from darts_sg.norm_act_conv import LeanSequential, _runs
-from darts_sg.ops import OpOptions, build_op, sandglass_hidden_width
+from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.train.memory import counting_saved_bytes
+from darts_sg.speed.norm_act_conv import LeanSequential, _runs
+from darts_sg.model.ops import OpOptions, build_op, sandglass_hidden_width
 
 CPU = torch.device("cpu")
 CL = torch.channels_last
@@ -91,7 +91,7 @@ def test_second_derivatives_match_the_plain_block():
 def test_eval_mode_and_no_grad_run_the_children_as_they_are(monkeypatch):
     lean, plain = _block_pair("sg_block", 1, affine=True)
     calls = []
-    monkeypatch.setattr("darts_sg.norm_act_conv.norm_act_conv", lambda *a: calls.append(a))
+    monkeypatch.setattr("darts_sg.speed.norm_act_conv.norm_act_conv", lambda *a: calls.append(a))
     x = torch.randn(2, 16, 4, 4, dtype=torch.float64).contiguous(memory_format=CL)
     with torch.no_grad():
         torch.testing.assert_close(lean(x), plain(x), rtol=1e-12, atol=1e-12)
@@ -111,9 +111,9 @@ def test_the_runs_found_in_each_block():
 
 def test_the_search_is_lean_by_default_and_the_retraining_when_asked():
     """Retraining is not short of memory and the recomputation costs time: its default is --plain-blocks."""
-    from darts_sg.accelerate import resolve_acceleration
-    from darts_sg.config import AugmentConfig
-    from darts_sg.config import SearchConfig
+    from darts_sg.speed.accelerate import resolve_acceleration
+    from darts_sg.train.config import AugmentConfig
+    from darts_sg.train.config import SearchConfig
 
     assert resolve_acceleration(SearchConfig(), CPU).lean_blocks
     assert not resolve_acceleration(SearchConfig(device="cuda"), torch.device("cuda")).lean_blocks

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from darts_sg.errors import UserError
-from darts_sg.ops import (
+from darts_sg.utils.errors import UserError
+from darts_sg.model.ops import (
     CLASSIC_PRIMITIVES,
     OP_FACTORIES,
     SEARCH_SPACES,
@@ -103,7 +103,7 @@ def test_bad_op_options(kwargs):
 
 @pytest.mark.parametrize("kernel, stride, size", [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 7), (3, 1, 7)])
 def test_polyphase_dilated_conv_equals_native_conv(kernel, stride, size):
-    from darts_sg.polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
+    from darts_sg.speed.polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 
     plain = torch.nn.Conv2d(4, 4, kernel, stride, kernel - 1, dilation=2, groups=4, bias=False)
     assert is_dilated_depthwise(plain)
@@ -121,7 +121,7 @@ def test_polyphase_dilated_conv_equals_native_conv(kernel, stride, size):
 
 
 def test_ops_are_plain_modules():
-    """The model code builds torch's own modules; faster substitutes come from darts_sg.accelerate."""
+    """The model code builds torch's own modules; faster substitutes come from darts_sg.speed.accelerate."""
     op = build_op("dil_conv_5x5", 8, 2, affine=True)
     assert {type(m) for m in op.modules()} <= {type(op), torch.nn.ReLU, torch.nn.Conv2d, torch.nn.BatchNorm2d}
     reduce = build_op("skip_connect", 8, 2, affine=True)
@@ -132,7 +132,7 @@ def test_ops_are_plain_modules():
 def test_in_place_relu6_gives_the_out_of_place_values_and_gradients_bit_for_bit(name):
     """ReLU6 runs in place, the blocks' usual form; values and gradients are those of the out-of-place block.
     (torch's in-place hardtanh keeps a copy of its input for the backward, so in place alone saves no
-    memory; `darts_sg.relu6.LeanReLU6` does, tests/test_relu6.py.)"""
+    memory; `darts_sg.speed.relu6.LeanReLU6` does, tests/test_relu6.py.)"""
     import copy
 
     torch.manual_seed(0)

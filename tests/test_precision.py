@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import darts_sg
-from darts_sg.architect import Architect, frozen
-from darts_sg.config import RunConfig, SearchConfig
-from darts_sg.engine import EpochTotals, weight_step
-from darts_sg.errors import UserError
-from darts_sg.io import load_checkpoint
-from darts_sg.precision import autocast, check_amp, grad_scaler
-from darts_sg.search import run_search
+from darts_sg.train.architect import Architect, frozen
+from darts_sg.train.config import RunConfig, SearchConfig
+from darts_sg.train.engine import EpochTotals, weight_step
+from darts_sg.utils.errors import UserError
+from darts_sg.utils.io import load_checkpoint
+from darts_sg.speed.precision import autocast, check_amp, grad_scaler
+from darts_sg.jobs.search import run_search
 
 from test_search_cli import smoke_config
 

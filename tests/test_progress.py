@@ -4,9 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from darts_sg.engine import EpochTotals, fit
-from darts_sg.progress import Progress
-from darts_sg.runs import RunDirectory
+from darts_sg.train.engine import EpochTotals, fit
+from darts_sg.train.progress import Progress
+from darts_sg.train.rundir import RunDirectory
 
 from fake_job import CountingJob
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.architect import unrolled_alpha_grads
+from darts_sg.train.architect import unrolled_alpha_grads
 
 
 def _tiny_supernet():
@@ -91,8 +91,8 @@ def test_second_order_alpha_gradients_use_the_virtual_weights():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_retraining_with_drop_path_and_auxiliary_head_is_unchanged(channels_last):
     # channels-last: with every CPU substitute, the wide-view batch norm among them (C = 4, 8: not multiples of 16)
-    from darts_sg.accelerate import accelerate, device_policy
-    from darts_sg.batchnorm import WideBatchNorm2d
+    from darts_sg.speed.accelerate import accelerate, device_policy
+    from darts_sg.speed.batchnorm import WideBatchNorm2d
 
     torch.manual_seed(0)
     model = darts_sg.build_network("darts_v2", C=4, layers=5, auxiliary=True).double()
@@ -112,11 +112,11 @@ def test_retraining_with_drop_path_and_auxiliary_head_is_unchanged(channels_last
 
 
 def test_no_recomputation_without_gradients(monkeypatch):
-    import darts_sg.network
+    import darts_sg.model.network
 
     calls = []
-    original = darts_sg.network.recomputed_call
-    monkeypatch.setattr(darts_sg.network, "recomputed_call", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = darts_sg.model.network.recomputed_call
+    monkeypatch.setattr(darts_sg.model.network, "recomputed_call", lambda *a, **k: calls.append(1) or original(*a, **k))
     model = _recomputing_copy(_tiny_supernet()).eval()
     x, _ = _batch()
     with torch.no_grad():

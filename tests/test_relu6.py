@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from darts_sg.accelerate import accelerate, device_policy
-from darts_sg.memory import counting_saved_bytes
-from darts_sg.ops import OpOptions, build_op
-from darts_sg.relu6 import LeanReLU6
+from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.train.memory import counting_saved_bytes
+from darts_sg.model.ops import OpOptions, build_op
+from darts_sg.speed.relu6 import LeanReLU6
 
 EDGES = torch.tensor([-1.0, 0.0, 3.0, 6.0, 7.0, float("nan")])  # both bounds exactly, and NaN
 

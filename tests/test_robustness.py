@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.engine import NonFiniteLoss, fit
-from darts_sg.io import load_checkpoint
-from darts_sg.runs import RunDirectory
+from darts_sg.train.engine import NonFiniteLoss, fit
+from darts_sg.utils.io import load_checkpoint
+from darts_sg.train.rundir import RunDirectory
 
 from fake_job import CountingJob
 

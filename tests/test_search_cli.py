@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from darts_sg.io import load_checkpoint
-from darts_sg.config import SEARCH_PRESETS, SearchConfig
-from darts_sg.search import run_search
+from darts_sg.utils.io import load_checkpoint
+from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.jobs.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_search_cli_smoke_writes_a_run(tmp_path, data_root):
     config = json.loads((out / "config.json").read_text())
     assert config["ops"] == "sgblock" and config["layers"] == 3
     # what was applied: the CPU policy, with the flag given explicitly overriding it
-    from darts_sg.accelerate import device_policy
+    from darts_sg.speed.accelerate import device_policy
 
     assert config["channels_last"] is None and config["fast_dilated"] is False
     assert config["acceleration"] == {**device_policy("cpu").to_dict(), "fast_dilated": False}
@@ -56,7 +56,7 @@ def test_search_cli_smoke_writes_a_run(tmp_path, data_root):
 
 def interrupt_after(monkeypatch, epoch, step):
     """Make the run die (as a kill would) right after writing the checkpoint at (epoch, step)."""
-    from darts_sg import engine
+    from darts_sg.train import engine
 
     original = engine.save_checkpoint
 
@@ -150,10 +150,10 @@ def test_resume_with_other_configuration_is_refused(tmp_path, data_root):
 def test_help_documents_every_setting(script, cls):
     import dataclasses
 
-    import darts_sg.search
-    import darts_sg.augment
+    import darts_sg.jobs.search
+    import darts_sg.jobs.augment
 
-    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.augment, cls)
+    config_cls = getattr(darts_sg.jobs.search, cls, None) or getattr(darts_sg.jobs.augment, cls)
     result = run_cli(script, "--help")
     assert result.returncode == 0
     for field in dataclasses.fields(config_cls):
@@ -174,11 +174,11 @@ def test_recomputed_cells_give_the_same_run(tmp_path, data_root):
 def test_help_defaults_come_from_the_config_dataclasses(command, cls):
     import dataclasses
 
-    import darts_sg.augment
+    import darts_sg.jobs.augment
     from darts_sg import cli
-    from darts_sg.accelerate import FLAGS
+    from darts_sg.speed.accelerate import FLAGS
 
-    config_cls = getattr(darts_sg.search, cls, None) or getattr(darts_sg.augment, cls)
+    config_cls = getattr(darts_sg.jobs.search, cls, None) or getattr(darts_sg.jobs.augment, cls)
     helps = {p.name: p.help for p in getattr(cli, command).params}
     checked = 0
     for field in dataclasses.fields(config_cls):

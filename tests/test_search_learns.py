@@ -11,9 +11,9 @@ an alpha step (Adam with DARTS's betas) on one batch and a weight step (SGD) on 
 import torch
 import torch.nn.functional as F
 
-from darts_sg.cells import MixedOp
-from darts_sg.genotype import derive_cell
-from darts_sg.ops import SEARCH_SPACES, OpOptions
+from darts_sg.model.cells import MixedOp
+from darts_sg.model.genotype import derive_cell
+from darts_sg.model.ops import SEARCH_SPACES, OpOptions
 
 PRIMITIVES = SEARCH_SPACES["darts"]
 C, STEPS = 4, 30

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from darts_sg.config import SEARCH_PRESETS
+from darts_sg.train.config import SEARCH_PRESETS
 
-from darts_sg.search import run_search
+from darts_sg.jobs.search import run_search
 from test_search_cli import assert_same_run, interrupt_after, smoke_config
 from test_warmup import alphas_at
 

@@ -4,15 +4,15 @@ import json
 
 import torch
 
-from darts_sg.engine import fit
-from darts_sg.genotype import cap_skips, derive_cell, derive_genotype
-from darts_sg.io import load_checkpoint
-from darts_sg.ops import SEARCH_SPACES
-from darts_sg.runs import RunDirectory
-from darts_sg.config import SEARCH_PRESETS, SearchConfig
-from darts_sg.search import SearchJob
-from darts_sg.run_setup import start_run
-from darts_sg.skip_guard import SkipGuard, count_normal_skips
+from darts_sg.train.engine import fit
+from darts_sg.model.genotype import cap_skips, derive_cell, derive_genotype
+from darts_sg.utils.io import load_checkpoint
+from darts_sg.model.ops import SEARCH_SPACES
+from darts_sg.train.rundir import RunDirectory
+from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.jobs.search import SearchJob
+from darts_sg.train.launch import start_run
+from darts_sg.train.skip_guard import SkipGuard, count_normal_skips
 
 PRIMITIVES = SEARCH_SPACES["darts"]
 SKIP, SEP3, DIL3 = PRIMITIVES.index("skip_connect"), PRIMITIVES.index("sep_conv_3x3"), PRIMITIVES.index("dil_conv_3x3")

@@ -23,9 +23,9 @@ import torch
 
 from darts_sg import cli as cli_module
 from darts_sg.cli import FiniteFloatRange, _run_with_clean_errors
-from darts_sg.engine import fit
-from darts_sg.io import atomic_write_text, load_checkpoint, save_checkpoint
-from darts_sg.runs import RunDirectory
+from darts_sg.train.engine import fit
+from darts_sg.utils.io import atomic_write_text, load_checkpoint, save_checkpoint
+from darts_sg.train.rundir import RunDirectory
 
 from fake_job import CountingJob
 
@@ -66,10 +66,10 @@ SMOKE = ["--preset", "smoke", "--no-progress"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, planted_data_root):
     """A finished smoke search run and a finished smoke retraining run, on the planted data."""
-    from darts_sg.config import AUGMENT_PRESETS, AugmentConfig
-    from darts_sg.augment import run_augment
-    from darts_sg.config import SEARCH_PRESETS, SearchConfig
-    from darts_sg.search import run_search
+    from darts_sg.train.config import AUGMENT_PRESETS, AugmentConfig
+    from darts_sg.jobs.augment import run_augment
+    from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+    from darts_sg.jobs.search import run_search
 
     base = tmp_path_factory.mktemp("runs")
     run_search(SearchConfig(**{**SEARCH_PRESETS["smoke"], "data_root": str(planted_data_root)}), base / "search", progress=False)
@@ -120,8 +120,8 @@ def test_float_options_refuse_nan_infinities_and_zero_out_of_range(capsys, tmp_p
 
 @pytest.mark.parametrize("field", ["w_lr", "alpha_lr", "grad_clip", "w_momentum", "sg_ratio"])
 def test_the_python_api_refuses_non_finite_floats_too(field):
-    from darts_sg.errors import UserError
-    from darts_sg.config import SearchConfig
+    from darts_sg.utils.errors import UserError
+    from darts_sg.train.config import SearchConfig
 
     for value in (math.nan, math.inf, -math.inf):
         with pytest.raises(UserError, match=field.replace("_", "-")):
@@ -288,8 +288,8 @@ def test_compare_help_describes_every_preset(capsys):
 
 
 def test_claimed_units_are_reported_as_running_elsewhere(tmp_path):
-    from darts_sg.compare_parallel import claimed_elsewhere, unit_claim
-    from darts_sg.compare_plan import Unit
+    from darts_sg.experiment.parallel import claimed_elsewhere, unit_claim
+    from darts_sg.experiment.plan import Unit
 
     units = [Unit("searched", "darts", 0), Unit("searched", "darts", 1)]
     with unit_claim(tmp_path, units[0]) as claimed:
@@ -336,7 +336,7 @@ def test_a_second_process_on_a_running_run_is_refused_naming_the_holder(capsys, 
 
 KILL_INSIDE_ATOMIC_WRITE = textwrap.dedent("""
     import os, signal, sys
-    import darts_sg.io as io
+    import darts_sg.utils.io as io
     def killed(fd):
         os.kill(os.getpid(), signal.SIGKILL)
     io.os.fsync = killed
@@ -361,7 +361,7 @@ def test_a_kill_inside_atomic_write_leaves_no_temporary_file_after_the_next_star
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_files_honour_the_umask(tmp_path, umask):
-    from darts_sg.io import append_jsonl, file_lock
+    from darts_sg.utils.io import append_jsonl, file_lock
 
     old = os.umask(umask)
     try:
@@ -377,7 +377,7 @@ def test_files_honour_the_umask(tmp_path, umask):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(capsys, tmp_path, runs, monkeypatch):
-    import darts_sg.io
+    import darts_sg.utils.io
 
     run = Path(shutil.copytree(runs / "augment", tmp_path / "run"))
     before = (run / "checkpoint.pt").read_bytes()
@@ -385,8 +385,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(capsys, tmp_path, r
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(darts_sg.io.os, "fsync", no_space)
-    from darts_sg.errors import UserError
+    monkeypatch.setattr(darts_sg.utils.io.os, "fsync", no_space)
+    from darts_sg.utils.errors import UserError
 
     with pytest.raises(UserError, match="No space left on device.*previous version of the file is intact"):
         save_checkpoint(run / "checkpoint.pt", load_checkpoint(run / "checkpoint.pt"))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import darts_sg
-from darts_sg.genotype import load_genotype
-from darts_sg.visualize import alpha_entropy, cell_graph, op_shares, plot_genotype, read_alpha_records
+from darts_sg.model.genotype import load_genotype
+from darts_sg.plots.visualize import alpha_entropy, cell_graph, op_shares, plot_genotype, read_alpha_records
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz dot not installed (scripts/setup.sh installs it)")
@@ -133,7 +133,7 @@ def test_read_alpha_records_keeps_the_latest_line_per_epoch_and_ignores_a_torn_o
 def test_search_logs_pictures_to_tensorboard(tmp_path, data_root, read_hparams):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from darts_sg.search import run_search
+    from darts_sg.jobs.search import run_search
 
     from test_search_cli import smoke_config
 

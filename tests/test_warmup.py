@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from darts_sg.cells import MixedOp
-from darts_sg.io import load_checkpoint
-from darts_sg.layout import is_channels_last
-from darts_sg.network import Supernet
-from darts_sg.ops import OpOptions, SEARCH_SPACES, resolve_space
-from darts_sg.config import SEARCH_PRESETS, SearchConfig
-from darts_sg.search import run_search
+from darts_sg.model.cells import MixedOp
+from darts_sg.utils.io import load_checkpoint
+from darts_sg.speed.layout import is_channels_last
+from darts_sg.model.network import Supernet
+from darts_sg.model.ops import OpOptions, SEARCH_SPACES, resolve_space
+from darts_sg.train.config import SEARCH_PRESETS, SearchConfig
+from darts_sg.jobs.search import run_search
 from test_search_cli import assert_same_run, interrupt_after, run_cli, smoke_config
 
 

@@ -54,7 +54,7 @@ def venv(tmp_path_factory) -> Path:
 def test_wheel_ships_the_genotype_zoo_and_is_the_darts_sg_imported(venv, tmp_path):
     code = (
         "import darts_sg, darts_sg.zoo\n"
-        "from darts_sg.genotype import genotype_dir\n"
+        "from darts_sg.model.genotype import genotype_dir\n"
         "print(darts_sg.__file__); print(genotype_dir())\n"
         "assert darts_sg.load_genotype('darts_v2') == darts_sg.load_genotype('DARTS_V2')\n"
     )

@@ -1,4 +1,4 @@
-"""Wide edges (darts_sg.wide_edges): the edges that read one node run as one wide op, and nothing changes but speed."""
+"""Wide edges (darts_sg.speed.wide_edges): the edges that read one node run as one wide op, and nothing changes but speed."""
 
 import contextlib
 import copy
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import darts_sg
-from darts_sg.accelerate import accelerate, device_policy
-from darts_sg.architect import unrolled_alpha_grads
-from darts_sg.wide_edges import WideCell, stacked_once
+from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.train.architect import unrolled_alpha_grads
+from darts_sg.speed.wide_edges import WideCell, stacked_once
 
 CPU = torch.device("cpu")
 
@@ -161,7 +161,7 @@ def test_stacked_once_reuses_the_stacks_while_the_weights_stay_the_same():
 
 @pytest.mark.parametrize("order", [1, 2])
 def test_a_search_step_with_shared_stacks_is_the_step_without(order):
-    from darts_sg.search import SearchConfig, SearchStep
+    from darts_sg.jobs.search import SearchConfig, SearchStep
 
     steps = []
     for reuse in (True, False):

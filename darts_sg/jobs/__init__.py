@@ -1,0 +1,1 @@
+"""The jobs: search, augment (retraining) and deploy (evaluate, export)."""

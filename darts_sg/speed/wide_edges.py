@@ -1,0 +1,336 @@
+"""Wide edges: all the mixed ops that read one node of a supernet cell, run as one wide op.
+
+On a GPU the supernet's step is bound by the host issuing kernels (~60 forward and ~85 backward
+aten ops per edge, 14 edges per cell), not by the GPU running them. Batch norm is per channel and
+the convolutions of the candidates are depthwise or grouped, so the candidates of every edge that
+reads the same tensor can run side by side on the channel axis, op-major (block b of the wide
+tensor holds candidate b of every edge, edge after edge):
+
+- one ReLU of the input; per dilation, one grouped depthwise convolution over the input repeated
+  once per candidate and edge (a smaller kernel zero-embedded, centred, in the largest one of its
+  dilation: sep 3x3 in 5x5, dil 3x3 in dil 5x5); one grouped 1x1 convolution; one batch norm over
+  all their channels; the same again for the second half of the separable convolutions;
+- the pools run once (their input and configuration are shared), their batch norms as one;
+- the weighted sum of every edge is one multiply-and-reduce over the stacked candidate outputs.
+
+A cell runs its edges grouped by the node they read, as soon as that node exists (s0 and s1 feed
+four edges each, node 0 three, ...): five wide ops per cell instead of fourteen edges. The sums
+into a node keep the plain cell's order, so the result is the plain cell's up to float rounding.
+
+The substitute keeps every module, parameter and buffer where it was (the state-dict keys, old
+checkpoints and the optimizers are untouched): the wide weights are concatenated from the
+modules' own parameters at each call (their gradient split back in one op per kernel size, and,
+inside `stacked_once`, once per step for all its passes), and each batch norm's running statistics become views of
+one wide buffer per stage, which ``F.batch_norm`` updates in place; after ``.to()``, a dtype change
+or ``load_state_dict(assign=True)`` replaced the buffers, the next forward re-homes them. Like
+torch's batch norm with a momentum set, the wide batch norms never read ``num_batches_tracked``,
+so they do not increment it. Ops that do not fit (sandglass and inverted-residual blocks, the
+stride-2 factorized reduce, a computed ``none``) run per edge inside the same wide op; cells with
+partial channels (PC-DARTS), edge scales or a drop path set run as plain cells.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from itertools import groupby
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.cells import Cell, DropPath, MixedOp
+from ..model.ops import DilConv, FactorizedReduce, SepConv, Zero
+
+__all__ = ["WideCell", "SharedStats", "stacked_once"]
+
+
+class SharedStats:
+    """The running statistics of some batch norms (same C, eps, momentum), as views of one wide buffer pair."""
+
+    def __init__(self, bns: list[nn.BatchNorm2d]):
+        self.bns = bns
+        self._buffer_dicts = [bn._buffers for bn in bns]  # a dict look-up each, not nn.Module.__getattr__
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wide (running mean, running var), re-homing the batch norms' buffers first if they moved."""
+        mean, var = self.mean, self.var
+        if mean is None or not all(b["running_mean"]._base is mean and b["running_var"]._base is var for b in self._buffer_dicts):
+            mean, var = self._rehome()
+        return mean, var
+
+    @torch.no_grad()
+    def _rehome(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.mean = torch.cat([bn.running_mean for bn in self.bns])
+        self.var = torch.cat([bn.running_var for bn in self.bns])
+        start = 0
+        for bn in self.bns:
+            end = start + bn.num_features
+            bn.running_mean, bn.running_var = self.mean[start:end], self.var[start:end]  # registered buffers, now views
+            start = end
+        return self.mean, self.var
+
+    def batch_norm(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """All the batch norms at once on `x`, their channels side by side (updating their running statistics)."""
+        mean, var = self.buffers()
+        bn = self.bns[0]
+        return F.batch_norm(x, mean, var, None, None, training, bn.momentum, bn.eps)
+
+
+def _uniform_batch_norms(bns: list[nn.Module]) -> bool:
+    first = bns[0]
+    return all(
+        isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.track_running_stats and bn.momentum is not None
+        and (bn.num_features, bn.eps, bn.momentum) == (first.num_features, first.eps, first.momentum)
+        for bn in bns
+    )  # fmt: skip
+
+
+class _Stage:
+    """One depthwise-pointwise-BN stage of several candidates for all edges of a group (blocks op-major)."""
+
+    def __init__(self, units: list[list[nn.Sequential]], shared_input: bool):
+        # units[b][e]: the DilConv-shaped unit (ReLU, depthwise conv, 1x1 conv, BN) of block b, edge e;
+        # shared_input: every block reads the same tensor (else the input is op-major over the blocks)
+        self.units, self.shared_input = units, shared_input
+        flat = [u for block in units for u in block]
+        dws = [u[1] for u in flat]
+        self.stride = dws[0].stride
+        self.groups_1x1 = len(flat)
+        self.channels = sum(u[1].in_channels for u in flat)
+        self.runs = []  # (dilation, largest kernel, [(kernel, [units])...]) per run of blocks of one dilation
+        for dilation, blocks in groupby(units, key=lambda block: block[0][1].dilation[0]):
+            blocks = list(blocks)
+            kmax = max(block[0][1].kernel_size[0] for block in blocks)
+            by_kernel = [(k, [u for block in same for u in block]) for k, same in groupby(blocks, key=lambda b: b[0][1].kernel_size[0])]
+            self.runs.append((dilation, kmax, by_kernel))
+        self.stats = SharedStats([u[3] for u in flat])
+        self.layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
+        self.reuse = False  # set inside `stacked_once`
+        self.kept: tuple | None = None  # (weights, their versions, grad mode, stacks) while reused
+        self.ok = (
+            all(dw.stride == self.stride and dw.groups == dw.in_channels == dw.out_channels and dw.bias is None for dw in dws)
+            and all(dw.kernel_size[0] == dw.kernel_size[1] and dw.dilation[0] == dw.dilation[1] for dw in dws)
+            and all(dw.padding == (dw.dilation[0] * (dw.kernel_size[0] - 1) // 2,) * 2 for dw in dws)
+            and all(u[2].kernel_size == (1, 1) and u[2].groups == 1 and u[2].bias is None and u[2].stride == (1, 1) for u in flat)
+            and all(u[2].in_channels == u[2].out_channels == dws[0].in_channels for u in flat)
+            and _uniform_batch_norms([u[3] for u in flat])
+        )
+
+    def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """`x`: the stage's input, already op-major over all blocks, or one tensor read by every block."""
+        depthwise = [u[1].weight for _, _, by_kernel in self.runs for _, units in by_kernel for u in units]
+        *depthwise, pointwise = self.stacked([*depthwise, *(u[2].weight for block in self.units for u in block)])
+        widths = [weight.shape[0] for weight in depthwise]
+        if self.shared_input:
+            x = x.repeat(1, sum(widths) // x.shape[1], 1, 1)
+        inputs = x.split(widths, 1) if len(widths) > 1 else (x,)  # its backward: one cat, not a zero-filled copy per slice
+        outs = [
+            F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, weight.shape[0])
+            for (dilation, kmax, _), weight, inp in zip(self.runs, depthwise, inputs)
+        ]
+        h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
+
+    def stacked(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The depthwise stack of each run and the pointwise stack; inside `stacked_once`, the kept ones while the
+        weights are the same parameters at the same version, in the same grad mode."""
+        if not self.reuse:
+            return _StackedWeights.apply(self.layout, *weights)
+        versions, grad = [w._version for w in weights], torch.is_grad_enabled()
+        kept = self.kept
+        if kept is not None and kept[1] == versions and kept[2] == grad and all(a is b for a, b in zip(kept[0], weights)):
+            return kept[3]
+        stacks = _StackedWeights.apply(self.layout, *weights)
+        if all(isinstance(w, nn.Parameter) for w in weights):  # not the tensors of a functional call (second order)
+            self.kept = (weights, versions, grad, stacks)
+        return stacks
+
+
+class _StackedWeights(torch.autograd.Function):
+    """Convolution weights stacked on the output axis, in one op per kernel size each way.
+
+    `layout`: per stacked weight, (its kernel size kmax, [(kernel size k, how many weights)...]);
+    the weights follow, in that order. A k x k kernel is zero-embedded, centred, in kmax x kmax.
+    The gradient of the stack is split back in one op per kernel size (autograd's own ``cat``
+    would take one ``slice`` per weight); the values are the same.
+    """
+
+    @staticmethod
+    def forward(ctx, layout, *weights):
+        ctx.layout = layout
+        stacks, i = [], 0
+        for kmax, groups in layout:
+            parts = []
+            for k, n in groups:
+                w = torch.cat(weights[i : i + n]) if n > 1 else weights[i]
+                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
+                i += n
+            stacks.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+        return tuple(stacks)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        out = [None]
+        for (kmax, groups), grad in zip(ctx.layout, grads):
+            per_group = [n for _, n in groups]
+            rows = grad.shape[0] // sum(per_group)
+            for (k, n), g in zip(groups, grad.split([n * rows for n in per_group]) if len(groups) > 1 else (grad,)):
+                if k < kmax:
+                    pad = (kmax - k) // 2
+                    g = g[:, :, pad : pad + k, pad : pad + k].contiguous()
+                out += g.split(rows) if n > 1 else [g]
+        return tuple(out)
+
+
+class _Group:
+    """The edges of a cell that read one state, and how their candidates run as one wide op."""
+
+    def __init__(self, src: int, edge_ids: list[int], edges: list[MixedOp], n_primitives: int):
+        self.src, self.edge_ids = src, edge_ids
+        E, first = len(edges), edges[0]
+        self.edges = edges
+        kinds = [_kind(op) for op in first.ops]
+        self.ok = all(isinstance(e, MixedOp) and [_kind(op) for op in e.ops] == kinds and e.active == first.active for e in edges)
+        self.ok = self.ok and first.partial_channels == 1 and "none" not in kinds
+        pos = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in ("pool", "skip", "sep", "dil", "other")}
+        self.pools = pos["pool"]
+        self.sep, self.dil = pos["sep"], pos["dil"]
+        self.skip, self.other = pos["skip"], pos["other"]
+        self.pool_stats = SharedStats([e.ops[p][1] for p in self.pools for e in edges]) if self.pools else None
+        if self.pools:
+            self.ok = self.ok and _uniform_batch_norms(self.pool_stats.bns)
+        self.stage1 = self.stage2 = None
+        if self.sep or self.dil:
+            self.stage1 = _Stage([[e.ops[p][0] for e in edges] for p in self.sep] + [[e.ops[p] for e in edges] for p in self.dil], True)
+            self.ok = self.ok and self.stage1.ok
+        if self.sep:
+            self.stage2 = _Stage([[e.ops[p][1] for e in edges] for p in self.sep], False)
+            self.ok = self.ok and self.stage2.ok and self.stage2.stride == (1, 1)
+        # the blocks of the stacked outputs, in order, as positions in the edges' op lists
+        self.order = self.pools + self.skip + self.sep + self.dil + self.other
+        # index of each (block, edge) weight in the cell's flattened (edges x primitives) weights
+        self.weight_index = torch.tensor(
+            [edge_id * n_primitives + first.active[p] for p in self.order for edge_id in edge_ids], dtype=torch.long
+        )
+        self.E = E
+
+    def __call__(self, x: torch.Tensor, weights: torch.Tensor, training: bool) -> torch.Tensor:
+        """The E edges' outputs on `x`, stacked: (N, E, C, H', W'); `weights`: the (block, edge) weights in the order
+        of `weight_index`."""
+        edges, E = self.edges, self.E
+        relu_x = F.relu(x) if self.stage1 is not None else None
+        pieces: list[torch.Tensor] = []
+        if self.pools:
+            pooled = [edges[0].ops[p][0](x) for p in self.pools]  # no parameters: the same for every edge
+            pieces.append(self.pool_stats.batch_norm(_repeated(pooled, E), training))
+        for p in self.skip:
+            pieces += [_repeated([x], E)] if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
+        if self.stage1 is not None:
+            mid = self.stage1(relu_x, training)
+            n_sep = len(self.sep) * E * x.shape[1]
+            sep_mid, dil_mid = mid.split([n_sep, mid.shape[1] - n_sep], 1) if self.sep and self.dil else (mid, mid)
+            if self.sep:
+                pieces.append(self.stage2(F.relu(sep_mid), training))
+            if self.dil:
+                pieces.append(dil_mid)
+        for p in self.other:
+            takes_relu = getattr(edges[0], "takes_relu", None)
+            inp = relu_x if takes_relu is not None and takes_relu[p] else x
+            pieces += [e.ops[p](inp) for e in edges]
+        stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
+        stacked = stacked.unflatten(1, (len(self.order), E, -1))
+        w = weights.view(1, len(self.order), E, 1, 1, 1)
+        return (stacked * w).sum(1)
+
+
+@contextmanager
+def stacked_once(model: nn.Module) -> Iterator[None]:
+    """Inside, each wide stage of `model` stacks its weights once and reuses the stacks while they stay the same
+    parameters at the same version: the forward passes of one step before its optimizer update (the alpha and the
+    weight pass) share them. Nothing is kept after the block, so a CUDA graph captured around it stacks once per replay.
+    """
+    stages = [
+        stage for cell in model.modules() if isinstance(cell, WideCell) and getattr(cell, "_wide_groups", None)
+        for group in cell._wide_groups for stage in (group.stage1, group.stage2) if stage is not None
+    ]  # fmt: skip
+    for stage in stages:
+        stage.reuse = True
+    try:
+        yield
+    finally:
+        for stage in stages:
+            stage.reuse, stage.kept = False, None
+
+
+def _repeated(blocks: list[torch.Tensor], E: int) -> torch.Tensor:
+    """``torch.cat([t for t in blocks for _ in range(E)], 1)``, whose backward sums each block's E copies in one op
+    (a ``cat``'s backward takes a slice per copy and an add per repeat)."""
+    if E == 1:
+        return torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]
+    if len(blocks) == 1:
+        return blocks[0].repeat(1, E, 1, 1)
+    return torch.stack(blocks, 1).repeat(1, 1, E, 1, 1).flatten(1, 2)
+
+
+def _kind(op: nn.Module) -> str:
+    if isinstance(op, nn.Sequential) and len(op) == 2 and type(op[0]) in (nn.MaxPool2d, nn.AvgPool2d):
+        return "pool"
+    if isinstance(op, (nn.Identity, FactorizedReduce)):
+        return "skip"
+    if type(op) is SepConv:
+        return "sep"
+    if type(op) is DilConv:
+        return "dil"
+    if isinstance(op, Zero):
+        return "none"
+    return "other"
+
+
+class WideCell(Cell):
+    """``Cell`` whose mixed-op edges run grouped by the state they read, as wide ops (module docstring).
+
+    Made from a built supernet ``Cell`` by ``darts_sg.speed.accelerate`` (a new module holding the plain
+    cell's children, then `widen` plans the groups): the very same modules, parameters and buffers.
+    """
+
+    def widen(self) -> "WideCell":
+        """Plan the wide ops; a cell that does not fit (partial channels, other edge modules) stays plain."""
+        self._wide_groups: list[_Group] | None = None
+        edges = list(self.edges)
+        if not edges or not all(isinstance(e, MixedOp) for e in edges) or len({len(e.ops) for e in edges}) != 1:
+            return self
+        n_primitives = max(max(e.active) for e in edges) + 1
+        groups = []
+        for src in sorted({src for _, src in self.edge_list}):
+            ids = [k for k, (_, s) in enumerate(self.edge_list) if s == src]
+            group = _Group(src, ids, [edges[k] for k in ids], n_primitives)
+            if not group.ok:
+                return self
+            groups.append(group)
+        self._wide_groups = groups
+        # every group's weights gathered at once: one index_select (and one index_add back) per cell
+        self.register_buffer("_wide_index", torch.cat([g.weight_index for g in groups]), persistent=False)
+        self._wide_sizes = [len(g.weight_index) for g in groups]
+        return self
+
+    def forward(self, s0, s1, edge_weights=None, edge_scales=None):
+        groups = getattr(self, "_wide_groups", None)
+        if groups is None or edge_weights is None or edge_scales is not None or any(
+            isinstance(d, DropPath) and d.p > 0 and self.training for d in self.drop_paths
+        ):
+            return super().forward(s0, s1, edge_weights, edge_scales)
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        node_sums: list[torch.Tensor | None] = [None] * self.steps
+        group_weights = edge_weights.view(-1).index_select(0, self._wide_index).split(self._wide_sizes)
+        for group, weights in zip(groups, group_weights):
+            while len(states) <= group.src:  # every edge into that node has run (groups go by ascending source)
+                states.append(node_sums[len(states) - 2])
+            outs = group(states[group.src], weights, self.training).unbind(1)
+            for k, h in zip(group.edge_ids, outs):
+                node = self.edge_list[k][0]
+                node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
+        states.extend(node_sums[len(states) - 2 :])
+        return torch.cat([states[i] for i in self.concat], dim=1)
