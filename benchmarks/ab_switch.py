@@ -7,7 +7,7 @@ Builds the same model twice under the CPU policy (`darts_sg.speed.accelerate.dev
 the switch on and once off, and times their training steps in turns after a warm-up step each,
 so that drifts of the machine's speed hit both alike. With --genotype: a retraining step of that
 genotype (default: the `medium` comparison's scale, C=16, 8 cells, batch 96, auxiliary head);
-otherwise a first-order search step of --space at the DARTS settings (bench_steps.build_step).
+otherwise a first-order search step of --space at the DARTS settings (steps.build_step).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from darts_sg.speed.accelerate import Acceleration, accelerate, device_policy
 from darts_sg.utils.allocator import loaded_allocator, relaunch_with_tcmalloc
 from darts_sg.model.genotype import load_genotype
 
-from bench_steps import DEFAULTS, build_step, cpu_line
+from bench_steps import DEFAULTS, cpu_line
+from steps import build_step
 
 
 def retrain_step(genotype: str, policy: Acceleration, C: int, layers: int, batch: int):

@@ -2,7 +2,7 @@
 
 On a GPU a step of this network is bound by the host issuing kernels, not by the GPU running
 them, so the number of ops per step is the proxy for GPU time that any CPU can count. The count
-runs the step built like ``bench_steps.build_step`` (the jobs' step, its own optimizers) on the
+runs the step built like ``steps.build_step`` (the jobs' step, its own optimizers) on the
 CPU at C=16, 8 cells, batch 2, with the switches of ``device_policy("cuda")`` or
 ``device_policy("cpu")``, after one warm step, under a ``TorchDispatchMode`` that counts every aten
 op the step dispatches (forward, backward and optimizer). Per edge: one normal cell of the darts
@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_steps import build_step  # noqa: E402
+from steps import build_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ otherwise idle machine (pause a running comparison with kill -STOP).
     python benchmarks/bench_parallel_units.py --genotype results/compare-medium/search/invres-s0/genotype.json --spaces sgblock
 
 On a GPU (`darts-sg compare --units-per-gpu K`): K search units at the DARTS settings (C=16, 8 cells,
-batch 64, the device's policy, fp32; bench_steps.build_step) on one GPU at once, for K = 1, 2, 4.
+batch 64, the device's policy, fp32; steps.build_step) on one GPU at once, for K = 1, 2, 4.
 Each process builds its step and warms up, then all start together and step for --seconds;
 prints images/s of each unit and of all together, against one unit alone, and the peak memory
 of each. About 90 s in all on one GPU (--budget stops it there, printing what it measured):
@@ -79,7 +79,7 @@ def _results(procs: list[subprocess.Popen], what: str) -> list[dict]:
 def gpu_worker(kind: str, space: str, seconds: float, warmup: int) -> None:
     """One unit on the GPU: build and warm up, say `ready`, wait for `go` on stdin, step for `seconds`; print JSON."""
     torch.manual_seed(0)
-    from bench_steps import build_step
+    from steps import build_step
 
     step, images = build_step(kind, {"amp": "off", "compile": False}, space, device="cuda")
     for _ in range(warmup):  # cudnn.benchmark picks its algorithms here

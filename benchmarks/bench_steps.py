@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from darts_sg.utils.allocator import ALLOCATOR_ENV, relaunch_with_tcmalloc
+from steps import build_step  # noqa: E402 (this folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,88 +163,6 @@ def median_step_seconds(step, steps: int, sync=lambda: None) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
-
-
-def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None, device: str = "cpu"):
-    """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step).
-
-    On the CPU every speed switch comes from `opts`; on CUDA the device's policy, with `opts`'
-    amp and compile.
-    """
-    import dataclasses
-
-    import torch
-
-    import darts_sg
-    from darts_sg.speed.accelerate import Acceleration, accelerate, device_policy
-    from darts_sg.train.engine import weight_step
-    from darts_sg.speed.precision import autocast, grad_scaler
-
-    device = torch.device(device)
-    if device.type == "cpu":
-        # every switch the row does not name is off (rows written before a switch existed ran without it)
-        switches = {f.name: opts.get(f.name, False) for f in dataclasses.fields(Acceleration)}
-        acceleration = Acceleration(**{**switches, "amp": opts["amp"], "cudnn_benchmark": False})
-        foreach, skip_none = opts["foreach"], opts["skip_none"]  # foreach None: the options of opts["optimizer_device"]
-    else:
-        acceleration = dataclasses.replace(
-            device_policy(device.type), amp=opts["amp"], compile=opts["compile"], cuda_graphs=opts.get("graphs", False)
-        )
-        foreach, skip_none = None, True  # torch's default optimizers; `none` never built, as in the jobs
-    memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
-    w_scaler = grad_scaler(device, acceleration.amp)
-
-    def batch(size):
-        x = torch.randn(size, 3, 32, 32).contiguous(memory_format=memory_format)
-        return x.to(device), torch.randint(0, 10, (size,)).to(device)
-
-    if kind.startswith("search"):
-        from darts_sg.train.config import SearchConfig
-        from darts_sg.jobs.search import SearchStep
-
-        images = batch_size or 64
-        model = darts_sg.build_supernet(
-            space, C=16, layers=8, num_classes=10, partial_channels=opts.get("partial_channels", 1), skip_none=skip_none,
-        )  # fmt: skip
-        model = accelerate(model, device, acceleration)
-        config = SearchConfig(order=2 if kind == "search-so" else 1, grad_clip=5.0)  # the DARTS settings
-        search_step = SearchStep(model, config, device, acceleration, foreach=foreach, optimizer_device=opts.get("optimizer_device"))
-        train, val = batch(images), batch(images)
-
-        def step():
-            search_step(train, val)
-
-        return step, images
-    images = batch_size or 96
-    from darts_sg.speed.cuda_graphs import GraphedStep, device_learning_rates
-    from darts_sg.speed.fused_optim import optimizer_kwargs
-
-    model = darts_sg.build_network("darts_v2", C=36, layers=20, num_classes=10, auxiliary=True)
-    model = accelerate(model, device, acceleration)
-    model.drop_path_prob = 0.2
-    model.train()
-    graphs = acceleration.cuda_graphs and device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4,
-                          **(optimizer_kwargs("sgd", opts.get("optimizer_device") or device, graphs) if graphs or foreach is None else {"foreach": foreach}))  # fmt: skip
-    if graphs:
-        device_learning_rates(opt, device)
-    data = batch(images)
-
-    def loss_fn(output, y):
-        logits, aux = output
-        return torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
-
-    def eager_step(x, y):
-        with autocast(device, acceleration.amp):
-            loss, _, _ = weight_step(model.forward_with_aux, opt, (x, y), 5.0, loss_fn, w_scaler)
-        return {"loss": loss}
-
-    graphed = GraphedStep(eager_step) if graphs else None
-
-    def step():
-        eager_step(*data) if graphed is None else graphed(model.drop_path_prob, *data)
-
-    return step, images
 
 
 def _step_gflop(kind: str, opts: dict, space: str, images: int, probe_batch: int = 8) -> float:

@@ -1,7 +1,7 @@
 """Step time of two commits side by side: does a change make a step faster?
 
 Checks both commits out as temporary git worktrees and times the same step (each commit's own
-`bench_steps.build_step` at its defaults) alternately in fresh processes, so that drifts of the
+`steps.build_step` at its defaults) alternately in fresh processes, so that drifts of the
 machine's speed hit both alike; prints each commit's times and the ratio of medians.
 
     python benchmarks/compare_commits.py e693450 HEAD --kind search-fo --batch-size 32
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TIME_ONE = """
 import sys, time, torch
 sys.path.insert(0, {bench!r})
-from bench_steps import DEFAULTS, build_step
+from bench_steps import DEFAULTS
+from steps import build_step
 torch.set_num_threads(2); torch.manual_seed(0)
 step, _ = build_step({kind!r}, DEFAULTS, {space!r}, batch_size={batch})
 step()

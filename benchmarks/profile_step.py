@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from bench_steps import DEFAULTS, build_step
+from bench_steps import DEFAULTS
+from steps import build_step
 
 
 def conv_flop_shares(step) -> dict[str, float]:

@@ -290,8 +290,7 @@ def _fit(job_kind, tmp_path, data_root, graphs, epochs=3, same_optimizers_eager=
     assert acceleration.cuda_graphs == graphs
     job = make(config, run, device, rank, world, acceleration)
     if same_optimizers_eager:
-        job_step = job.step if job_kind == "search" else job
-        job_step.graphed = None
+        job.step.graphed = None
     records = fit(job, run, config.epochs, resume=resume, progress=False)
     return job, records
 
@@ -323,7 +322,7 @@ def test_graphed_retraining_replays_the_eager_steps_with_drop_path(tmp_path, pla
     """One graph per epoch's drop-path probability; the masks come from torch's generator, as eagerly."""
     graphed = _fit("augment", tmp_path, planted_data_root, True, name="graphed")
     eager = _fit("augment", tmp_path, planted_data_root, True, same_optimizers_eager=True, name="eager")
-    steps = graphed[0].graphed  # 5 steps an epoch: 3 eager + capture + replay, then one eager step and a capture per new p
+    steps = graphed[0].step.graphed  # 5 steps an epoch: 3 eager + capture + replay, then one eager step and a capture per new p
     assert (steps.captures, steps.replays) == (3, 2 + 4 + 4)
     assert [r["drop_path_prob"] for r in graphed[1]] == pytest.approx([0.0, 0.1, 0.2])
     _assert_runs_agree(eager, graphed, rtol=1e-5, atol=1e-6)

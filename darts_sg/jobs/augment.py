@@ -30,7 +30,7 @@ from ..speed.precision import autocast, grad_scaler, load_scaler_state
 from ..train.launch import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from ..train.rundir import RunDirectory, RunError
 
-__all__ = ["AugmentJob", "run_augment"]
+__all__ = ["AugmentJob", "AugmentStep", "run_augment"]
 
 
 class AugmentJob:
@@ -61,17 +61,9 @@ class AugmentJob:
         torch.manual_seed(config.seed)
         network = self._network(num_classes)
         self.model = accelerate(network, device, self.acceleration)
-        graphs = self.acceleration.cuda_graphs
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            **optimizer_kwargs("sgd", device, graphs),
-        )  # fmt: skip
-        if graphs:
-            device_learning_rates(self.optimizer, device)
-        self.scaler = grad_scaler(device, self.acceleration.amp)
-        # the drop-path probability is a constant of the captured step: one graph per epoch's value
-        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
-        self.eval_sums = graphed_batch_sums(self.model, log) if graphs else None
+        self.step = AugmentStep(self.model, config, device, self.acceleration)
+        self.optimizer, self.scaler = self.step.optimizer, self.step.scaler
+        self.eval_sums = graphed_batch_sums(self.model, log) if self.step.graphed is not None else None
         if config.lr_decay:
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config.lr_decay)
         else:
@@ -129,28 +121,9 @@ class AugmentJob:
         self.model.train()
         self.model.drop_path_prob = self.config.drop_path * epoch / self.config.epochs
 
-    def _loss(self, output, y):
-        logits, logits_aux = output
-        smoothing = self.config.label_smoothing
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        if logits_aux is not None:
-            loss = loss + self.config.auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=smoothing)
-        return loss
-
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         x, y = batch
-        stats = self.eager_step(x, y) if self.graphed is None else self.graphed(self.model.drop_path_prob, x, y)
-        return {**stats, "count": torch.tensor(y.numel())}
-
-    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One training step on the autograd tape (what a CUDA graph captures); its statistics as device tensors."""
-        with autocast(self.device, self.acceleration.amp):
-            loss, output, skipped = weight_step(
-                self.model.forward_with_aux, self.optimizer, (x, y), self.config.grad_clip, self._loss, self.scaler
-            )
-        acc = (output[0].argmax(1) == y).float().mean()
-        counts = {"skipped_weight_steps": skipped} if self.scaler.is_enabled() else {}  # fp16 only
-        return {"loss": loss, "acc": acc, **counts}
+        return {**self.step(x, y), "count": torch.tensor(y.numel())}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -179,6 +152,54 @@ class AugmentJob:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         load_scaler_state(self.scaler, state.get("scaler"))
+
+
+class AugmentStep:
+    """One step of retraining, as the job and the benchmarks run it.
+
+    SGD on the loss of the network and its auxiliary head (with label smoothing), the fp16 loss
+    scaler, and the step's statistics as device tensors. With ``acceleration.cuda_graphs`` the
+    step is captured as a CUDA graph and replayed (``darts_sg.speed.cuda_graphs``), one graph per
+    drop-path probability (a constant of the captured step): its optimizer is then capturable and
+    its learning rate a device tensor.
+    """
+
+    def __init__(self, model: Network, config: AugmentConfig, device: torch.device, acceleration: Acceleration,
+                 foreach: bool | None = None, optimizer_device: str | None = None):  # fmt: skip
+        """`foreach`: torch's foreach switch for the optimizer instead of the device's options; `optimizer_device`:
+        the device whose options to take (default `device`; the benchmarks count a CUDA step's ops on the CPU)."""
+        self.model, self.config, self.device, self.amp = model, config, device, acceleration.amp
+        graphs = acceleration.cuda_graphs and device.type == "cuda"
+        options = {"foreach": foreach} if foreach is not None and not graphs else optimizer_kwargs("sgd", optimizer_device or device, graphs)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **options
+        )  # fmt: skip
+        if graphs:
+            device_learning_rates(self.optimizer, device)
+        self.scaler = grad_scaler(device, self.amp)
+        self.graphed = GraphedStep(self.eager_step, log=log) if graphs else None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.eager_step(x, y) if self.graphed is None else self.graphed(self.model.drop_path_prob, x, y)
+
+    def loss(self, output, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the network, plus the auxiliary head's times its weight."""
+        logits, logits_aux = output
+        smoothing = self.config.label_smoothing
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        if logits_aux is not None:
+            loss = loss + self.config.auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=smoothing)
+        return loss
+
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training step on the autograd tape (what a CUDA graph captures); its statistics as device tensors."""
+        with autocast(self.device, self.amp):
+            loss, output, skipped = weight_step(
+                self.model.forward_with_aux, self.optimizer, (x, y), self.config.grad_clip, self.loss, self.scaler
+            )
+        acc = (output[0].argmax(1) == y).float().mean()
+        counts = {"skipped_weight_steps": skipped} if self.scaler.is_enabled() else {}  # fp16 only
+        return {"loss": loss, "acc": acc, **counts}
 
 
 def run_augment(
