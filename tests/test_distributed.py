@@ -51,6 +51,22 @@ def test_two_processes_match_one_and_agree_on_alphas(tmp_path, data_root):
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_second_order_search_under_torchrun_keeps_the_ranks_in_step(tmp_path, data_root):
+    """The unrolled step under 2 processes: every rank ends with the same alphas, close to one process's."""
+    from darts_sg.jobs.search import run_search
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = torchrun("search.py", *ARGS, "--order", "2", "--data-root", str(data_root), "--out", str(two))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["alphas_identical_across_ranks"] for m in metrics)
+    run_search(smoke_config(data_root, subset=128, batch_size=32, epochs=1, order=2), one, progress=False)
+    alphas_two = load_checkpoint(two / "checkpoint.pt")["job"]["model"]
+    alphas_one = load_checkpoint(one / "checkpoint.pt")["job"]["model"]
+    for key in ("alpha_normal", "alpha_reduce"):  # batch-norm statistics per process, as in the first-order test
+        assert (alphas_two[key] - alphas_one[key]).abs().max() < 2e-3
+
+
 def test_a_dying_rank_stops_the_job(tmp_path, data_root):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "search.py", *ARGS,
            "--epochs", "20", "--data-root", str(data_root), "--out", str(tmp_path / "r")]  # fmt: skip
