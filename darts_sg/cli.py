@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import click
 
-from .speed.accelerate import FLAGS, device_policy
-from .train.config import AUGMENT_PRESETS, DATASET_SETTINGS, MAX_SEED, SEARCH_PRESETS, AugmentConfig, SearchConfig
-from .model.genotype import MAX_NODES
 from .jobs.augment import run_augment
+from .jobs.search import run_search
+from .model.genotype import MAX_NODES
+from .speed.accelerate import FLAGS, device_policy
+from .speed.precision import AMP_MODES
+from .train.config import AUGMENT_PRESETS, DATASET_SETTINGS, MAX_SEED, SEARCH_PRESETS, AugmentConfig, SearchConfig
 from .utils.distributed import leave_process_group
 from .utils.errors import UserError
-from .speed.precision import AMP_MODES
-from .jobs.search import run_search
 
 PRESET_HELP = "Settings bundle: paper (published settings), quick (~15-20 min on a 2-core CPU), smoke (seconds)."
 SEARCH_PRESET_HELP = PRESET_HELP[:-1] + ", pc-darts (PC-DARTS, Xu et al. ICLR 2020: K=4, batch 256, w lr 0.1, alpha lr 6e-4, 15 warm-up epochs)."

@@ -24,18 +24,18 @@ from .plan import (
     COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, augment_settings,
     units_of,
 )  # fmt: skip
-from .parallel import claim_holder, report_lock, run_in_parallel, this_process, unit_claim, visible_gpus, worker_gpus
-from .report import unit_row, write_report
-from ..train.config import AugmentConfig, SearchConfig
-from ..utils.distributed import from_main, init_from_environment, is_main_process
-from ..utils.errors import UserError
+from ..jobs.augment import run_augment
+from ..jobs.search import run_search
 from ..model.genotype import load_genotype, random_genotype
-from ..utils.io import atomic_write_text
 from ..model.ops import resolve_space
+from ..train.config import AugmentConfig, SearchConfig
 from ..train.launch import RUNTIME_KEYS
 from ..train.rundir import RunDirectory
-from ..jobs.search import run_search
-from ..jobs.augment import run_augment
+from ..utils.distributed import from_main, init_from_environment, is_main_process
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_text
+from .parallel import claim_holder, report_lock, run_in_parallel, this_process, unit_claim, visible_gpus, worker_gpus
+from .report import unit_row, write_report
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "find_unit", "parse_overrides", "prepare_experiment", "run_compare",
            "run_named_unit", "run_unit", "run_units", "search_settings", "augment_settings", "unit_states", "units_of",

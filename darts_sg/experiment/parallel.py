@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .plan import CompareSpec, Unit
 from ..utils.errors import UserError
 from ..utils.io import file_lock as _file_lock, lock_held
+from .plan import CompareSpec, Unit
 
 __all__ = ["claim_holder", "claimed_elsewhere", "report_lock", "run_in_parallel", "unit_claim", "visible_gpus", "worker_gpus"]
 

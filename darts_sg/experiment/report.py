@@ -17,13 +17,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .plan import CompareSpec, Unit, augment_settings, genotype_path, search_settings, units_of
+from ..model.genotype import Genotype, load_genotype
+from ..model.ops import resolve_space
 from ..train.config import AugmentConfig, SearchConfig
 from ..train.cost import COST_UNITS
-from ..model.genotype import Genotype, load_genotype
-from ..utils.io import atomic_write_bytes, atomic_write_text, up_to_date
-from ..model.ops import resolve_space
 from ..train.rundir import RunDirectory
+from ..utils.io import atomic_write_bytes, atomic_write_text, up_to_date
+from .plan import CompareSpec, Unit, augment_settings, genotype_path, search_settings, units_of
 
 __all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
            "render_markdown", "pareto_front", "accuracy_vs_cost_png"]  # fmt: skip

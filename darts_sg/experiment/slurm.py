@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_text
 from .compare import prepare_experiment, run_named_unit, unit_states, write_current_report
 from .parallel import report_lock
 from .plan import CompareSpec
-from ..utils.errors import UserError
-from ..utils.io import atomic_write_text
 
 __all__ = ["LaunchOptions", "parse_time", "run_unit_job", "submit_units", "wait_for_units"]
 

@@ -12,23 +12,23 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..speed.accelerate import Acceleration, accelerate, resolve_acceleration
-from ..speed.cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
-from ..train.config import AugmentConfig
-from ..train.data import DATASETS, BatchLoader, DataAugmentation, load_cifar
-from ..utils.distributed import is_main_process
-from ..train.engine import evaluate, graphed_batch_sums, restore, weight_step
-from ..utils.errors import UserError
-from ..model.measure import cpu_latency_ms, flops_per_image
-from ..speed.fused_optim import optimizer_kwargs
 from ..model.genotype import load_genotype
-from ..train.hparams import log_hparams
-from ..utils.io import atomic_write_bytes, atomic_write_text
+from ..model.measure import cpu_latency_ms, flops_per_image
 from ..model.network import Network, count_params
 from ..model.ops import resolve_space
+from ..speed.accelerate import Acceleration, accelerate, resolve_acceleration
+from ..speed.cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
+from ..speed.fused_optim import optimizer_kwargs
 from ..speed.precision import autocast, grad_scaler, load_scaler_state
+from ..train.config import AugmentConfig
+from ..train.data import DATASETS, BatchLoader, DataAugmentation, load_cifar
+from ..train.engine import evaluate, graphed_batch_sums, restore, weight_step
+from ..train.hparams import log_hparams
 from ..train.launch import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from ..train.rundir import RunDirectory, RunError
+from ..utils.distributed import is_main_process
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["AugmentJob", "AugmentStep", "run_augment"]
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..train.data import CIFAR_MEAN, CIFAR_STD, BatchLoader, load_cifar10
-from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_text, load_checkpoint, make_parent, read_json
-from ..train.rundir import check_output
+from ..model.measure import cpu_latency_ms
 from ..model.network import Network, count_params
 from ..train.config import AugmentConfig
-from ..model.measure import cpu_latency_ms
+from ..train.data import CIFAR_MEAN, CIFAR_STD, BatchLoader, load_cifar10
+from ..train.rundir import check_output
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_bytes, atomic_write_text, load_checkpoint, make_parent, read_json
 
 __all__ = ["CIFAR10_CLASSES", "EXPORT_FORMATS", "load_trained", "evaluate_network", "export_network"]
 

@@ -7,26 +7,26 @@ from typing import Any, Iterator
 
 import torch
 
+from ..model.genotype import Genotype
+from ..model.network import Supernet, count_params
+from ..model.ops import resolve_space
 from ..speed.accelerate import Acceleration, accelerate, resolve_acceleration
+from ..speed.cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
+from ..speed.fused_optim import optimizer_kwargs
+from ..speed.precision import autocast, grad_scaler, load_scaler_state
+from ..speed.wide_edges import stacked_once
 from ..train.architect import Architect, frozen
 from ..train.config import SearchConfig
 from ..train.cost import COST_UNITS, CostPenalty, CostTable, fit_budget, genotype_cost
-from ..speed.cuda_graphs import GraphedStep, device_learning_rates, load_optimizer_state
 from ..train.data import DATASETS, BatchLoader, DataAugmentation, load_cifar
-from ..utils.distributed import from_main, identical_across_ranks, is_main_process
 from ..train.engine import evaluate, graphed_batch_sums, restore, weight_step
-from ..speed.fused_optim import optimizer_kwargs
-from ..model.genotype import Genotype
 from ..train.hparams import log_hparams
-from ..train.skip_guard import SkipGuard, count_normal_skips
-from ..speed.wide_edges import stacked_once
-from ..utils.io import append_jsonl
 from ..train.latency import LatencyMeter
-from ..model.network import Supernet, count_params
-from ..model.ops import resolve_space
-from ..speed.precision import autocast, grad_scaler, load_scaler_state
 from ..train.launch import building, fit_run, launched_as_main, log, log_memory, prepare_run, record_run, resume_config
 from ..train.rundir import RunDirectory, RunError
+from ..train.skip_guard import SkipGuard, count_normal_skips
+from ..utils.distributed import from_main, identical_across_ranks, is_main_process
+from ..utils.io import append_jsonl
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

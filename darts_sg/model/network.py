@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cells import Cell, DropPath, MixedOp
 from ..utils.errors import UserError
+from .cells import Cell, DropPath, MixedOp
 from .genotype import Genotype, derive_genotype
 from .ops import OpOptions, build_op, resolve_space
 from .recompute import recomputed_call

@@ -16,10 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..utils.errors import UserError
-from .figures import alpha_heatmap_figure, alpha_trajectories_figure, save_figure
 from ..model.genotype import Genotype
+from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_text, make_parent, up_to_date
+from .figures import alpha_heatmap_figure, alpha_trajectories_figure, save_figure
 
 __all__ = ["cell_graph", "plot_genotype", "plot_search_run", "alpha_figures", "log_search_epoch", "read_alpha_records", "dot_available", "op_shares", "alpha_entropy"]
 

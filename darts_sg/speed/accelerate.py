@@ -53,15 +53,15 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
 from ..model.cells import Cell, MixedOp
-from .cuda_graphs import graph_blocker
+from ..model.network import CellNetwork
+from ..model.ops import FactorizedReduce, InvertedResidual, SandGlass
 from ..utils.distributed import world
+from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
+from .cuda_graphs import graph_blocker
 from .fused_mixed_op import FusedMixedOp
 from .layout import LayoutKeepingFactorizedReduce, LayoutKeepingGlobalPool
-from ..model.network import CellNetwork
 from .norm_act_conv import LeanSequential
-from ..model.ops import FactorizedReduce, InvertedResidual, SandGlass
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 from .precision import check_amp
 from .relu6 import LeanReLU6

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..utils.distributed import average_gradients
-from ..utils.errors import UserError
 from ..model.network import Supernet
 from ..speed.precision import NO_SCALING, scaler_step
+from ..utils.distributed import average_gradients
+from ..utils.errors import UserError
 
 __all__ = ["Architect", "exact_fp32", "finite_difference_hvp", "frozen", "unrolled_alpha_grads"]
 

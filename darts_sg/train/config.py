@@ -7,12 +7,12 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from .cost import COST_KINDS, COST_UNITS
-from .data import DATASETS
-from ..utils.errors import UserError
 from ..model.genotype import MAX_NODES
 from ..model.ops import OpOptions, resolve_space
 from ..speed.precision import AMP_MODES
+from ..utils.errors import UserError
+from .cost import COST_KINDS, COST_UNITS
+from .data import DATASETS
 
 __all__ = [
     "RunConfig", "MAX_INIT_CHANNELS", "MAX_SEED", "SearchConfig", "SEARCH_PRESETS", "AugmentConfig", "AUGMENT_PRESETS",

@@ -33,12 +33,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..utils.errors import UserError
-from ..model.measure import flop_counter
 from ..model.genotype import SKIP, Genotype
-from .latency import LatencyMeter
+from ..model.measure import flop_counter
 from ..model.network import Network, count_params, reduction_layers
 from ..model.ops import OpOptions, build_op
+from ..utils.errors import UserError
+from .latency import LatencyMeter
 
 __all__ = ["COST_KINDS", "COST_UNITS", "CostPenalty", "CostTable", "fit_budget", "genotype_cost"]
 

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ..speed.cuda_graphs import GraphedStep
+from ..speed.precision import NO_SCALING, scaler_step
 from ..utils.distributed import StopVote, average_gradients, is_main_process
 from ..utils.io import append_jsonl, load_checkpoint, save_checkpoint
-from ..speed.precision import NO_SCALING, scaler_step
+from .process import machine_name
 from .progress import Progress, epoch_line
 from .rundir import RunDirectory, RunError
-from .process import machine_name
 
 __all__ = ["Job", "fit", "restore", "Interrupted", "NonFiniteLoss", "batch_sums", "evaluate", "graphed_batch_sums", "set_grads", "weight_step"]
 

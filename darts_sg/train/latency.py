@@ -23,11 +23,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..utils.errors import UserError
 from ..model.genotype import Genotype
-from ..utils.io import atomic_write_text, read_json
 from ..model.network import Network
 from ..model.ops import OpOptions, build_op
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_text, read_json
 
 __all__ = ["LatencyMeter", "device_record"]
 

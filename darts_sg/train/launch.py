@@ -12,11 +12,11 @@ import torch
 from ..speed.accelerate import FLAGS, Acceleration, resolve_acceleration
 from ..utils.allocator import allocator_note, loaded_allocator
 from ..utils.distributed import is_main_process
+from ..utils.errors import UserError
 from .engine import fit
 from .memory import memory_report
-from ..utils.errors import UserError
-from .rundir import JOB_KEY, RunDirectory, RunError
 from .process import configure_process, resolve_device
+from .rundir import JOB_KEY, RunDirectory, RunError
 
 __all__ = [
     "RUNTIME_KEYS", "building", "fit_run", "launched_as_main", "log", "log_memory", "open_writer", "prepare_run", "record_run",
