@@ -1,6 +1,7 @@
 """The augment job: retraining a genotype's network from scratch (DARTS calls it "augment").
 
-Configuration, presets, the job run by the engine, and the model's costs (FLOPs, CPU latency).
+The job run by the engine (`AugmentJob`), its training step (`AugmentStep`) and `run_augment`; the
+settings and presets live in ``darts_sg.train.config``, FLOPs and latency in ``darts_sg.model.measure``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Architecture search: configuration, presets, and the search job run by the engine."""
+"""Architecture search: the job run by the engine (`SearchJob`), its bilevel step (`SearchStep`) and
+`run_search`; the settings and presets live in ``darts_sg.train.config``."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ flag                      plain module -> substitute                      where 
                           `PolyphaseDilatedConv2d`
 ``fast_batchnorm``        ``nn.BatchNorm2d`` -> `WideBatchNorm2d`         CPU, channels-last, C % 16
 ``keep_layout``           ``FactorizedReduce``, global pooling ->         CPU, channels-last
-                          layout-keeping gradients (``darts_sg.speed.layout``)
-``uncounted_batchnorm``   ``nn.BatchNorm2d`` with a momentum ->             CUDA (one op less per batch
+                          layout-keeping gradients (``layout``)
+``uncounted_batchnorm``   ``nn.BatchNorm2d`` with a momentum ->           CUDA (one op less per batch
                           `UncountedBatchNorm2d` (no batch counter)       norm: launch-bound steps)
 ``share_relu``            ``MixedOp`` -> `FusedMixedOp` (one ReLU/edge)   any device (less memory)
 ``fused_sum``             ``MixedOp`` -> `FusedMixedOp` (in-place sum)    any device (less memory)
@@ -27,16 +27,16 @@ flag                      plain module -> substitute                      where 
 ``lean_blocks``           the bodies of ``SandGlass`` and                 CPU (less memory); CUDA
                           ``InvertedResidual`` -> `LeanSequential`        untested, off there
                           (BN-ReLU6-conv keeps only the BN's input)
-``wide_edges``            supernet ``Cell`` -> `WideCell`: the edges that     CUDA (launch-bound); CPU:
+``wide_edges``            supernet ``Cell`` -> `WideCell`: the edges that CUDA (launch-bound); CPU:
                           read one node run as one wide op                see the README
-                          (``darts_sg.speed.wide_edges``)
+                          (``wide_edges``)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
 ``compile``               each cell -> ``torch.compile``'d in place       off until a benchmark shows
                           (regional: cells of one shape share the code)   it pays (not bit-exact)
 ``cuda_graphs``           the whole training step captured as a CUDA      CUDA (one launch per step;
-                          graph and replayed (``darts_sg.speed.cuda_graphs``)   not with fp16, torchrun
+                          graph and replayed (``cuda_graphs``)            not with fp16, torchrun
                                                                           or compile)
 ========================  ==============================================  ==========================
 
