@@ -253,7 +253,7 @@ def plot(genotype, output, fmt) -> None:
 
 
 def _scale_defaults(key: str) -> str:
-    """`(when not given: ...)` with each comparison scale's own value of `key` (compare_plan.COMPARE_SCALES)."""
+    """`(when not given: ...)` with each comparison scale's own value of `key` (experiment.plan.COMPARE_SCALES)."""
     from .experiment.plan import COMPARE_SCALES, CompareSpec
 
     values = {name: getattr(CompareSpec.for_preset(name), key) for name in COMPARE_SCALES}

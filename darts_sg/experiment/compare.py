@@ -1,14 +1,14 @@
-"""Running the search-space comparison (see compare_plan.py for its units and scales).
+"""Running the search-space comparison (see plan.py for its units and scales).
 
 Units run in an interleaved order (the references, then seed 0 of every space, random genotype 0
 of every space, seed 1, ...) so that a partly finished experiment is balanced. The experiment
 resumes unit by unit: finished units are skipped, an interrupted run continues from its
 checkpoint, and a run folder left without a checkpoint (a copy of committed results) starts
-again. The report (compare_report.py) is rebuilt from whatever has finished after every unit.
+again. The report (report.py) is rebuilt from whatever has finished after every unit.
 
 Any scheduler can run the units one by one: `unit_states` lists them (done, running or waiting) and
 `run_named_unit` runs one of them, under torchrun or a multi-task Slurm job as well (rank 0 claims
-the unit and decides what to resume; every process trains). `compare_slurm.py` submits them.
+the unit and decides what to resume; every process trains). `slurm.py` submits them.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log:
     """Run every unit (resuming), rewriting the report after each; return the rows (None: unit not finished).
 
     With `report_only`, nothing runs: the report is rebuilt from the units that have finished.
-    With `jobs` above 1, the units run in that many worker processes at once (compare_parallel.py). On a
+    With `jobs` above 1, the units run in that many worker processes at once (parallel.py). On a
     machine with GPUs the workers spread over them: by default one per GPU, or `units_per_gpu` on each.
     """
     out = prepare_experiment(spec, out)
