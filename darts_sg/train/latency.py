@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,20 +27,11 @@ from ..model.network import Network
 from ..model.ops import OpOptions, build_op
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_text, read_json
+from .process import cpu_model
 
 __all__ = ["LatencyMeter", "device_record"]
 
 WARMUP = 3
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def device_record(device: str = "cpu", threads: int = 1, batch: int = 1) -> dict[str, Any]:
@@ -51,7 +41,7 @@ def device_record(device: str = "cpu", threads: int = 1, batch: int = 1) -> dict
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--cost-device cuda: no CUDA device is available here; measure on the CPU (--cost-device cpu) or run on a GPU machine")
     return {
-        "device": device, "cpu": _cpu_model(), "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "device": device, "cpu": cpu_model(), "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "torch": torch.__version__, "threads": threads, "batch": batch,
     }  # fmt: skip
 
