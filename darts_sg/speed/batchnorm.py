@@ -179,7 +179,7 @@ class UncountedBatchNorm2d(nn.BatchNorm2d):
     With a momentum, torch's batch norm increments ``num_batches_tracked`` in training but never
     reads it (the counter only sets the factor of a cumulative average, ``momentum=None``). This
     one leaves the counter as it was and computes the rest as torch does: same outputs, gradients,
-    running statistics and state-dict keys. ``darts_sg.speed.accelerate`` swaps it in (``--uncounted-batchnorm``).
+    running statistics and state-dict keys. ``darts_sg.speed.accelerate`` puts it in place of ``nn.BatchNorm2d`` (``--uncounted-batchnorm``).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

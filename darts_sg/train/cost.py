@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.genotype import SKIP, Genotype
-from ..model.measure import flop_counter
+from ..model.measure import flop_counter, flops_per_image
 from ..model.network import Network, count_params, reduction_layers
 from ..model.ops import OpOptions, build_op
 from ..utils.errors import UserError
@@ -67,11 +67,7 @@ def _op_cost(kind: str, name: str, C: int, stride: int, size: int, options: OpOp
 def _network_cost(kind: str, network: torch.nn.Module) -> float:
     if kind == "params":
         return float(count_params(network))
-    counter = flop_counter()
-    network.eval()
-    with torch.no_grad(), counter:
-        network(torch.zeros(1, 3, 32, 32))
-    return float(counter.get_total_flops())
+    return float(flops_per_image(network, torch.device("cpu")))
 
 
 def _edge_input_size(reduction: bool, src: int, size: int) -> tuple[int, int]:
