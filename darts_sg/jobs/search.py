@@ -18,7 +18,7 @@ from ..speed.precision import autocast, grad_scaler, load_scaler_state
 from ..speed.wide_edges import stacked_once
 from ..train.architect import Architect, frozen
 from ..train.config import SearchConfig
-from ..train.cost import COST_UNITS, CostPenalty, CostTable, fit_budget, genotype_cost
+from ..train.cost import COST_UNITS, CostPenalty, CostTable, fit_budget
 from ..train.data import DATASETS, BatchLoader, DataAugmentation, load_cifar
 from ..train.engine import evaluate, graphed_batch_sums, restore, weight_step
 from ..train.hparams import log_hparams
@@ -148,18 +148,14 @@ class SearchJob:
         return fitted, "derivation" if met else "not met"
 
     def costs(self, genotype: Genotype) -> dict[str, float]:
-        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions; ms for latency,
-        where the genotype's latency is the sum of its ops' from the table)."""
+        """Under --cost: the supernet's expected cost and the derived genotype's true one (millions; ms for latency),
+        read from the cost table: exact for parameters and FLOPs (``tests/test_cost.py``), for latency the sum of
+        the genotype's ops' latencies."""
         penalty = self.architect.penalty
         if penalty is None:
             return {}
-        c = self.config
-        if c.cost == "latency":
-            true_cost = penalty.table.total(genotype)
-        else:
-            true_cost = genotype_cost(genotype, c.cost, c.cost_channels, c.cost_layers, c.op_options())
-        scale = COST_UNITS[c.cost][0]
-        return {"expected_cost": float(penalty.expected().detach()) / scale, "genotype_cost": true_cost / scale}
+        scale = COST_UNITS[self.config.cost][0]
+        return {"expected_cost": float(penalty.expected().detach()) / scale, "genotype_cost": penalty.table.total(genotype) / scale}
 
     def summary(self, genotype: Genotype, budget: str | None) -> dict[str, Any] | None:
         """What genotype.json records beside the final genotype: under --cost, its cost and how the budget was met."""
