@@ -316,12 +316,28 @@ def export(run, fmt, output) -> None:
     click.echo(f"written: {path} (and {path.name}.json)")
 
 
+def _int_list(text: str, option: str, allow_empty: bool = True) -> list[int]:
+    """A comma-separated list of integers, or a one-line usage error naming `option`."""
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+    if not values and not allow_empty:
+        raise click.BadParameter("give at least one integer, e.g. 0,1,2", param_hint=option)
+    return values
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--spaces", default="darts,invres,sgblock", show_default=True, help="Comma-separated search spaces to compare.")
 @click.option("--seeds", default=None, help="Comma-separated search seeds per space " + _scale_defaults("seeds"))
 @click.option("--random", "random_count", type=NON_NEGATIVE, default=None,
               help="Random genotypes per space, retrained under the same protocol (Li & Talwalkar 2019) " + _scale_defaults("random"))
 @click.option("--references", default=None, help="Comma-separated published genotypes retrained beside them, e.g. darts_v2 " + _scale_defaults("references"))
+@click.option("--reference-seeds", default="0", show_default=True,
+              help="Comma-separated seeds each reference is retrained with: several measure the retraining noise of one cell.")
+@click.option("--search-only", is_flag=True,
+              help="Run the searches and retrain nothing: the report compares the genotypes (params, FLOPs, sandglass "
+                   "blocks, how firmly the alphas chose); random and reference genotypes are drawn or copied only.")
 @click.option("--preset", type=click.Choice(["paper", "medium", "quick", "smoke"]), default="quick", show_default=True,
               help="Scale: `medium` = 1,092-step searches (5 cells, C=8) and 10-epoch retrainings at C=16, 8 cells on all 50k images, "
                    "4 seeds, 3 random genotypes per space and DARTS_V2 (about 40 h on 2 cores, from the units run so far: README); `quick` = a 2-hour smoke test of the "
@@ -363,16 +379,14 @@ def export(run, fmt, output) -> None:
 @click.option("--array-parallelism", type=POSITIVE, default=256, show_default=True, help="--launcher slurm: jobs of the array running at once.")
 @click.option("--slurm-opt", multiple=True, metavar="KEY=VALUE", help="--launcher slurm: a further sbatch option, e.g. --slurm-opt account=myproj --slurm-opt qos=high (repeatable).")
 @click.option("--wait", is_flag=True, help="--launcher slurm: wait for the jobs to end, then rebuild the report.")
-def compare(spaces, seeds, random_count, references, preset, search_opt, cost, cost_weight, cost_target, augment_opt, data_root, out, report_only, progress, jobs,
+def compare(spaces, seeds, random_count, references, reference_seeds, search_only, preset, search_opt, cost, cost_weight, cost_target, augment_opt, data_root, out, report_only, progress, jobs,
             units_per_gpu, list_units, as_json, unit, launcher, partition, gpus_per_unit, cpus_per_unit, time_limit,
             array_parallelism, slurm_opt, wait) -> None:  # fmt: skip
     """Search and augment (retrain) in several spaces with several seeds, beside random and published genotypes, and report."""
     from .experiment.compare import CompareSpec, parse_overrides, run_compare
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
-    except ValueError:
-        raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+    seed_list = _int_list(seeds, "--seeds") if seeds is not None else None
+    reference_seed_list = _int_list(reference_seeds, "--reference-seeds", allow_empty=False)
     modes = [name for name, given in (("--report-only", report_only), ("--list-units", list_units), ("--unit", unit is not None),
                                       ("--launcher " + launcher, launcher != "processes")) if given]  # fmt: skip
     if len(modes) > 1:
@@ -391,6 +405,8 @@ def compare(spaces, seeds, random_count, references, preset, search_opt, cost, c
         seeds=seed_list,
         random=random_count,
         references=[r.strip() for r in references.split(",") if r.strip()] if references is not None else None,
+        reference_seeds=reference_seed_list,
+        search_only=search_only,
         search_overrides={**parse_overrides(search_opt, SearchConfig),
                           **{k: v for k, v in (("cost", cost), ("cost_weight", cost_weight), ("cost_target", cost_target)) if v is not None}},
         augment_overrides=parse_overrides(augment_opt, AugmentConfig),

@@ -14,7 +14,7 @@ from darts_sg.experiment.report import (
     size_association, welch_interval,
 )
 from darts_sg.utils.errors import UserError
-from darts_sg.model.genotype import random_genotype
+from darts_sg.model.genotype import load_genotype, random_genotype
 from darts_sg.model.ops import resolve_space
 from darts_sg.train.process import machine_name
 from darts_sg.train.config import SearchConfig
@@ -64,6 +64,69 @@ def test_compare_smoke_runs_searched_random_and_reference_units_reports_and_resu
     (out / "augment" / "darts-random0" / "summary.json").unlink()
     again = run_compare(spec, out, log=lambda m: None)
     assert again[3]["test_acc"] == rows[3]["test_acc"] and again[3]["genotype"] == rows[3]["genotype"]
+
+
+def test_search_only_comparison_retrains_nothing_then_a_full_run_retrains_without_searching_again(tmp_path, data_root):
+    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0], preset="smoke", data_root=str(data_root), random=1,
+                       references=["darts_v2"], search_only=True)  # fmt: skip
+    out = tmp_path / "cmp"
+    rows = run_compare(spec, out, log=lambda m: None)
+    assert [r["name"] for r in rows] == ["darts_v2", "darts-s0", "sgblock-s0", "darts-random0", "sgblock-random0"]
+    assert not (out / "augment").exists() and not (out / "rows.json").exists()
+    assert json.loads((out / "genotypes.json").read_text()) == rows
+    assert rows[0]["paper_params"] == 3_349_342 and rows[0]["sg_block_normal"] == rows[0]["sg_block_reduce"] == 0
+    searched = rows[2]
+    assert searched["sg_block_normal"] + searched["sg_block_reduce"] == searched["sg_block_edges"]
+    assert searched["genotype"] == load_genotype(str(out / "search" / "sgblock-s0" / "genotype.json")).to_dict()
+    png = (out / "params_by_space.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "searches only, nothing retrained" in report and "Status: 5 of 5 units finished" in report
+    assert "| sgblock | searched | 1 |" in report and "| DARTS_V2 | reference | 1 | 3.35 |" in report
+    messages = []
+    run_compare(spec, out, log=messages.append)
+    assert len(messages) == 5 and all("finished earlier" in m for m in messages)
+    # the same experiment without --search-only retrains every unit and keeps the finished searches
+    search_checkpoint = out / "search" / "darts-s0" / "checkpoint.pt"
+    before = search_checkpoint.stat().st_mtime_ns
+    full = run_compare(CompareSpec(**{**spec.__dict__, "search_only": False}), out, log=lambda m: None)
+    assert all(r is not None and 0 <= r["test_acc"] <= 1 for r in full)
+    assert search_checkpoint.stat().st_mtime_ns == before
+    assert [r["genotype"] for r in full] == [r["genotype"] for r in rows]
+
+
+def test_reference_seeds_retrain_one_genotype_several_times_and_the_report_measures_that_noise(tmp_path):
+    from darts_sg.experiment.plan import genotype_path
+
+    spec = CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2, 3], references=["darts_v2"], reference_seeds=[0, 1, 2])
+    units = units_of(spec)
+    assert [u.name for u in units[:4]] == ["darts_v2", "darts_v2-s1", "darts_v2-s2", "darts-s0"]
+    assert [u.seed for u in units[:3]] == [0, 1, 2]
+    assert len({genotype_path(tmp_path, u) for u in units[:3]}) == 1  # one genotype file for its seeds
+
+    def row(kind, space, seed, acc):
+        name = Unit(kind, space, seed).name
+        return {"name": name, "kind": kind, "space": space, "seed": seed, "test_acc": acc, "params": 250_000 + seed,
+                "flops": 8e7, "paper_params": 3.35e6, "paper_flops": 1e9, "sg_block_edges": 0, "inv_res_edges": 0,
+                "normal_skips": 2, "search_val_acc": 0.6, "alpha_steps": 1092, "stable_since_epoch": 5,
+                "entropy_normal": 2.0, "entropy_reduce": 2.0, "search_seconds": 900.0, "train_seconds": 1500.0}  # fmt: skip
+
+    reference = [0.880, 0.884, 0.882]
+    darts, sgblock = [0.870, 0.880, 0.890, 0.878], [0.872, 0.874, 0.892, 0.884]
+    rows = [row("reference", "darts_v2", s, a) for s, a in enumerate(reference)]
+    rows += [row("searched", "darts", s, a) for s, a in enumerate(darts)] + [row("searched", "sgblock", s, a) for s, a in enumerate(sgblock)]
+    report = render_markdown(rows, spec, len(units))
+    assert "| DARTS_V2 (reference) | 88.20 ± 0.20 (n=3) |" in report
+    assert "DARTS_V2 retrained with 3 seeds reached 88.20 ± 0.20% (n=3) (range 88.00-88.40%)" in report
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 6) * 0.002 * math.sqrt(0.5)
+    assert f"two groups of 4 would reach about ±{100 * half:.2f} points" in report
+    pooled = (3 * stats.tvar(darts) + 3 * stats.tvar(sgblock)) / 6
+    ratio = pooled / 0.002**2
+    assert f"std {100 * math.sqrt(pooled):.2f} points (6 degrees of freedom); variance ratio {ratio:.2f}" in report
+    assert stats.f.sf(ratio, 6, 2) > 0.05 and "no more spread than retraining one cell gives" in report
+    assert "(DARTS_V2: 88.20 ± 0.20% (n=3))" in report and "References: DARTS_V2 seeds 0, 1, 2." in report
 
 
 def test_report_only_runs_nothing_and_reports_what_finished(tmp_path, data_root):
@@ -175,7 +238,7 @@ def test_report_states_the_answer_with_its_interval():
     report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
     assert "`sgblock` vs `darts`, searched cells: +0.10 points" in report and "contains 0: no difference" in report
     assert "`sgblock`, searched vs random cells: +0.90 points, 95% CI [+0.07, +1.73]: higher" in report
-    assert "`sgblock` searched cells 2.50 M vs `darts` 3.30 M (-24%; the paper: about -25%)" in report
+    assert "`sgblock` searched cells 2.50 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3) (-24%; the paper: about -25%): difference -0.80 M [-0.80, -0.80]" in report
     assert "Status: 9 of 20 units finished" in report and "= 1092 alpha steps" in report
     # how firmly the searches chose: mean entropy share ((2.0 + 2.1) / 2 / ln 8 = 98.6%), none changed in its last epoch
     assert "`darts` 98.6% (n=3), `sgblock` 93.3% (n=3); 0 of 6 searches changed" in report
@@ -190,7 +253,7 @@ def test_report_states_the_answer_with_its_interval():
     # the paper's -25% is the sandglass space's; of the inverted-residual space's parameters it says nothing
     rows += [row("searched", "invres", s, 0.885 + 0.001 * s, 4.0e6) for s in range(3)]
     report = render_markdown(rows, CompareSpec(spaces=["darts", "invres", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 30)
-    assert "`invres` searched cells 4.00 M vs `darts` 3.30 M (+21%; the paper gives no parameter figure for the inverted-residual space)" in report
+    assert "`invres` searched cells 4.00 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3) (+21%; the paper gives no parameter figure for the inverted-residual space)" in report
     assert "- Size:" not in report  # every row has the same params: nothing to correlate
 
 

@@ -205,6 +205,7 @@ CASES = [
     ("augment-one-layer", None, None, ["augment", *SMOKE, "--genotype", "darts_v2", "--layers", "1", "--out", "NEW", "--data-root", "DATA"], "--layers 2 or more"),
     ("compare-data-root-override", None, None, ["compare", "--preset", "smoke", "--search-opt", "data_root=X", "--out", "NEW"], "give it as --data-root"),
     ("compare-nan-override", None, None, ["compare", "--preset", "smoke", "--augment-opt", "lr=nan", "--out", "NEW"], "a finite number"),
+    ("compare-no-reference-seed", None, None, ["compare", "--preset", "smoke", "--reference-seeds", ",", "--out", "NEW"], "give at least one integer"),
     ("plot-under-a-file", None, None, ["plot", "darts_v2", "-o", "TMP/file/x"], "cannot create the folder"),
     ("export-under-a-file", "augment", None, ["export", "RUN", "-o", "TMP/file/x.pt"], "is a file, not a folder"),
     ("evaluate-json-under-a-file", "augment", None, ["evaluate", "RUN", "--json", "TMP/file/x.json", "--data-root", "DATA"], "is a file, not a folder"),

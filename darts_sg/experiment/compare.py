@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .plan import (
-    COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_settings, augment_settings,
-    units_of,
+    COMPARE_SCALES, CompareSpec, Unit, genotype_path, parse_overrides, search_config, search_finished, search_settings,
+    augment_settings, unit_finished, units_of,
 )  # fmt: skip
 from ..jobs.augment import run_augment
 from ..jobs.search import run_search
@@ -35,11 +35,11 @@ from ..utils.distributed import from_main, init_from_environment, is_main_proces
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_text
 from .parallel import claim_holder, report_lock, run_in_parallel, this_process, unit_claim, visible_gpus, worker_gpus
-from .report import unit_row, write_report
+from .report import genotype_row, unit_row, write_report
 
 __all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "find_unit", "parse_overrides", "prepare_experiment", "run_compare",
-           "run_named_unit", "run_unit", "run_units", "search_settings", "augment_settings", "unit_states", "units_of",
-           "write_current_report"]  # fmt: skip
+           "run_named_unit", "run_unit", "run_units", "search_settings", "augment_settings", "unit_finished", "unit_states",
+           "units_of", "write_current_report"]  # fmt: skip
 
 
 def _restartable(run: RunDirectory) -> bool:
@@ -57,7 +57,7 @@ def _resumable(run: RunDirectory) -> bool:
 def _run_search(spec: CompareSpec, out: Path, unit: Unit, progress: bool) -> None:
     run = RunDirectory(out / "search" / unit.name)
     config = search_config(spec, unit.space, unit.seed)
-    if from_main(lambda: (run.path / "genotype.json").exists() and len(run.read_metrics()) >= config.epochs):
+    if from_main(lambda: search_finished(spec, out, unit)):
         return
     run_search(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress)
 
@@ -74,13 +74,15 @@ def _write_unit_genotype(spec: CompareSpec, out: Path, unit: Unit) -> None:
 
 
 def run_unit(spec: CompareSpec, out: Path, unit: Unit, progress: bool = False) -> None:
-    """Search (searched units) and retrain one unit, resuming whatever was started.
+    """Search (searched units) and retrain one unit (not in a search-only experiment), resuming whatever was started.
 
     Under torchrun every process calls it: rank 0 decides what is resumed and writes the files."""
     if unit.kind == "searched":
         _run_search(spec, out, unit, progress)
     elif is_main_process():
         _write_unit_genotype(spec, out, unit)
+    if spec.search_only:
+        return
     run = RunDirectory(out / "augment" / unit.name)
     if from_main(lambda: (run.path / "summary.json").exists()):
         return
@@ -89,8 +91,10 @@ def run_unit(spec: CompareSpec, out: Path, unit: Unit, progress: bool = False) -
     run_augment(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress)
 
 
-def unit_finished(out: Path, unit: Unit) -> bool:
-    return (out / "augment" / unit.name / "summary.json").exists()
+def _what_runs(spec: CompareSpec, unit: Unit) -> str:
+    if spec.search_only:
+        return "search" if unit.kind == "searched" else "genotype only"
+    return f"{'search and ' if unit.kind == 'searched' else ''}retrain"
 
 
 def _spec_record(spec: CompareSpec) -> dict[str, Any]:
@@ -153,7 +157,7 @@ def unit_states(spec: CompareSpec, out: str | Path) -> list[dict[str, Any]]:
     out = Path(out)
     states = []
     for number, unit in enumerate(units_of(spec), 1):
-        done = unit_finished(out, unit)
+        done = unit_finished(spec, out, unit)
         holder = None if done else claim_holder(out, unit)
         state = {"number": number, "name": unit.name, "kind": unit.kind, "space": unit.space, "seed": unit.seed,
                  "state": "done" if done else "running" if holder else "waiting", "started": _unit_started(out, unit)}  # fmt: skip
@@ -181,10 +185,10 @@ def run_named_unit(spec: CompareSpec, out: str | Path, key: str, log: Callable[[
     main = is_main_process()
     out = prepare_experiment(spec, out, write=main)
     with unit_claim(out, unit) if main else contextlib.nullcontext(True) as claimed:
-        state = from_main(lambda: "finished" if unit_finished(out, unit) else "run" if claimed else claim_holder(out, unit) or "taken")
+        state = from_main(lambda: "finished" if unit_finished(spec, out, unit) else "run" if claimed else claim_holder(out, unit) or "taken")
         if main:
             log({"finished": f"{label}: finished earlier",
-                 "run": f"{label}: {'search and ' if unit.kind == 'searched' else ''}retrain on {this_process()}"}.get(
+                 "run": f"{label}: {_what_runs(spec, unit)} on {this_process()}"}.get(
                 state, f"{label}: running in another process ({state}); nothing to do"))  # fmt: skip
         if state == "run":
             run_unit(spec, out, unit, progress)
@@ -196,11 +200,13 @@ def run_named_unit(spec: CompareSpec, out: str | Path, key: str, log: Callable[[
 
 
 def write_current_report(spec: CompareSpec, out: Path) -> list[dict | None]:
-    """Rebuild the report from every unit finished so far; return the rows (None: unit not finished)."""
+    """Rebuild the report from every unit finished so far; return the rows of the retrained units (in a search-only
+    experiment: of the final genotypes), None for a unit not finished."""
     units = units_of(spec)
-    rows = [unit_row(out, unit, spec) for unit in units]
-    write_report(out, rows, spec, total_units=len(units))
-    return rows
+    genotypes = [genotype_row(out, unit, spec) for unit in units]
+    rows = [None if spec.search_only else unit_row(out, unit, spec) for unit in units]
+    write_report(out, rows, spec, total_units=len(units), genotype_rows=genotypes)
+    return genotypes if spec.search_only else rows
 
 
 def _devices(spec: CompareSpec) -> list[str]:
@@ -220,7 +226,7 @@ def run_compare(spec: CompareSpec, out: str | Path, progress: bool = False, log:
     if report_only:
         units = units_of(spec)
         for k, unit in enumerate(units, 1):
-            log(f"compare: unit {k}/{len(units)} {unit.name}: {'finished' if unit_finished(out, unit) else 'not finished'}")
+            log(f"compare: unit {k}/{len(units)} {unit.name}: {'finished' if unit_finished(spec, out, unit) else 'not finished'}")
         return _rebuild_report(spec, out)
     gpus = worker_gpus(jobs, units_per_gpu, visible_gpus(_devices(spec)))
     if len(gpus) > 1:
@@ -234,15 +240,15 @@ def run_units(spec: CompareSpec, out: Path, log: Callable[[str], None], progress
     """Run, in this process, every unit that has not finished and that no other process has claimed."""
     units = units_of(spec)
     for k, unit in enumerate(units, 1):
-        if unit_finished(out, unit):
+        if unit_finished(spec, out, unit):
             log(f"compare: unit {k}/{len(units)} {unit.name}: finished earlier")
             continue
         with unit_claim(out, unit) as claimed:
             if not claimed:
                 log(f"compare: unit {k}/{len(units)} {unit.name}: running in another process")
                 continue
-            if unit_finished(out, unit):  # finished by another process since the check above
+            if unit_finished(spec, out, unit):  # finished by another process since the check above
                 continue
-            log(f"compare: unit {k}/{len(units)} {unit.name}: {'search and ' if unit.kind == 'searched' else ''}retrain")
+            log(f"compare: unit {k}/{len(units)} {unit.name}: {_what_runs(spec, unit)}")
             run_unit(spec, out, unit, progress)
         _rebuild_report(spec, out)

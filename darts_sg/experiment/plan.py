@@ -4,7 +4,10 @@ An experiment is a list of units, each retrained under the same protocol:
 
 - ``searched``: a search in a space with a seed, then the retraining of its genotype (``<space>-s<seed>``);
 - ``random``: a genotype drawn uniformly from a space (Li & Talwalkar 2019), retrained (``<space>-random<r>``);
-- ``reference``: a published genotype such as DARTS_V2, retrained (its name).
+- ``reference``: a published genotype such as DARTS_V2, retrained once per reference seed (its name; with a
+  seed other than 0, ``<name>-s<seed>``): the retraining noise of one cell.
+
+A search-only experiment retrains nothing: its units end with their genotypes, whose costs the report compares.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..train.config import AUGMENT_PRESETS, SEARCH_PRESETS, SearchConfig
+from ..train.rundir import RunDirectory
 from ..utils.errors import UserError
 
-__all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "genotype_path", "parse_overrides", "search_config", "search_settings",
-           "augment_settings", "units_of"]  # fmt: skip
+__all__ = ["COMPARE_SCALES", "CompareSpec", "Unit", "genotype_path", "parse_overrides", "search_config", "search_finished",
+           "search_settings", "augment_settings", "unit_finished", "units_of"]  # fmt: skip
 
 
 # What each scale sets on top of the search and retraining presets of the same name.
@@ -60,6 +64,8 @@ class CompareSpec:
     data_root: str | None = None
     random: int = 0  # random genotypes per space
     references: list[str] = field(default_factory=list)  # published genotypes retrained beside them
+    reference_seeds: list[int] = field(default_factory=lambda: [0])  # each reference is retrained once per seed
+    search_only: bool = False  # searches only: genotypes and their costs, nothing retrained
 
     @classmethod
     def for_preset(cls, preset: str, **given: Any) -> "CompareSpec":
@@ -81,12 +87,15 @@ class Unit:
 
     @property
     def name(self) -> str:
-        return {"searched": f"{self.space}-s{self.seed}", "random": f"{self.space}-random{self.seed}"}.get(self.kind, self.space)
+        if self.kind == "reference":  # seed 0 keeps the plain name of the experiments that retrained a reference once
+            return self.space if self.seed == 0 else f"{self.space}-s{self.seed}"
+        return {"searched": f"{self.space}-s{self.seed}", "random": f"{self.space}-random{self.seed}"}[self.kind]
 
 
 def units_of(spec: CompareSpec) -> list[Unit]:
-    """Every unit of the experiment in running order: references, then rounds of searched and random genotypes."""
-    units = [Unit("reference", name.lower(), 0) for name in spec.references]
+    """Every unit of the experiment in running order: references (each with its seeds), then rounds of searched
+    and random genotypes."""
+    units = [Unit("reference", name.lower(), seed) for name in spec.references for seed in spec.reference_seeds]
     for round_ in range(max(len(spec.seeds), spec.random)):
         if round_ < len(spec.seeds):
             units += [Unit("searched", space, spec.seeds[round_]) for space in spec.spaces]
@@ -147,7 +156,21 @@ def search_config(spec: CompareSpec, space: str, seed: int) -> SearchConfig:
 
 
 def genotype_path(out: Path, unit: Unit) -> Path:
-    """Where a unit's genotype is (searched: the search's result) or will be written (random, reference)."""
+    """Where a unit's genotype is (searched: the search's result) or will be written (random, reference: one file
+    for all the seeds of a reference)."""
     if unit.kind == "searched":
         return out / "search" / unit.name / "genotype.json"
-    return out / "genotypes" / f"{unit.name}.json"
+    return out / "genotypes" / f"{unit.space if unit.kind == 'reference' else unit.name}.json"
+
+
+def search_finished(spec: CompareSpec, out: Path, unit: Unit) -> bool:
+    """Whether a searched unit's search has run all its epochs (its genotype.json is then final)."""
+    run = RunDirectory(out / "search" / unit.name)
+    return (run.path / "genotype.json").exists() and len(run.read_metrics()) >= search_config(spec, unit.space, unit.seed).epochs
+
+
+def unit_finished(spec: CompareSpec, out: Path, unit: Unit) -> bool:
+    """Whether a unit has nothing left to run: retrained, or in a search-only experiment, its genotype final."""
+    if not spec.search_only:
+        return (out / "augment" / unit.name / "summary.json").exists()
+    return search_finished(spec, out, unit) if unit.kind == "searched" else genotype_path(out, unit).exists()

@@ -23,7 +23,7 @@ from ..train.config import AugmentConfig, SearchConfig
 from ..train.cost import COST_UNITS
 from ..train.rundir import RunDirectory
 from ..utils.io import atomic_write_bytes, atomic_write_text, up_to_date
-from .plan import CompareSpec, Unit, augment_settings, genotype_path, search_settings, units_of
+from .plan import CompareSpec, Unit, augment_settings, genotype_path, search_finished, search_settings, units_of
 
 __all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
            "render_markdown", "pareto_front", "accuracy_vs_cost_png"]  # fmt: skip
@@ -39,7 +39,7 @@ PAPER_SCALE = {"init_channels": 36, "layers": 20}  # the DARTS evaluation networ
 PAPER_TRAINING = "600 epochs at C=36, 20 cells, where DARTS (second order) reached 2.76 ± 0.09% test error"
 CSV_COLUMNS = [
     "name", "kind", "space", "seed", "test_acc", "params", "flops", "paper_params", "paper_flops", "sg_block_edges",
-    "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
+    "sg_block_normal", "sg_block_reduce", "inv_res_edges", "normal_skips", "search_val_acc", "alpha_steps", "stable_since_epoch", "entropy_normal",
     "entropy_reduce", "search_seconds", "train_seconds", "gpu_hours", "cpu_hours", "machines", "latency_ms", "search_cost",
     "budget_met_by",
 ]  # fmt: skip
@@ -139,26 +139,49 @@ def grid_hours(out: Path, spec: CompareSpec) -> dict[str, float]:
     return compute_hours(*(run for unit in units_of(spec) for run in _unit_runs(out, unit)))
 
 
+def _genotype_fields(out: Path, unit: Unit, spec: CompareSpec, genotype: Genotype) -> dict[str, Any]:
+    """What a unit's genotype is, whether or not it was retrained: its cost at the paper's scale, its blocks per
+    cell and, for a search, how its alphas settled and what its budget was."""
+    paper_params, paper_flops = _cached_paper_scale_cost(out, unit, genotype, spec)
+    row: dict[str, Any] = {
+        "name": unit.name, "kind": unit.kind, "space": unit.space, "seed": unit.seed,
+        "paper_params": paper_params, "paper_flops": paper_flops,
+        "sg_block_edges": genotype.count_op("sg_block"), "inv_res_edges": genotype.count_op("inv_res"),
+        "sg_block_normal": sum(op == "sg_block" for op, _ in genotype.normal),
+        "sg_block_reduce": sum(op == "sg_block" for op, _ in genotype.reduce),
+        "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
+    }  # fmt: skip
+    if unit.kind == "searched":
+        row.update(search_dynamics(RunDirectory(out / "search" / unit.name)))
+        row.update(_search_cost(genotype_path(out, unit)))
+    return row
+
+
+def genotype_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
+    """The row of a unit whose genotype is final (a search that ran all its epochs; a random or reference genotype
+    once written), retrained or not; None before."""
+    if unit.kind == "searched" and not search_finished(spec, out, unit):
+        return None
+    path = genotype_path(out, unit)
+    if not path.exists():
+        return None
+    genotype = load_genotype(str(path))
+    row = _genotype_fields(out, unit, spec, genotype)
+    row["genotype"] = genotype.to_dict()
+    return row
+
+
 def unit_row(out: Path, unit: Unit, spec: CompareSpec) -> dict[str, Any] | None:
-    """The report row of a finished unit (None while it has not finished)."""
+    """The report row of a retrained unit (None while it has not finished)."""
     summary_path = out / "augment" / unit.name / "summary.json"
     if not summary_path.exists():
         return None
     summary = json.loads(summary_path.read_text())
     genotype = Genotype.from_dict(summary["genotype"])
-    paper_params, paper_flops = _cached_paper_scale_cost(out, unit, genotype, spec)
-    row: dict[str, Any] = {
-        "name": unit.name, "kind": unit.kind, "space": unit.space, "seed": unit.seed,
-        "test_acc": summary["test_acc"], "params": summary["params"], "flops": summary["flops"],
-        "paper_params": paper_params, "paper_flops": paper_flops,
-        "sg_block_edges": genotype.count_op("sg_block"), "inv_res_edges": genotype.count_op("inv_res"),
-        "normal_skips": sum(op == "skip_connect" for op, _ in genotype.normal),
-        "train_seconds": summary["train_seconds"], "latency_ms": summary.get("latency_ms"),
-    }  # fmt: skip
+    row = _genotype_fields(out, unit, spec, genotype)
+    row.update(test_acc=summary["test_acc"], params=summary["params"], flops=summary["flops"],
+               train_seconds=summary["train_seconds"], latency_ms=summary.get("latency_ms"))  # fmt: skip
     runs = _unit_runs(out, unit)
-    if unit.kind == "searched":
-        row.update(search_dynamics(runs[0]))
-        row.update(_search_cost(genotype_path(out, unit)))
     row.update(compute_hours(*runs))
     row["machines"] = machines_of(*runs)
     row["genotype"] = genotype.to_dict()
@@ -197,7 +220,7 @@ def accuracy_vs_cost_png(rows: list[dict], kind: str = "params") -> bytes:
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r.get(key) is not None:
-            group = r["name"].upper() if r["kind"] == "reference" else f"{r['space']} {r['kind']}"
+            group = r["space"].upper() if r["kind"] == "reference" else f"{r['space']} {r['kind']}"
             groups.setdefault(group, []).append((r[key] * scale, 100 * r["test_acc"]))
     front = [(r[key] * scale, 100 * r["test_acc"], r["name"]) for r in pareto_front(rows, key)]
     title = "Test accuracy against cost; dashed: the Pareto front of the finished units (no unit is cheaper and more accurate)"
@@ -229,6 +252,20 @@ def _group(rows: list[dict], kind: str, space: str, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r["kind"] == kind and r["space"] == space]
 
 
+def reference_groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """The reference units by genotype name (one per retraining seed), seeds in order."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted((r for r in rows if r["kind"] == "reference"), key=lambda r: r.get("seed", 0)):
+        groups.setdefault(r["space"], []).append(r)
+    return groups
+
+
+def _accuracy(group: list[dict], unit: str = "") -> str:
+    """A group's test accuracy in points (followed by `unit`): the value for one unit, mean ± std (n) for several."""
+    accs = [r["test_acc"] for r in group]
+    return f"{100 * accs[0]:.2f}{unit}" if len(accs) == 1 else _pm(accs, 100, unit=unit)
+
+
 def _searched_or_random(rows: list[dict]) -> list[dict]:
     """The units whose cells came from a space (searched or sampled), leaving out the reference genotypes."""
     return [r for r in rows if r["kind"] in ("searched", "random")]
@@ -237,28 +274,43 @@ def _searched_or_random(rows: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------- report files
 
 
-def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_units: int | None = None) -> None:
-    """Write report.md, rows.json, rows.csv, accuracy_vs_params.png, accuracy_vs_cost.png and the cell diagrams of the finished rows."""
-    from ..plots.visualize import plot_genotype
-
-    done = [r for r in rows if r is not None]
-    atomic_write_text(out / "rows.json", json.dumps(done, indent=2) + "\n")
+def _write_table(out: Path, stem: str, rows: list[dict]) -> None:
+    """`rows` as STEM.json and STEM.csv (the CSV_COLUMNS a row has)."""
+    atomic_write_text(out / f"{stem}.json", json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(done)
-    atomic_write_text(out / "rows.csv", buffer.getvalue())
-    for r in done:
+    writer.writerows(rows)
+    atomic_write_text(out / f"{stem}.csv", buffer.getvalue())
+
+
+def write_report(out: Path, rows: list[dict | None], spec: CompareSpec, total_units: int | None = None,
+                 genotype_rows: list[dict | None] | None = None) -> None:
+    """Write report.md, genotypes.json/.csv (every final genotype, retrained or not), params_by_space.png and the
+    cell diagrams; unless the experiment is search-only, also rows.json/.csv (the retrained units),
+    accuracy_vs_params.png and accuracy_vs_cost.png."""
+    from ..plots.visualize import plot_genotype
+
+    done = [r for r in rows if r is not None]
+    genotypes = [r for r in genotype_rows or [] if r is not None]
+    _write_table(out, "genotypes", genotypes)
+    for r in genotypes + done:
         plot_genotype(Genotype.from_dict(r["genotype"]), out / "cells" / r["name"], quiet=True)
-    atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
-    atomic_write_bytes(out / "accuracy_vs_cost.png", accuracy_vs_cost_png(done, _cost_kind(spec)))
-    trajectories = alpha_trajectory_pngs(out, done, spec.spaces)
-    report = render_markdown(done, spec, total_units or len(units_of(spec)), grid_hours(out, spec))
+    atomic_write_bytes(out / "params_by_space.png", params_by_space_png(genotypes, spec.spaces))
+    total = total_units or len(units_of(spec))
+    if spec.search_only:
+        report = render_search_markdown(genotypes, spec, total, grid_hours(out, spec))
+    else:
+        _write_table(out, "rows", done)
+        atomic_write_bytes(out / "accuracy_vs_params.png", accuracy_vs_params_png(done, spec.spaces))
+        atomic_write_bytes(out / "accuracy_vs_cost.png", accuracy_vs_cost_png(done, _cost_kind(spec)))
+        report = render_markdown(done, spec, total, grid_hours(out, spec), genotypes)
+    trajectories = alpha_trajectory_pngs(out, genotypes if spec.search_only else done, spec.spaces)
     if trajectories:
         report += "\n## How the alphas settled (the first search of each space)\n\n" + "".join(
             f"![{p.stem}](alphas/{p.name})\n" for p in trajectories
         )
-    report += _cells_section(out, done, spec.spaces)
+    report += _cells_section(out, genotypes if spec.search_only else done, spec.spaces)
     atomic_write_text(out / "report.md", report)
 
 
@@ -284,7 +336,7 @@ def _first_searched(rows: list[dict], space: str) -> dict | None:
 
 def _cells_section(out: Path, rows: list[dict], spaces: Sequence[str]) -> str:
     """The cell diagrams of the references and of the first finished search of each space, where graphviz drew them."""
-    shown = [r for r in rows if r["kind"] == "reference"] + [r for s in spaces if (r := _first_searched(rows, s))]
+    shown = [group[0] for group in reference_groups(rows).values()] + [r for s in spaces if (r := _first_searched(rows, s))]
     images = [f"![{r['name']} {cell}](cells/{r['name']}_{cell}.png)\n" for r in shown for cell in ("normal", "reduce")
               if (out / "cells" / f"{r['name']}_{cell}.png").exists()]  # fmt: skip
     if not images:
@@ -313,9 +365,9 @@ def accuracy_vs_params_png(rows: list[dict], spaces: Sequence[str]) -> bytes:
         if len(searched) > 1:
             (px, ps), (ax_, as_) = mean_std([p for p, _ in searched]), mean_std([a for _, a in searched])
             ax.errorbar(px, ax_, xerr=ps, yerr=as_, color=colour, capsize=4, lw=1.5, marker="D", ms=7, mfc="white")
-    for r in rows:
-        if r["kind"] == "reference":
-            ax.scatter([r["params"] / 1e6], [100 * r["test_acc"]], marker="*", s=160, color="black", label=r["name"].upper())
+    for name, group in reference_groups(rows).items():
+        ax.scatter([r["params"] / 1e6 for r in group], [100 * r["test_acc"] for r in group], marker="*", s=160, color="black",
+                   label=name.upper() + (f" ({len(group)} seeds)" if len(group) > 1 else ""))  # fmt: skip
     fit = size_adjusted_differences(rows, spaces)
     for space in spaces:
         sizes = [r["params"] for r in _searched_or_random(rows) if r["space"] == space]
@@ -358,11 +410,12 @@ def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) ->
     return written
 
 
-def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """Mean ± sample standard deviation of `values` times `scale`, then `unit`, then (n)."""
     if not values:
         return "–"
     m, s = mean_std(values)
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f} (n={len(values)})"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}{unit} (n={len(values)})"
 
 
 def _p_value(p: float) -> str:
@@ -386,6 +439,150 @@ def _verdict(result: dict[str, float] | None, what: str) -> str:
     return (f"{what}: {result['diff'] * 100:+.2f} points, 95% CI [{result['low'] * 100:+.2f}, {result['high'] * 100:+.2f}]: "
             f"{sign}, beyond the seed-to-seed noise of this experiment ({_p_value(result['p'])}; uncorrected for the "
             "several comparisons made here).")  # fmt: skip
+
+
+def _parameter_answer(genotypes: list[dict], spaces: Sequence[str]) -> list[str]:
+    """Each space's searched cells against `darts`' in params at the paper's scale, with the difference's interval."""
+    lines = []
+    base = _group(genotypes, "searched", "darts", "paper_params")
+    for space in spaces:
+        mine = _group(genotypes, "searched", space, "paper_params")
+        if space == "darts" or not mine or not base:
+            continue
+        ratio = statistics.fmean(mine) / statistics.fmean(base) - 1
+        head = (f"- Parameters at C=36, 20 cells: `{space}` searched cells {_pm(mine, 1e-6, unit=' M')} vs `darts` "
+                f"{_pm(base, 1e-6, unit=' M')} "
+                f"({100 * ratio:+.0f}%; {PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')})")  # fmt: skip
+        result = welch_interval(mine, base)
+        if result is None:
+            lines.append(head + ".")
+            continue
+        low, high = (100 * result[k] / statistics.fmean(base) for k in ("low", "high"))
+        lines.append(f"{head}: difference {_ci(result, 1e-6, ' M')}, i.e. [{low:+.0f}%, {high:+.0f}%] of `darts`' mean "
+                     f"(the interval allows for the spread of both groups, not for the uncertainty of that mean).")  # fmt: skip
+    return lines
+
+
+def _retraining_noise(rows: list[dict], spec: CompareSpec) -> list[str]:
+    """A reference retrained with several seeds: the noise of retraining one cell, against the searched groups' spread."""
+    lines = []
+    searched = [_group(rows, "searched", space, "test_acc") for space in spec.spaces]
+    searched = [g for g in searched if len(g) > 1]
+    for name, group in reference_groups(rows).items():
+        accs = [r["test_acc"] for r in group]
+        if len(accs) < 2:
+            continue
+        from scipy import stats
+
+        noise, n = statistics.stdev(accs), max(len(spec.seeds), 2)
+        half_width = stats.t.ppf(0.975, 2 * n - 2) * noise * math.sqrt(2 / n)
+        line = (f"- Retraining noise of one cell: {name.upper()} retrained with {len(accs)} seeds reached "
+                f"{_accuracy(group, '%')} (range {100 * min(accs):.2f}-{100 * max(accs):.2f}%); with that noise alone, the "
+                f"95% interval of a difference between two groups of {n} would reach about ±{100 * half_width:.2f} points")  # fmt: skip
+        if searched and noise > 0:
+            dof = sum(len(g) - 1 for g in searched)
+            pooled = sum((len(g) - 1) * statistics.variance(g) for g in searched) / dof
+            ratio = pooled / noise**2
+            p = float(stats.f.sf(ratio, dof, len(accs) - 1))
+            line += (f". The searched groups' spread, pooled over the spaces: std {100 * math.sqrt(pooled):.2f} points "
+                     f"({dof} degrees of freedom); variance ratio {ratio:.2f}, one-sided F-test {_p_value(p)}: "
+                     + ("the searched cells vary more than retraining one cell does, so search noise adds to it."
+                        if p < 0.05 else "no more spread than retraining one cell gives, as far as this test can tell."))  # fmt: skip
+        lines.append(line + ("" if line.endswith(".") else "."))
+    return lines
+
+
+def _genotypes_section(genotypes: list[dict], spec: CompareSpec) -> list[str]:
+    """Per space: the final genotypes' params and FLOPs at the paper's scale, their sandglass blocks, how firmly
+    their searches chose; the references below."""
+    share = lambda r: (r["entropy_normal"] + r["entropy_reduce"]) / 2 / math.log(len(resolve_space(r["space"])))  # noqa: E731
+    epochs = SearchConfig(**search_settings(spec)).epochs
+    lines = ["", "## The genotypes (params and FLOPs at the paper's scale: C=36, 20 cells, auxiliary head excluded)", "",
+             "Every final genotype, retrained or not: a search counts once it has run all its epochs.", "",
+             "| space | kind | n | params (M) | MFLOPs | `sg_block` edges normal / reduce | with `sg_block` | "
+             "alpha entropy (% of max) | changed in the last epoch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for space in spec.spaces:
+        for kind in ("searched", "random"):
+            mine = [r for r in genotypes if r["kind"] == kind and r["space"] == space]
+            if not mine:
+                continue
+            params, flops = [r["paper_params"] for r in mine], [r["paper_flops"] for r in mine]
+            normal, reduce = (statistics.fmean(r.get(f"sg_block_{cell}", 0) for r in mine) for cell in ("normal", "reduce"))
+            with_sg = sum(r["sg_block_edges"] > 0 for r in mine)
+            firm = changed = ""
+            if kind == "searched":
+                firm = _pm([share(r) for r in mine], 100, 1)
+                changed = f"{sum(r['stable_since_epoch'] >= epochs > 1 for r in mine)} of {len(mine)}"
+            lines.append(f"| {space} | {kind} | {len(mine)} | {_pm(params, 1e-6)} | {_pm(flops, 1e-6, 0)} | {normal:.2f} / "
+                         f"{reduce:.2f} | {with_sg} of {len(mine)} | {firm} | {changed} |")  # fmt: skip
+    for name, group in reference_groups(genotypes).items():
+        r = group[0]
+        lines.append(f"| {name.upper()} | reference | 1 | {r['paper_params'] / 1e6:.2f} | {r['paper_flops'] / 1e6:.0f} | "
+                     f"{r.get('sg_block_normal', 0)} / {r.get('sg_block_reduce', 0)} | | | |")  # fmt: skip
+    return lines + ["", "The paper: DARTS cells 3.3M params; sandglass cells about 25% fewer (~2.5M, derived). Alpha entropy: "
+                    "the mean of the normal and reduction cells' after the last epoch, as a share of ln(number of ops).", "",
+                    "![params per space](params_by_space.png)"]  # fmt: skip
+
+
+def params_by_space_png(genotypes: list[dict], spaces: Sequence[str]) -> bytes:
+    """The params at the paper's scale of every final genotype, one column per space: searched (filled) and random
+    (hollow) genotypes, each group's mean with its 95% t-interval, the references as horizontal lines."""
+    from matplotlib.figure import Figure
+    from scipy import stats
+
+    from ..plots.figures import figure_png
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    labelled: set[str] = set()
+    for x, space in enumerate(spaces):
+        for kind, offset, fill in (("searched", -0.15, "tab:blue"), ("random", 0.2, "none")):
+            values = [r["paper_params"] / 1e6 for r in genotypes if r["kind"] == kind and r["space"] == space]
+            if not values:
+                continue
+            spread = [offset + 0.12 * ((k * 0.618) % 1 - 0.5) for k in range(len(values))]  # fixed jitter: same figure every time
+            ax.scatter([x + d for d in spread], values, facecolors=fill, edgecolors="tab:blue", s=28, zorder=3,
+                       label=None if kind in labelled else kind)  # fmt: skip
+            labelled.add(kind)
+            if len(values) > 2:  # the interval of two values is too wide to draw usefully
+                mean, std = mean_std(values)
+                half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+                ax.errorbar([x + offset + 0.1], [mean], yerr=[half], color="black", capsize=4, marker="D", ms=5, zorder=4)
+    tops = [r["paper_params"] / 1e6 for r in genotypes]
+    for name, group in reference_groups(genotypes).items():
+        ax.axhline(group[0]["paper_params"] / 1e6, color="grey", ls=":", lw=1)
+        ax.annotate(name.upper(), (len(spaces) - 0.45, group[0]["paper_params"] / 1e6), fontsize=8, color="grey", va="bottom", ha="right")
+    ax.set_ylim(0, 1.12 * max(tops, default=1.0))
+    ax.set_xticks(range(len(spaces)), spaces)
+    ax.set_xlim(-0.6, len(spaces) - 0.4)
+    ax.set_ylabel("parameters at C=36, 20 cells (M)")
+    ax.set_title("Each genotype's params (searched: filled, random: hollow);\nblack: the group's mean and its 95% interval (3 or more genotypes)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    if labelled:
+        ax.legend(fontsize=8, loc="best")
+    return figure_png(fig)
+
+
+def render_search_markdown(genotypes: list[dict], spec: CompareSpec, total_units: int, hours: dict[str, float] | None = None) -> str:
+    """The report of a search-only experiment: status, answer on params and firmness, protocol, genotypes, every search."""
+    s_cfg = SearchConfig(**search_settings(spec))
+    alpha_steps = (s_cfg.subset or 25000) // s_cfg.batch_size * s_cfg.epochs
+    lines = ["# Which cells do the searches find? (searches only, nothing retrained)", "",
+             f"Status: {len(genotypes)} of {total_units} units finished (preset `{spec.preset}`).",
+             *_compute_line([], hours or {}), "", "## Answer (from the finished searches)", "",
+             *_parameter_answer(genotypes, spec.spaces), *_search_firmness(genotypes, spec, s_cfg, alpha_steps), "",
+             f"The paper's claim: {PAPER_CLAIM}", "", "## Protocol", "", *_search_protocol(spec, s_cfg, alpha_steps),
+             "- Differences: mean difference with its 95% Welch confidence interval and p-value."]  # fmt: skip
+    lines += _genotypes_section(genotypes, spec)
+    lines += ["", "## Every genotype", "",
+              "| unit | params C=36/20 | MFLOPs C=36/20 | sg_block normal / reduce | inv_res | skips (normal) | search val acc | "
+              "stable since epoch | entropy normal / reduce | search s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in genotypes:
+        search = (f"{100 * r['search_val_acc']:.2f}% | {r['stable_since_epoch']} | {r['entropy_normal']:.3f} / "
+                  f"{r['entropy_reduce']:.3f} | {r['search_seconds']:.0f}" if r["kind"] == "searched" else "| | |")  # fmt: skip
+        lines.append(f"| {r['name']} | {r['paper_params'] / 1e6:.2f} M | {r['paper_flops'] / 1e6:.0f} | {r['sg_block_normal']} / "
+                     f"{r['sg_block_reduce']} | {r['inv_res_edges']} | {r['normal_skips']} | {search} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _search_firmness(rows: list[dict], spec: CompareSpec, s_cfg: SearchConfig, alpha_steps: int) -> list[str]:
@@ -485,12 +682,31 @@ def _at_equal_size(rows: list[dict], spaces: Sequence[str]) -> list[str]:
 
 def _scale_caveat(rows: list[dict], t_cfg: AugmentConfig) -> list[str]:
     """The retraining scale next to the paper's: what the accuracy differences can speak for."""
-    reference = next((r for r in rows if r["kind"] == "reference"), None)
-    reached = f" ({reference['name'].upper()}: {100 * reference['test_acc']:.2f}%)" if reference else ""
+    name, group = next(iter(reference_groups(rows).items()), (None, []))
+    reached = f" ({name.upper()}: {_accuracy(group, '%')})" if group else ""
     return [f"- Scale: every cell was retrained for {t_cfg.epochs} epochs at C={t_cfg.init_channels}, {t_cfg.layers} cells"
             f"{reached}, not the paper's {PAPER_TRAINING}. Which cell trains best in a short schedule need not be "
             "which does after a full one: the accuracy differences above hold for this scale only. The parameter "
             "counts are properties of the genotypes, given at the paper's scale."]  # fmt: skip
+
+
+def _search_protocol(spec: CompareSpec, s_cfg: SearchConfig, alpha_steps: int) -> list[str]:
+    """The protocol's lines on the searches, the random genotypes and the references."""
+    budget = ""
+    if s_cfg.cost:
+        target = f", target {s_cfg.cost_target:g} {COST_UNITS[s_cfg.cost][1]}" if s_cfg.cost_target is not None else ""
+        budget = (f" Under a budget: --cost {s_cfg.cost}, weight {s_cfg.cost_weight}{target} (the cost of the network at "
+                  f"C={s_cfg.cost_channels}, {s_cfg.cost_layers} cells).")  # fmt: skip
+    seeds = f" seeds {', '.join(map(str, spec.reference_seeds))}" if spec.references and spec.reference_seeds != [0] else ""
+    return [
+        f"- Search ({'first' if s_cfg.order == 1 else 'second'}-order DARTS): {s_cfg.layers} cells, C={s_cfg.init_channels}, "
+        f"{s_cfg.nodes} nodes, {s_cfg.subset or 25000} + {s_cfg.subset or 25000} images (weights / alphas), batch "
+        f"{s_cfg.batch_size}, {s_cfg.epochs} epochs = {alpha_steps} alpha steps; weight lr {s_cfg.w_lr} cosine to "
+        f"{s_cfg.w_lr_min}, alpha lr {s_cfg.alpha_lr} (Adam, weight decay {s_cfg.alpha_weight_decay}), seeds "
+        f"{', '.join(map(str, spec.seeds))}.{budget}",
+        f"- Random baselines: {spec.random} genotypes per space, drawn uniformly (2 distinct inputs per node, ops without `none`).",
+        f"- References: {', '.join(n.upper() for n in spec.references) or 'none'}{seeds}.",
+    ]  # fmt: skip
 
 
 def _compute_line(rows: list[dict], hours: dict[str, float]) -> list[str]:
@@ -504,8 +720,11 @@ def _compute_line(rows: list[dict], hours: dict[str, float]) -> list[str]:
             f"them, units in progress included; the finished units: {finished:.1f} GPU-hours)."]  # fmt: skip
 
 
-def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours: dict[str, float] | None = None) -> str:
-    """The report: status, compute spent, answer, protocol, per-space tables, every unit, figures."""
+def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours: dict[str, float] | None = None,
+                    genotypes: list[dict] | None = None) -> str:
+    """The report: status, compute spent, answer, protocol, per-space tables, every unit, figures. `rows` are the
+    retrained units, `genotypes` every final genotype (finished searches whose retraining may not have)."""
+    genotypes = rows if genotypes is None else genotypes
     s_cfg, t_cfg = SearchConfig(**search_settings(spec)), AugmentConfig(**augment_settings(spec))
     alpha_steps = (s_cfg.subset or 25000) // s_cfg.batch_size * s_cfg.epochs
     acc = lambda kind, space: _group(rows, kind, space, "test_acc")  # noqa: E731
@@ -524,30 +743,16 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours
     for space in spec.spaces:
         if spec.random:
             lines.append(f"- {_verdict(welch_interval(acc('searched', space), acc('random', space)), f'`{space}`, searched vs random cells')}")
-    for space in spec.spaces:
-        if space != "darts":
-            mine, base = _group(rows, "searched", space, "paper_params"), _group(rows, "searched", "darts", "paper_params")
-            if mine and base:
-                lines.append(f"- Parameters at C=36, 20 cells: `{space}` searched cells {statistics.fmean(mine) / 1e6:.2f} M vs "
-                             f"`darts` {statistics.fmean(base) / 1e6:.2f} M ({100 * (statistics.fmean(mine) / statistics.fmean(base) - 1):+.0f}%; "
-                             f"{PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')}).")  # fmt: skip
+    lines += _parameter_answer(genotypes, spec.spaces) + _retraining_noise(rows, spec)
     lines += _size_effect(rows) + _at_equal_size(rows, spec.spaces)
-    lines += _search_firmness(rows, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
+    lines += _search_firmness(genotypes, spec, s_cfg, alpha_steps) + _scale_caveat(rows, t_cfg)
     lines += [
         "",
         f"The paper's claim: {PAPER_CLAIM}",
         "",
         "## Protocol",
         "",
-        f"- Search ({'first' if s_cfg.order == 1 else 'second'}-order DARTS): {s_cfg.layers} cells, C={s_cfg.init_channels}, {s_cfg.nodes} nodes, "
-        f"{s_cfg.subset or 25000} + {s_cfg.subset or 25000} images (weights / alphas), batch {s_cfg.batch_size}, {s_cfg.epochs} epochs "
-        f"= {alpha_steps} alpha steps; weight lr {s_cfg.w_lr} cosine to {s_cfg.w_lr_min}, alpha lr {s_cfg.alpha_lr} (Adam), "
-        f"seeds {', '.join(map(str, spec.seeds))}."
-        + (f" Under a budget: --cost {s_cfg.cost}, weight {s_cfg.cost_weight}"
-           + (f", target {s_cfg.cost_target:g} {COST_UNITS[s_cfg.cost][1]}" if s_cfg.cost_target is not None else "")
-           + f" (the cost of the network at C={s_cfg.cost_channels}, {s_cfg.cost_layers} cells)." if s_cfg.cost else ""),
-        f"- Random baselines: {spec.random} genotypes per space, drawn uniformly (2 distinct inputs per node, ops without `none`).",
-        f"- References: {', '.join(n.upper() for n in spec.references) or 'none'}.",
+        *_search_protocol(spec, s_cfg, alpha_steps),
         f"- Retraining, the same for every genotype: {t_cfg.layers} cells, C={t_cfg.init_channels}, "
         f"{t_cfg.train_subset or 50000} training images, batch {t_cfg.batch_size}, {t_cfg.epochs} epochs, SGD lr {t_cfg.lr} cosine to 0, "
         f"cutout {t_cfg.cutout}, drop path {t_cfg.drop_path}, auxiliary weight {t_cfg.auxiliary_weight}; "
@@ -563,20 +768,10 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours
         versus = _ci(welch_interval(acc("searched", space), acc("searched", "darts"))) if space != "darts" else ""
         lines.append(f"| {space} | {_pm(acc('searched', space), 100)} | {_pm(acc('random', space), 100)} | "
                      f"{_ci(welch_interval(acc('searched', space), acc('random', space)))} | {versus} |")  # fmt: skip
-    for r in rows:
-        if r["kind"] == "reference":
-            lines.append(f"| {r['name'].upper()} (reference) | {100 * r['test_acc']:.2f} | | | |")
-    lines += ["", "## Parameters and FLOPs at the paper's scale (C=36, 20 cells, auxiliary head excluded)", "",
-              "| space | searched params (M) | random params (M) | searched MFLOPs | random MFLOPs |", "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for space in spec.spaces:
-        p = lambda kind, key: _group(rows, kind, space, key)  # noqa: E731
-        lines.append(f"| {space} | {_pm(p('searched', 'paper_params'), 1e-6)} | {_pm(p('random', 'paper_params'), 1e-6)} | "
-                     f"{_pm(p('searched', 'paper_flops'), 1e-6, 0)} | {_pm(p('random', 'paper_flops'), 1e-6, 0)} |")  # fmt: skip
-    for r in rows:
-        if r["kind"] == "reference":
-            lines.append(f"| {r['name'].upper()} | {r['paper_params'] / 1e6:.2f} | | {r['paper_flops'] / 1e6:.0f} | |")
-    lines += ["", "The paper: DARTS cells 3.3M params; sandglass cells about 25% fewer (~2.5M, derived).", "",
-              "## Every unit", "",
+    for name, group in reference_groups(rows).items():
+        lines.append(f"| {name.upper()} (reference) | {_accuracy(group)} | | | |")
+    lines += _genotypes_section(genotypes, spec)
+    lines += ["", "## Every unit", "",
               "| unit | test acc | params | MFLOPs | params C=36/20 | sg_block | inv_res | skips (normal) | search val acc | "
               "alpha steps | stable since epoch | entropy normal / reduce | search s | retrain s | GPU h | ran on |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
