@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The experiments of issue 44, one after the other, resumable across sessions (results committed as units finish):
+#   1. decisive searches: 4 per space (darts, sgblock) at the medium protocol with a 4x alpha learning rate (0.012),
+#      searches only (results/compare-decisive);
+#   2. retraining noise: DARTS_V2 retrained with seeds 1, 2, 3 beside the medium comparison's seed 0
+#      (results/compare-medium, --reference-seeds 0,1,2,3);
+#   3. the parameter claim: 12 searches per space at the medium protocol, searches only (results/compare-params; the
+#      medium comparison's 4 finished searches per space are copied in as seeds 0-3), with 12 random genotypes per space;
+#   4. the decisive searches' cells retrained under the medium protocol (results/compare-decisive, 8 units).
+#
+#   bash scripts/settle_claims.sh          # in the background: two units at once, one thread each
+#   bash scripts/settle_claims.sh --save   # before a session ends: commit the checkpoints of the runs in progress
+# Pause it with kill -STOP -- -PID (the PID it prints), resume with kill -CONT -- -PID, stop it with kill -TERM -- -PID
+# (every run writes a checkpoint first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+epochs=7  # the medium search's
+outs=(results/compare-decisive results/compare-medium results/compare-params)
+
+phase_args() {  # phase_args N: sets `args` to the compare options of phase N (1-4)
+  local decisive=(--spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references "" --search-opt alpha_lr=0.012)
+  case "$1" in
+    1) args=(--out results/compare-decisive "${decisive[@]}" --search-only) ;;
+    2) args=(--out results/compare-medium --reference-seeds 0,1,2,3) ;;
+    3) args=(--out results/compare-params --spaces darts,sgblock --seeds "$(seq -s, 0 11)" --random 12 --search-only) ;;
+    4) args=(--out results/compare-decisive "${decisive[@]}") ;;
+  esac
+}
+
+search_finished() { [ -f "$1/genotype.json" ] && [ -f "$1/metrics.jsonl" ] && [ "$(wc -l < "$1/metrics.jsonl")" -ge "$epochs" ]; }
+run_finished() {  # a search with all its epochs, or a retraining with its summary
+  case "$1" in */search/*) search_finished "$1" ;; *) [ -f "$1/summary.json" ] ;; esac
+}
+runs_of() {  # every run folder of the three experiments
+  local out
+  for out in "${outs[@]}"; do
+    for run in "$out"/search/* "$out"/augment/*; do [ -d "$run" ] && echo "$run"; done
+  done
+  return 0
+}
+finished_count() {
+  local n=0 run
+  for run in $(runs_of); do if run_finished "$run"; then n=$((n + 1)); fi; done
+  echo "$n"
+}
+
+commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoints only of unfinished runs, only with --save
+  git add "${outs[@]}"
+  for run in $(runs_of); do
+    [ -n "$(git ls-files -- "$run/checkpoint.pt")" ] || continue
+    if run_finished "$run"; then git rm -q --cached "$run/checkpoint.pt"
+    elif [ "${2:-}" != "--with-checkpoints" ]; then git reset -q -- "$run/checkpoint.pt"; fi
+  done
+  # the index, not `git commit -- PATH`; stage nothing else meanwhile
+  git diff --cached --quiet -- "${outs[@]}" || git commit -q -m "$1"
+}
+
+if [ "${1:-}" = "--phases" ]; then  # the experiments themselves, in order (started below, in a process group of their own)
+  for n in 1 2 3 4; do
+    phase_args "$n"
+    python3 -m darts_sg compare --preset medium "${args[@]}" --no-progress --jobs 2
+  done
+  exit 0
+fi
+
+if [ "${1:-}" = "--save" ]; then
+  for run in $(runs_of); do
+    if [ -f "$run/checkpoint.pt" ] && ! run_finished "$run"; then git add -f "$run/checkpoint.pt"; fi
+  done
+  commit "settle-claims: $(finished_count) runs finished; checkpoints of the runs in progress" --with-checkpoints
+  exit 0
+fi
+
+# a fresh folder for phase 3 starts with the medium comparison's finished searches (the same protocol)
+for space in darts sgblock; do
+  for seed in 0 1 2 3; do
+    from=results/compare-medium/search/$space-s$seed to=results/compare-params/search/$space-s$seed
+    if search_finished "$from" && [ ! -d "$to" ]; then mkdir -p "$(dirname "$to")" && cp -r "$from" "$to"; fi
+  done
+done
+
+bash scripts/setup.sh  # a fresh machine: install what is missing first
+mkdir -p runs
+# setsid: a process group of its own, so that one signal pauses, resumes or stops the phases and both workers
+setsid nohup bash scripts/settle_claims.sh --phases >> runs/settle-claims.log 2>&1 &
+pid=$!
+echo "settle-claims running as PID $pid (log: runs/settle-claims.log); pause: kill -STOP -- -$pid; resume: kill -CONT -- -$pid"
+(
+  last=$(finished_count)
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 60
+    now=$(finished_count)
+    if [ "$now" != "$last" ]; then commit "settle-claims: $now runs finished" && last=$now; fi
+  done
+  commit "settle-claims: $(finished_count) runs finished"
+) >> runs/settle-claims-commits.log 2>&1 &
