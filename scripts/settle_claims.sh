@@ -57,6 +57,7 @@ commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoint
 }
 
 stream() {  # stream K: the four phases in order, one unit at a time on one thread
+  export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
   for n in 1 2 3 4; do
     phase_args "$n"
     python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 --no-progress 2>&1 |
