@@ -129,6 +129,24 @@ def test_reference_seeds_retrain_one_genotype_several_times_and_the_report_measu
     assert "(DARTS_V2: 88.20 ± 0.20% (n=3))" in report and "References: DARTS_V2 seeds 0, 1, 2." in report
 
 
+def test_a_resumed_unit_takes_the_comparisons_run_time_settings_not_the_stored_ones(tmp_path, data_root, monkeypatch):
+    from darts_sg.experiment import compare as compare_module
+
+    # a search started as under --jobs 2 (threads unset in its config.json), stopped after its first epoch
+    first = CompareSpec(spaces=["darts"], seeds=[0], preset="smoke", data_root=str(data_root), search_overrides={"epochs": 1},
+                        search_only=True)  # fmt: skip
+    run_compare(first, tmp_path, log=lambda m: None)
+    assert json.loads((tmp_path / "search" / "darts-s0" / "config.json").read_text())["threads"] == 0
+    seen = {}
+    monkeypatch.setattr(compare_module, "run_search", lambda config, out, **kw: seen.update(kw))
+    later = CompareSpec(**{**first.__dict__, "search_overrides": {"epochs": 2, "threads": 1}, "augment_overrides": {"threads": 1},
+                           "search_only": False})  # fmt: skip
+    monkeypatch.setattr(compare_module, "run_augment", lambda config, out, **kw: seen.setdefault("augment", kw))
+    compare_module.run_unit(later, tmp_path, units_of(later)[0])
+    assert seen["resume"] is True and seen["explicit"] == {"threads", "data_root"}  # resumed with one thread
+    assert seen["augment"]["explicit"] == {"threads", "data_root"}
+
+
 def test_report_only_runs_nothing_and_reports_what_finished(tmp_path, data_root):
     spec = CompareSpec(spaces=["darts"], seeds=[0, 1], preset="smoke", data_root=str(data_root))
     out = tmp_path / "cmp"

@@ -54,12 +54,20 @@ def _resumable(run: RunDirectory) -> bool:
     return run.exists()
 
 
+def _runtime_settings(spec: CompareSpec, overrides: dict[str, Any] | None) -> set[str]:
+    """The run-time settings (threads, device, ...) the comparison sets: a resumed run takes them too, not the
+    ones stored when it started (a unit started under --jobs 2 and resumed by one process must not keep its
+    thread count unset, i.e. every core)."""
+    return {key for key in overrides or {} if key in RUNTIME_KEYS} | ({"data_root"} if spec.data_root else set())
+
+
 def _run_search(spec: CompareSpec, out: Path, unit: Unit, progress: bool) -> None:
     run = RunDirectory(out / "search" / unit.name)
     config = search_config(spec, unit.space, unit.seed)
     if from_main(lambda: search_finished(spec, out, unit)):
         return
-    run_search(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress)
+    run_search(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress,
+               explicit=_runtime_settings(spec, spec.search_overrides))  # fmt: skip
 
 
 def _write_unit_genotype(spec: CompareSpec, out: Path, unit: Unit) -> None:
@@ -88,7 +96,8 @@ def run_unit(spec: CompareSpec, out: Path, unit: Unit, progress: bool = False) -
         return
     config = AugmentConfig(**{**augment_settings(spec), "genotype": str(genotype_path(out, unit)), "seed": unit.seed},
                          data_root=spec.data_root)  # fmt: skip
-    run_augment(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress)
+    run_augment(config, str(run.path), resume=from_main(lambda: _resumable(run)), progress=progress,
+                explicit=_runtime_settings(spec, spec.augment_overrides))  # fmt: skip
 
 
 def _what_runs(spec: CompareSpec, unit: Unit) -> str:
