@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.cells import Cell, DropPath, MixedOp
-from ..model.ops import DilConv, FactorizedReduce, SepConv, Zero
+from ..model.ops import DilConv, FactorizedReduce, InvertedResidual, SandGlass, SepConv, Zero
 
 __all__ = ["WideCell", "SharedStats", "stacked_once"]
 
@@ -88,7 +88,29 @@ def _uniform_batch_norms(bns: list[nn.Module]) -> bool:
     )  # fmt: skip
 
 
-class _Stage:
+class _Stacks:
+    """A wide op whose convolution weights are stacked from its modules' own (`layout`: as `_StackedWeights` takes it)."""
+
+    layout: list[tuple[int, list[tuple[int, int]]]]
+    reuse = False  # set inside `stacked_once`
+    kept: tuple | None = None  # (weights, their versions, grad mode, stacks) while reused
+
+    def stacked(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The stacks of `layout`; inside `stacked_once`, the kept ones while the weights are the same parameters at
+        the same version, in the same grad mode."""
+        if not self.reuse:
+            return _StackedWeights.apply(self.layout, *weights)
+        versions, grad = [w._version for w in weights], torch.is_grad_enabled()
+        kept = self.kept
+        if kept is not None and kept[1] == versions and kept[2] == grad and all(a is b for a, b in zip(kept[0], weights)):
+            return kept[3]
+        stacks = _StackedWeights.apply(self.layout, *weights)
+        if all(isinstance(w, nn.Parameter) for w in weights):  # not the tensors of a functional call (second order)
+            self.kept = (weights, versions, grad, stacks)
+        return stacks
+
+
+class _Stage(_Stacks):
     """One depthwise-pointwise-BN stage of several candidates for all edges of a group (blocks op-major)."""
 
     def __init__(self, units: list[list[nn.Sequential]], shared_input: bool):
@@ -108,8 +130,6 @@ class _Stage:
             self.runs.append((dilation, kmax, by_kernel))
         self.stats = SharedStats([u[3] for u in flat])
         self.layout = [(kmax, [(k, len(units)) for k, units in by_kernel]) for _, kmax, by_kernel in self.runs] + [(1, [(1, self.groups_1x1)])]
-        self.reuse = False  # set inside `stacked_once`
-        self.kept: tuple | None = None  # (weights, their versions, grad mode, stacks) while reused
         self.ok = (
             all(dw.stride == self.stride and dw.groups == dw.in_channels == dw.out_channels and dw.bias is None for dw in dws)
             and all(dw.kernel_size[0] == dw.kernel_size[1] and dw.dilation[0] == dw.dilation[1] for dw in dws)
@@ -133,20 +153,6 @@ class _Stage:
         ]
         h = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         return self.stats.batch_norm(F.conv2d(h, pointwise, None, 1, 0, 1, self.groups_1x1), training)
-
-    def stacked(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """The depthwise stack of each run and the pointwise stack; inside `stacked_once`, the kept ones while the
-        weights are the same parameters at the same version, in the same grad mode."""
-        if not self.reuse:
-            return _StackedWeights.apply(self.layout, *weights)
-        versions, grad = [w._version for w in weights], torch.is_grad_enabled()
-        kept = self.kept
-        if kept is not None and kept[1] == versions and kept[2] == grad and all(a is b for a, b in zip(kept[0], weights)):
-            return kept[3]
-        stacks = _StackedWeights.apply(self.layout, *weights)
-        if all(isinstance(w, nn.Parameter) for w in weights):  # not the tensors of a functional call (second order)
-            self.kept = (weights, versions, grad, stacks)
-        return stacks
 
 
 class _StackedWeights(torch.autograd.Function):
@@ -185,6 +191,80 @@ class _StackedWeights(torch.autograd.Function):
         return tuple(out)
 
 
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+class _WideBlock(_Stacks):
+    """The sandglass or inverted-residual block of every edge of a group, run as one block over the edges' channels side
+    by side (edge-major): each convolution grouped over the edges (a depthwise one over E*C channels, a 1x1 one in E
+    groups; the first, on the shared input, over the input repeated E times, or ungrouped where it is not grouped), each
+    batch norm over all the edges' channels, each activation once, and the shortcut added to every edge in one op."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        first = blocks[0]
+        self.first, self.E = first, len(blocks)
+        self.plan: list[tuple[str, object]] = []  # ("conv", [the edges' convs]), ("bn", SharedStats) or ("act", module)
+        self.ok = (
+            self.E > 1 and type(first) in (SandGlass, InvertedResidual)
+            and all(type(b) is type(first) and _shortcut(b) == _shortcut(first) for b in blocks)
+            and all(isinstance(b.body, nn.Sequential) and len(b.body) == len(first.body) for b in blocks)
+        )  # fmt: skip
+        if not self.ok:
+            return
+        for layers in zip(*(b.body for b in blocks)):
+            if all(isinstance(m, nn.Conv2d) for m in layers) and len({_conv_config(m) for m in layers}) == 1 and _plain_conv(layers[0]):
+                self.plan.append(("conv", list(layers)))
+            elif _uniform_batch_norms(list(layers)):
+                self.plan.append(("bn", SharedStats(list(layers))))
+            elif isinstance(layers[0], _ACTIVATIONS) and all(type(m) is type(layers[0]) and m.inplace == layers[0].inplace for m in layers):
+                self.plan.append(("act", layers[0]))  # no parameters: the first edge's runs on every edge's channels
+            else:
+                self.ok = False
+                return
+        self.ok = self.plan[0][0] == "conv"
+        self.layout = [(convs[0].kernel_size[0], [(convs[0].kernel_size[0], self.E)]) for kind, convs in self.plan if kind == "conv"]
+
+    def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """The E edges' blocks on `x`, their outputs side by side on the channel axis."""
+        E = self.E
+        stacks = iter(self.stacked([conv.weight for kind, convs in self.plan if kind == "conv" for conv in convs]))
+        h = x
+        for kind, layer in self.plan:
+            if kind == "conv":
+                conv, groups = layer[0], layer[0].groups * E
+                if h is x:  # the block's input, the same for every edge
+                    if conv.groups == 1:
+                        groups = 1  # every edge's output channels read all of x: one plain convolution
+                    else:
+                        h = x.repeat(1, E, 1, 1)
+                h = F.conv2d(h, next(stacks), None, conv.stride, conv.padding, conv.dilation, groups)
+            elif kind == "bn":
+                h = layer.batch_norm(h, training)
+            else:
+                h = layer(h)
+        use_shortcut, k = _shortcut(self.first)
+        if not use_shortcut:
+            return h
+        out = h.unflatten(1, (E, -1))
+        if k is None or k == x.shape[1]:
+            return (out + x.unsqueeze(1)).flatten(1, 2)
+        return torch.cat([out[:, :, :k] + x[:, None, :k], out[:, :, k:]], 2).flatten(1, 2)
+
+
+def _shortcut(block: nn.Module) -> tuple[bool, int | None]:
+    """Whether `block` adds its input, and to how many of its first channels (None: all of them)."""
+    return block.use_shortcut, getattr(block, "identity_channels", None)
+
+
+def _conv_config(conv: nn.Conv2d) -> tuple:
+    return conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups
+
+
+def _plain_conv(conv: nn.Conv2d) -> bool:
+    """Whether `conv` computes ``F.conv2d`` of its weight alone (no bias, zero padding)."""
+    return conv.bias is None and conv.padding_mode == "zeros"
+
+
 class _Group:
     """The edges of a cell that read one state, and how their candidates run as one wide op."""
 
@@ -209,6 +289,8 @@ class _Group:
         if self.sep:
             self.stage2 = _Stage([[e.ops[p][1] for e in edges] for p in self.sep], False)
             self.ok = self.ok and self.stage2.ok and self.stage2.stride == (1, 1)
+        # the sandglass and inverted-residual blocks that run as one block over all the edges (position -> block)
+        self.wide_blocks = {p: block for p in self.other if (block := _WideBlock([e.ops[p] for e in edges])).ok}
         # the blocks of the stacked outputs, in order, as positions in the edges' op lists
         self.order = self.pools + self.skip + self.sep + self.dil + self.other
         # index of each (block, edge) weight in the cell's flattened (edges x primitives) weights
@@ -216,6 +298,10 @@ class _Group:
             [edge_id * n_primitives + first.active[p] for p in self.order for edge_id in edge_ids], dtype=torch.long
         )
         self.E = E
+
+    def stacks(self) -> list[_Stacks]:
+        """The group's wide ops that stack weights."""
+        return [stage for stage in (self.stage1, self.stage2) if stage is not None] + list(self.wide_blocks.values())
 
     def __call__(self, x: torch.Tensor, weights: torch.Tensor, training: bool) -> torch.Tensor:
         """The E edges' outputs on `x`, stacked: (N, E, C, H', W'); `weights`: the (block, edge) weights in the order
@@ -239,7 +325,8 @@ class _Group:
         for p in self.other:
             takes_relu = getattr(edges[0], "takes_relu", None)
             inp = relu_x if takes_relu is not None and takes_relu[p] else x
-            pieces += [e.ops[p](inp) for e in edges]
+            block = self.wide_blocks.get(p)
+            pieces += [block(inp, training)] if block is not None else [e.ops[p](inp) for e in edges]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(1, len(self.order), E, 1, 1, 1)
@@ -254,7 +341,7 @@ def stacked_once(model: nn.Module) -> Iterator[None]:
     """
     stages = [
         stage for cell in model.modules() if isinstance(cell, WideCell) and getattr(cell, "_wide_groups", None)
-        for group in cell._wide_groups for stage in (group.stage1, group.stage2) if stage is not None
+        for group in cell._wide_groups for stage in group.stacks()
     ]  # fmt: skip
     for stage in stages:
         stage.reuse = True
