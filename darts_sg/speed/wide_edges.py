@@ -113,10 +113,11 @@ class _Stacks:
 class _Stage(_Stacks):
     """One depthwise-pointwise-BN stage of several candidates for all edges of a group (blocks op-major)."""
 
-    def __init__(self, units: list[list[nn.Sequential]], shared_input: bool):
+    def __init__(self, units: list[list[nn.Sequential]], shared_input: bool, sources: int = 1):
         # units[b][e]: the DilConv-shaped unit (ReLU, depthwise conv, 1x1 conv, BN) of block b, edge e;
-        # shared_input: every block reads the same tensor (else the input is op-major over the blocks)
-        self.units, self.shared_input = units, shared_input
+        # shared_input: every block reads the same tensor, `sources` inputs side by side, each read by as many edges
+        # (else the input is op-major over the blocks)
+        self.units, self.shared_input, self.sources = units, shared_input, sources
         flat = [u for block in units for u in block]
         dws = [u[1] for u in flat]
         self.stride = dws[0].stride
@@ -145,7 +146,7 @@ class _Stage(_Stacks):
         *depthwise, pointwise = self.stacked([*depthwise, *(u[2].weight for block in self.units for u in block)])
         widths = [weight.shape[0] for weight in depthwise]
         if self.shared_input:
-            x = x.repeat(1, sum(widths) // x.shape[1], 1, 1)
+            x = _tiled(x, self.sources, len(self.units[0]) // self.sources, len(self.units))
         inputs = x.split(widths, 1) if len(widths) > 1 else (x,)  # its backward: one cat, not a zero-filled copy per slice
         outs = [
             F.conv2d(inp, weight, None, self.stride, dilation * (kmax - 1) // 2, dilation, weight.shape[0])
@@ -200,9 +201,9 @@ class _WideBlock(_Stacks):
     groups; the first, on the shared input, over the input repeated E times, or ungrouped where it is not grouped), each
     batch norm over all the edges' channels, each activation once, and the shortcut added to every edge in one op."""
 
-    def __init__(self, blocks: list[nn.Module]):
+    def __init__(self, blocks: list[nn.Module], sources: int = 1):
         first = blocks[0]
-        self.first, self.E = first, len(blocks)
+        self.first, self.E, self.sources = first, len(blocks), sources
         self.plan: list[tuple[str, object]] = []  # ("conv", [the edges' convs]), ("bn", SharedStats) or ("act", module)
         self.ok = (
             self.E > 1 and type(first) in (SandGlass, InvertedResidual)
@@ -225,18 +226,19 @@ class _WideBlock(_Stacks):
         self.layout = [(convs[0].kernel_size[0], [(convs[0].kernel_size[0], self.E)]) for kind, convs in self.plan if kind == "conv"]
 
     def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
-        """The E edges' blocks on `x`, their outputs side by side on the channel axis."""
-        E = self.E
+        """The E edges' blocks on `x` (`sources` inputs side by side, each read by E / sources edges), their outputs
+        side by side on the channel axis."""
+        E, S = self.E, self.sources
         stacks = iter(self.stacked([conv.weight for kind, convs in self.plan if kind == "conv" for conv in convs]))
         h = x
         for kind, layer in self.plan:
             if kind == "conv":
                 conv, groups = layer[0], layer[0].groups * E
-                if h is x:  # the block's input, the same for every edge
+                if h is x:  # the block's input, the same for every edge of a source
                     if conv.groups == 1:
-                        groups = 1  # every edge's output channels read all of x: one plain convolution
+                        groups = S  # every edge's output channels read all of its source: one group per source
                     else:
-                        h = x.repeat(1, E, 1, 1)
+                        h = _tiled(x, S, E // S)
                 h = F.conv2d(h, next(stacks), None, conv.stride, conv.padding, conv.dilation, groups)
             elif kind == "bn":
                 h = layer.batch_norm(h, training)
@@ -245,10 +247,11 @@ class _WideBlock(_Stacks):
         use_shortcut, k = _shortcut(self.first)
         if not use_shortcut:
             return h
-        out = h.unflatten(1, (E, -1))
-        if k is None or k == x.shape[1]:
-            return (out + x.unsqueeze(1)).flatten(1, 2)
-        return torch.cat([out[:, :, :k] + x[:, None, :k], out[:, :, k:]], 2).flatten(1, 2)
+        # (N, [S,] E/S, C, H, W) and the input broadcast to it
+        out, inp = (h.unflatten(1, (E, -1)), x.unsqueeze(1)) if S == 1 else (h.unflatten(1, (S, E // S, -1)), x.unflatten(1, (S, 1, -1)))
+        if k is None or k == inp.shape[-3]:
+            return (out + inp).flatten(1, -3)
+        return torch.cat([out[..., :k, :, :] + inp[..., :k, :, :], out[..., k:, :, :]], -3).flatten(1, -3)
 
 
 def _shortcut(block: nn.Module) -> tuple[bool, int | None]:
@@ -266,31 +269,33 @@ def _plain_conv(conv: nn.Conv2d) -> bool:
 
 
 class _Group:
-    """The edges of a cell that read one state, and how their candidates run as one wide op."""
+    """The edges of a cell that read some states (each read by as many edges, source-major), and how their candidates
+    run as one wide op."""
 
-    def __init__(self, src: int, edge_ids: list[int], edges: list[MixedOp], n_primitives: int):
-        self.src, self.edge_ids = src, edge_ids
-        E, first = len(edges), edges[0]
-        self.edges = edges
+    def __init__(self, srcs: list[int], edge_ids: list[int], edges: list[MixedOp], n_primitives: int):
+        self.srcs, self.edge_ids = srcs, edge_ids
+        E, first, S = len(edges), edges[0], len(srcs)
+        self.edges, self.S = edges, S
         kinds = [_kind(op) for op in first.ops]
         self.ok = all(isinstance(e, MixedOp) and [_kind(op) for op in e.ops] == kinds and e.active == first.active for e in edges)
-        self.ok = self.ok and first.partial_channels == 1 and "none" not in kinds
+        self.ok = self.ok and first.partial_channels == 1 and "none" not in kinds and E % S == 0
         pos = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in ("pool", "skip", "sep", "dil", "other")}
         self.pools = pos["pool"]
         self.sep, self.dil = pos["sep"], pos["dil"]
         self.skip, self.other = pos["skip"], pos["other"]
         self.pool_stats = SharedStats([e.ops[p][1] for p in self.pools for e in edges]) if self.pools else None
-        if self.pools:
+        if self.pools:  # they run once, as the first edge's: the same for every edge
             self.ok = self.ok and _uniform_batch_norms(self.pool_stats.bns)
+            self.ok = self.ok and all(_settings(e.ops[p][0]) == _settings(first.ops[p][0]) for p in self.pools for e in edges)
         self.stage1 = self.stage2 = None
         if self.sep or self.dil:
-            self.stage1 = _Stage([[e.ops[p][0] for e in edges] for p in self.sep] + [[e.ops[p] for e in edges] for p in self.dil], True)
+            self.stage1 = _Stage([[e.ops[p][0] for e in edges] for p in self.sep] + [[e.ops[p] for e in edges] for p in self.dil], True, S)
             self.ok = self.ok and self.stage1.ok
         if self.sep:
             self.stage2 = _Stage([[e.ops[p][1] for e in edges] for p in self.sep], False)
             self.ok = self.ok and self.stage2.ok and self.stage2.stride == (1, 1)
         # the sandglass and inverted-residual blocks that run as one block over all the edges (position -> block)
-        self.wide_blocks = {p: block for p in self.other if (block := _WideBlock([e.ops[p] for e in edges])).ok}
+        self.wide_blocks = {p: block for p in self.other if (block := _WideBlock([e.ops[p] for e in edges], S)).ok}
         # the blocks of the stacked outputs, in order, as positions in the edges' op lists
         self.order = self.pools + self.skip + self.sep + self.dil + self.other
         # index of each (block, edge) weight in the cell's flattened (edges x primitives) weights
@@ -299,24 +304,33 @@ class _Group:
         )
         self.E = E
 
+    def per_edge(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each edge's input: its source's channels of `x` (the sources side by side)."""
+        parts = x.chunk(self.S, 1) if self.S > 1 else (x,)
+        return [parts[k * self.S // self.E] for k in range(self.E)]
+
     def stacks(self) -> list[_Stacks]:
         """The group's wide ops that stack weights."""
         return [stage for stage in (self.stage1, self.stage2) if stage is not None] + list(self.wide_blocks.values())
 
-    def __call__(self, x: torch.Tensor, weights: torch.Tensor, training: bool) -> torch.Tensor:
-        """The E edges' outputs on `x`, stacked: (N, E, C, H', W'); `weights`: the (block, edge) weights in the order
-        of `weight_index`."""
-        edges, E = self.edges, self.E
+    def __call__(self, xs: list[torch.Tensor], weights: torch.Tensor, training: bool) -> torch.Tensor:
+        """The E edges' outputs on the states `xs` they read, stacked: (N, E, C, H', W'); `weights`: the (block, edge)
+        weights in the order of `weight_index`."""
+        edges, E, S = self.edges, self.E, self.S
+        x = torch.cat(xs, 1) if S > 1 else xs[0]  # the sources side by side: per-channel ops run on all at once
         relu_x = F.relu(x) if self.stage1 is not None else None
         pieces: list[torch.Tensor] = []
         if self.pools:
             pooled = [edges[0].ops[p][0](x) for p in self.pools]  # no parameters: the same for every edge
-            pieces.append(self.pool_stats.batch_norm(_repeated(pooled, E), training))
+            pieces.append(self.pool_stats.batch_norm(_repeated(pooled, S, E // S), training))
         for p in self.skip:
-            pieces += [_repeated([x], E)] if isinstance(edges[0].ops[p], nn.Identity) else [e.ops[p](x) for e in edges]
+            if isinstance(edges[0].ops[p], nn.Identity):
+                pieces.append(_tiled(x, S, E // S))
+            else:
+                pieces += [e.ops[p](inp) for e, inp in zip(edges, self.per_edge(x))]
         if self.stage1 is not None:
             mid = self.stage1(relu_x, training)
-            n_sep = len(self.sep) * E * x.shape[1]
+            n_sep = len(self.sep) * E * x.shape[1] // S
             sep_mid, dil_mid = mid.split([n_sep, mid.shape[1] - n_sep], 1) if self.sep and self.dil else (mid, mid)
             if self.sep:
                 pieces.append(self.stage2(F.relu(sep_mid), training))
@@ -326,7 +340,7 @@ class _Group:
             takes_relu = getattr(edges[0], "takes_relu", None)
             inp = relu_x if takes_relu is not None and takes_relu[p] else x
             block = self.wide_blocks.get(p)
-            pieces += [block(inp, training)] if block is not None else [e.ops[p](inp) for e in edges]
+            pieces += [block(inp, training)] if block is not None else [e.ops[p](t) for e, t in zip(edges, self.per_edge(inp))]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(1, len(self.order), E, 1, 1, 1)
@@ -352,14 +366,31 @@ def stacked_once(model: nn.Module) -> Iterator[None]:
             stage.reuse, stage.kept = False, None
 
 
-def _repeated(blocks: list[torch.Tensor], E: int) -> torch.Tensor:
-    """``torch.cat([t for t in blocks for _ in range(E)], 1)``, whose backward sums each block's E copies in one op
-    (a ``cat``'s backward takes a slice per copy and an add per repeat)."""
+def _repeated(blocks: list[torch.Tensor], sources: int, E: int) -> torch.Tensor:
+    """Each of `blocks` holds `sources` inputs side by side; every input's channels repeated E times, block after block:
+    ``torch.cat([s for t in blocks for s in t.chunk(sources, 1) for _ in range(E)], 1)``, whose backward sums the
+    copies in one op (a ``cat``'s backward takes a slice per copy and an add per repeat)."""
     if E == 1:
         return torch.cat(blocks, 1) if len(blocks) > 1 else blocks[0]
     if len(blocks) == 1:
-        return blocks[0].repeat(1, E, 1, 1)
-    return torch.stack(blocks, 1).repeat(1, 1, E, 1, 1).flatten(1, 2)
+        return _tiled(blocks[0], sources, E)
+    t = torch.stack(blocks, 1)
+    if sources > 1:
+        t = t.unflatten(2, (sources, -1)).flatten(1, 2)
+    return t.repeat(1, 1, E, 1, 1).flatten(1, 2)
+
+
+def _tiled(x: torch.Tensor, sources: int, E: int, blocks: int = 1) -> torch.Tensor:
+    """`x` holds `sources` inputs side by side; `blocks` times over, every input's channels repeated E times: one op
+    whose backward is one sum."""
+    if sources == 1:
+        return x.repeat(1, blocks * E, 1, 1) if blocks * E > 1 else x
+    return x.unflatten(1, (sources, -1)).unsqueeze(1).repeat(1, blocks, 1, E, 1, 1).flatten(1, 3)
+
+
+def _settings(module: nn.Module) -> dict:
+    """A parameter-free module's settings (a pool's kernel, stride, padding, ...)."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
 
 
 def _kind(op: nn.Module) -> str:
@@ -390,10 +421,16 @@ class WideCell(Cell):
         if not edges or not all(isinstance(e, MixedOp) for e in edges) or len({len(e.ops) for e in edges}) != 1:
             return self
         n_primitives = max(max(e.active) for e in edges) + 1
+        by_source = {src: [k for k, (_, s) in enumerate(self.edge_list) if s == src] for src in sorted({s for _, s in self.edge_list})}
         groups = []
-        for src in sorted({src for _, src in self.edge_list}):
-            ids = [k for k, (_, s) in enumerate(self.edge_list) if s == src]
-            group = _Group(src, ids, [edges[k] for k in ids], n_primitives)
+        if len(by_source.get(0, ())) == len(by_source.get(1, ())) > 0:  # the cell's two inputs, as one group if it fits
+            ids = by_source[0] + by_source[1]
+            group = _Group([0, 1], ids, [edges[k] for k in ids], n_primitives)
+            if group.ok:
+                groups.append(group)
+                del by_source[0], by_source[1]
+        for src, ids in by_source.items():
+            group = _Group([src], ids, [edges[k] for k in ids], n_primitives)
             if not group.ok:
                 return self
             groups.append(group)
@@ -413,9 +450,9 @@ class WideCell(Cell):
         node_sums: list[torch.Tensor | None] = [None] * self.steps
         group_weights = edge_weights.view(-1).index_select(0, self._wide_index).split(self._wide_sizes)
         for group, weights in zip(groups, group_weights):
-            while len(states) <= group.src:  # every edge into that node has run (groups go by ascending source)
+            while len(states) <= group.srcs[-1]:  # every edge into that node has run (groups go by ascending source)
                 states.append(node_sums[len(states) - 2])
-            outs = group(states[group.src], weights, self.training).unbind(1)
+            outs = group([states[src] for src in group.srcs], weights, self.training).unbind(1)
             for k, h in zip(group.edge_ids, outs):
                 node = self.edge_list[k][0]
                 node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
