@@ -11,16 +11,20 @@ import torch.nn.functional as F
 
 import darts_sg
 from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.model.ops import OpOptions
 from darts_sg.train.architect import unrolled_alpha_grads
 from darts_sg.speed.wide_edges import WideCell, stacked_once
 
 CPU = torch.device("cpu")
 
 
-def _supernet(space="darts", partial_channels=1, steps=2):
-    """A tiny supernet: 3 cells (a reduction cell with stride-2 edges among them), 2 nodes (groups of 2 and 1 edges)."""
+def _supernet(space="darts", partial_channels=1, steps=2, options=None):
+    """A tiny supernet: 3 cells (a reduction cell with stride-2 edges among them), 2 nodes (the 4 edges of the cell's
+    inputs in one group, then node 0's edge)."""
     torch.manual_seed(0)
-    return darts_sg.build_supernet(space, C=8, layers=3, num_classes=10, partial_channels=partial_channels, steps=steps).double()
+    return darts_sg.build_supernet(
+        space, C=8, layers=3, num_classes=10, partial_channels=partial_channels, steps=steps, options=options
+    ).double()
 
 
 def _widened(model, policy="cuda"):
@@ -66,6 +70,11 @@ def test_wide_supernet_matches_the_plain_one(space, policy):
     batch = _batch()
     if policy == "cpu":
         batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    _assert_trains_alike(wide, plain, batch)
+
+
+def _assert_trains_alike(wide, plain, batch):
+    """Same losses, weight and alpha gradients and running statistics after two training passes; same eval outputs."""
     torch.testing.assert_close(_train(wide, batch), _train(plain, batch))
     plain_params = dict(plain.named_parameters())
     for name, p in wide.named_parameters():  # weights and alphas
@@ -73,6 +82,24 @@ def test_wide_supernet_matches_the_plain_one(space, policy):
     _assert_same_state(wide, plain)  # the running statistics moved alike
     plain.eval(), wide.eval()
     torch.testing.assert_close(wide(batch[0]), plain(batch[0]))
+
+
+@pytest.mark.parametrize(
+    "space, options",
+    [
+        ("sgblock", OpOptions(sg_ratio=4, sg_min_hidden=2, sg_identity=0.5)),  # a 2-channel bottleneck, half a shortcut
+        ("invres", OpOptions(ir_expansion=2)),  # its first 1x1 conv, on the sources, grouped by source
+        ("skip_connect,sg_block,inv_res,max_pool_3x3", OpOptions()),  # two wide blocks, no separable convs
+    ],
+)
+def test_wide_blocks_match_the_plain_ones(space, options):
+    """The sandglass and inverted-residual blocks of a group run as one block over all its edges, in every cell."""
+    plain = _supernet(space, steps=3, options=options)  # groups of 4 (the two inputs, 2 edges each), 2 and 1 edges
+    wide = _widened(plain)
+    groups = [group for cell in _wide_cells(wide) for group in cell._wide_groups]
+    assert len(groups) == 9 and [g.srcs for g in groups[:3]] == [[0, 1], [2], [3]]
+    assert all(len(g.wide_blocks) == len(g.other) > 0 for g in groups if g.E > 1)
+    _assert_trains_alike(wide, plain, _batch())
 
 
 def test_partial_channel_cells_stay_plain_and_agree():
@@ -116,8 +143,9 @@ def test_moving_a_wide_model_rehomes_its_statistics():
     assert bn.running_mean._base is not None  # a view of the wide buffer again
 
 
-def test_second_order_alpha_gradients_agree():
-    plain = _supernet()
+@pytest.mark.parametrize("space", ["darts", "sgblock"])
+def test_second_order_alpha_gradients_agree(space):
+    plain = _supernet(space)
     wide = _widened(plain)
     grads = []
     for model in (plain, wide):
