@@ -186,8 +186,7 @@ class _StackedWeights(torch.autograd.Function):
             rows = grad.shape[0] // sum(per_group)
             for (k, n), g in zip(groups, grad.split([n * rows for n in per_group]) if len(groups) > 1 else (grad,)):
                 if k < kmax:
-                    pad = (kmax - k) // 2
-                    g = g[:, :, pad : pad + k, pad : pad + k].contiguous()
+                    g = F.pad(g, [-((kmax - k) // 2)] * 4)  # the centre, cropped in one op
                 out += g.split(rows) if n > 1 else [g]
         return tuple(out)
 
@@ -222,12 +221,14 @@ class _WideBlock(_Stacks):
             else:
                 self.ok = False
                 return
-        self.ok = self.plan[0][0] == "conv"
+        self.ok = bool(self.plan) and self.plan[0][0] == "conv"
+        # whether it reads x once per edge: a grouped first convolution, or the shortcut
+        self.reads_tiled = self.ok and (self.plan[0][1][0].groups > 1 or first.use_shortcut)
         self.layout = [(convs[0].kernel_size[0], [(convs[0].kernel_size[0], self.E)]) for kind, convs in self.plan if kind == "conv"]
 
-    def __call__(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, training: bool, x_edges: torch.Tensor | None = None) -> torch.Tensor:
         """The E edges' blocks on `x` (`sources` inputs side by side, each read by E / sources edges), their outputs
-        side by side on the channel axis."""
+        side by side on the channel axis; `x_edges`, if given: ``_tiled(x, sources, E // sources)``."""
         E, S = self.E, self.sources
         stacks = iter(self.stacked([conv.weight for kind, convs in self.plan if kind == "conv" for conv in convs]))
         h = x
@@ -238,7 +239,7 @@ class _WideBlock(_Stacks):
                     if conv.groups == 1:
                         groups = S  # every edge's output channels read all of its source: one group per source
                     else:
-                        h = _tiled(x, S, E // S)
+                        h = x_edges = x_edges if x_edges is not None else _tiled(x, S, E // S)
                 h = F.conv2d(h, next(stacks), None, conv.stride, conv.padding, conv.dilation, groups)
             elif kind == "bn":
                 h = layer.batch_norm(h, training)
@@ -247,11 +248,12 @@ class _WideBlock(_Stacks):
         use_shortcut, k = _shortcut(self.first)
         if not use_shortcut:
             return h
-        # (N, [S,] E/S, C, H, W) and the input broadcast to it
-        out, inp = (h.unflatten(1, (E, -1)), x.unsqueeze(1)) if S == 1 else (h.unflatten(1, (S, E // S, -1)), x.unflatten(1, (S, 1, -1)))
-        if k is None or k == inp.shape[-3]:
-            return (out + inp).flatten(1, -3)
-        return torch.cat([out[..., :k, :, :] + inp[..., :k, :, :], out[..., k:, :, :]], -3).flatten(1, -3)
+        if x_edges is None:
+            x_edges = _tiled(x, S, E // S)
+        if k is None or k == x.shape[1] // S:
+            return h + x_edges
+        out, inp = h.unflatten(1, (E, -1)), x_edges.unflatten(1, (E, -1))
+        return torch.cat([out[:, :, :k] + inp[:, :, :k], out[:, :, k:]], 2).flatten(1, 2)
 
 
 def _shortcut(block: nn.Module) -> tuple[bool, int | None]:
@@ -296,6 +298,12 @@ class _Group:
             self.ok = self.ok and self.stage2.ok and self.stage2.stride == (1, 1)
         # the sandglass and inverted-residual blocks that run as one block over all the edges (position -> block)
         self.wide_blocks = {p: block for p in self.other if (block := _WideBlock([e.ops[p] for e in edges], S)).ok}
+        takes_relu = getattr(first, "takes_relu", None)
+        self.reads_relu = {p: takes_relu is not None and takes_relu[p] for p in self.other}
+        # x with every source's channels once per edge that reads it, made once: for the identity skips and the blocks
+        self.tiles_x = any(isinstance(first.ops[p], nn.Identity) for p in self.skip) or any(
+            block.reads_tiled and not self.reads_relu[p] for p, block in self.wide_blocks.items()
+        )  # fmt: skip
         # the blocks of the stacked outputs, in order, as positions in the edges' op lists
         self.order = self.pools + self.skip + self.sep + self.dil + self.other
         # index of each (block, edge) weight in the cell's flattened (edges x primitives) weights
@@ -319,13 +327,14 @@ class _Group:
         edges, E, S = self.edges, self.E, self.S
         x = torch.cat(xs, 1) if S > 1 else xs[0]  # the sources side by side: per-channel ops run on all at once
         relu_x = F.relu(x) if self.stage1 is not None else None
+        x_edges = _tiled(x, S, E // S) if self.tiles_x else None
         pieces: list[torch.Tensor] = []
         if self.pools:
             pooled = [edges[0].ops[p][0](x) for p in self.pools]  # no parameters: the same for every edge
             pieces.append(self.pool_stats.batch_norm(_repeated(pooled, S, E // S), training))
         for p in self.skip:
             if isinstance(edges[0].ops[p], nn.Identity):
-                pieces.append(_tiled(x, S, E // S))
+                pieces.append(x_edges)
             else:
                 pieces += [e.ops[p](inp) for e, inp in zip(edges, self.per_edge(x))]
         if self.stage1 is not None:
@@ -337,10 +346,12 @@ class _Group:
             if self.dil:
                 pieces.append(dil_mid)
         for p in self.other:
-            takes_relu = getattr(edges[0], "takes_relu", None)
-            inp = relu_x if takes_relu is not None and takes_relu[p] else x
+            inp = relu_x if self.reads_relu[p] else x
             block = self.wide_blocks.get(p)
-            pieces += [block(inp, training)] if block is not None else [e.ops[p](t) for e, t in zip(edges, self.per_edge(inp))]
+            if block is not None:
+                pieces.append(block(inp, training, None if self.reads_relu[p] else x_edges))
+            else:
+                pieces += [e.ops[p](t) for e, t in zip(edges, self.per_edge(inp))]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(1, len(self.order), E, 1, 1, 1)
