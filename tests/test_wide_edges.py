@@ -201,3 +201,20 @@ def test_a_search_step_with_shared_stacks_is_the_step_without(order):
         steps.append(wide.state_dict())
     for key, value in steps[0].items():
         assert torch.equal(value, steps[1][key]), key
+
+
+def test_stacked_weights_are_the_padded_concatenation_with_its_gradient():
+    from darts_sg.speed.wide_edges import _StackedWeights
+
+    layout = [(5, [(5, 2), (3, 3), (5, 1)]), (5, [(3, 1), (5, 1)]), (1, [(1, 4)])]
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 1, 5, 5)] * 2 + [(2, 1, 3, 3)] * 3 + [(2, 1, 5, 5)] + [(2, 1, 3, 3), (2, 1, 5, 5)] + [(2, 3, 1, 1)] * 4
+    weights = [torch.randn(*shape, generator=g, dtype=torch.double, requires_grad=True) for shape in shapes]
+
+    def reference(*w):
+        pad = lambda t: F.pad(t, [1] * 4) if t.shape[-1] == 3 else t  # noqa: E731
+        return torch.cat([pad(t) for t in w[:6]]), torch.cat([pad(t) for t in w[6:8]]), torch.cat(w[8:])
+
+    for stack, expected in zip(_StackedWeights.apply(layout, *weights), reference(*weights)):
+        assert torch.equal(stack, expected)
+    torch.autograd.gradcheck(lambda *w: _StackedWeights.apply(layout, *w), weights)

@@ -1,4 +1,4 @@
-"""Wide edges: all the mixed ops that read one node of a supernet cell, run as one wide op.
+"""Wide edges: all the mixed ops that read one node of a supernet cell (or the cell's two inputs), run as one wide op.
 
 On a GPU the supernet's step is bound by the host issuing kernels (~60 forward and ~85 backward
 aten ops per edge, 14 edges per cell), not by the GPU running them. Batch norm is per channel and
@@ -11,22 +11,29 @@ tensor holds candidate b of every edge, edge after edge):
   dilation: sep 3x3 in 5x5, dil 3x3 in dil 5x5); one grouped 1x1 convolution; one batch norm over
   all their channels; the same again for the second half of the separable convolutions;
 - the pools run once (their input and configuration are shared), their batch norms as one;
+- the sandglass and inverted-residual blocks as one block: each of their convolutions grouped over
+  the edges, each batch norm over all the edges' channels, each ReLU6 once, the shortcut in one add
+  (the first depthwise convolution reads the input before any ReLU, repeated once per edge: the
+  same repeated input as the identity skip's);
 - the weighted sum of every edge is one multiply-and-reduce over the stacked candidate outputs.
 
-A cell runs its edges grouped by the node they read, as soon as that node exists (s0 and s1 feed
-four edges each, node 0 three, ...): five wide ops per cell instead of fourteen edges. The sums
-into a node keep the plain cell's order, so the result is the plain cell's up to float rounding.
+A cell runs its edges grouped by the node they read, as soon as that node exists: s0 and s1, which
+exist from the start, feed four edges each, to the same nodes, and run as one group over the two
+inputs side by side (per-channel ops run on both at once; a 1x1 convolution on them is grouped by
+input), whose multiply-and-reduce also sums each node's two edges; then node 0 feeds three edges,
+node 1 two, node 2 one: four wide ops per cell instead of fourteen edges. The result is the plain
+cell's up to float rounding (the sums into a node run in another order).
 
 The substitute keeps every module, parameter and buffer where it was (the state-dict keys, old
 checkpoints and the optimizers are untouched): the wide weights are concatenated from the
-modules' own parameters at each call (their gradient split back in one op per kernel size, and,
-inside `stacked_once`, once per step for all its passes), and each batch norm's running statistics become views of
-one wide buffer per stage, which ``F.batch_norm`` updates in place; after ``.to()``, a dtype change
+modules' own parameters at each call (their gradient split back in one op per stack, plus a crop
+per smaller kernel size, and, inside `stacked_once`, once per step for all its passes), and each
+batch norm's running statistics become views of one wide buffer per stage, which ``F.batch_norm`` updates in place; after ``.to()``, a dtype change
 or ``load_state_dict(assign=True)`` replaced the buffers, the next forward re-homes them. Like
 torch's batch norm with a momentum set, the wide batch norms never read ``num_batches_tracked``,
-so they do not increment it. Ops that do not fit (sandglass and inverted-residual blocks, the
-stride-2 factorized reduce, a computed ``none``) run per edge inside the same wide op; cells with
-partial channels (PC-DARTS), edge scales or a drop path set run as plain cells.
+so they do not increment it. Ops that do not fit (the stride-2 factorized reduce, a block on a
+single edge, a computed ``none``) run per edge inside the same wide op; cells with partial channels
+(PC-DARTS), edge scales or a drop path set run as plain cells.
 """
 
 from __future__ import annotations
@@ -157,12 +164,12 @@ class _Stage(_Stacks):
 
 
 class _StackedWeights(torch.autograd.Function):
-    """Convolution weights stacked on the output axis, in one op per kernel size each way.
+    """Convolution weights stacked on the output axis, in one ``cat`` per stack (and a ``cat`` and a pad per smaller
+    kernel size), and split back in one op per stack (and a crop and a split per smaller kernel size).
 
     `layout`: per stacked weight, (its kernel size kmax, [(kernel size k, how many weights)...]);
     the weights follow, in that order. A k x k kernel is zero-embedded, centred, in kmax x kmax.
-    The gradient of the stack is split back in one op per kernel size (autograd's own ``cat``
-    would take one ``slice`` per weight); the values are the same.
+    The values are those of autograd's own ``cat`` and ``pad``, whose backward would take a ``slice`` per weight.
     """
 
     @staticmethod
@@ -172,8 +179,10 @@ class _StackedWeights(torch.autograd.Function):
         for kmax, groups in layout:
             parts = []
             for k, n in groups:
-                w = torch.cat(weights[i : i + n]) if n > 1 else weights[i]
-                parts.append(F.pad(w, [(kmax - k) // 2] * 4) if k < kmax else w)
+                if k < kmax:  # the smaller kernels of one size padded at once
+                    parts.append(F.pad(torch.cat(weights[i : i + n]) if n > 1 else weights[i], [(kmax - k) // 2] * 4))
+                else:
+                    parts += weights[i : i + n]
                 i += n
             stacks.append(torch.cat(parts) if len(parts) > 1 else parts[0])
         return tuple(stacks)
@@ -182,12 +191,15 @@ class _StackedWeights(torch.autograd.Function):
     def backward(ctx, *grads):
         out = [None]
         for (kmax, groups), grad in zip(ctx.layout, grads):
-            per_group = [n for _, n in groups]
-            rows = grad.shape[0] // sum(per_group)
-            for (k, n), g in zip(groups, grad.split([n * rows for n in per_group]) if len(groups) > 1 else (grad,)):
+            rows = grad.shape[0] // sum(n for _, n in groups)
+            sizes = [size for k, n in groups for size in ([n * rows] if k < kmax else [rows] * n)]
+            pieces = iter(grad.split(sizes) if len(sizes) > 1 else (grad,))
+            for k, n in groups:
                 if k < kmax:
-                    g = F.pad(g, [-((kmax - k) // 2)] * 4)  # the centre, cropped in one op
-                out += g.split(rows) if n > 1 else [g]
+                    g = F.pad(next(pieces), [-((kmax - k) // 2)] * 4)  # the centre, cropped in one op
+                    out += g.split(rows) if n > 1 else [g]
+                else:
+                    out += [next(pieces) for _ in range(n)]
         return tuple(out)
 
 
@@ -274,10 +286,14 @@ class _Group:
     """The edges of a cell that read some states (each read by as many edges, source-major), and how their candidates
     run as one wide op."""
 
-    def __init__(self, srcs: list[int], edge_ids: list[int], edges: list[MixedOp], n_primitives: int):
+    def __init__(self, srcs: list[int], edge_ids: list[int], edges: list[MixedOp], nodes: list[int], n_primitives: int):
+        # nodes: the node each edge feeds
         self.srcs, self.edge_ids = srcs, edge_ids
         E, first, S = len(edges), edges[0], len(srcs)
         self.edges, self.S = edges, S
+        # where every source feeds the same nodes in the same order, the group sums its sources' edges into each node
+        self.fold = S > 1 and E % S == 0 and all(nodes[k] == nodes[k % (E // S)] for k in range(E))
+        self.out_nodes = nodes[: E // S] if self.fold else nodes  # the node of each output
         kinds = [_kind(op) for op in first.ops]
         self.ok = all(isinstance(e, MixedOp) and [_kind(op) for op in e.ops] == kinds and e.active == first.active for e in edges)
         self.ok = self.ok and first.partial_channels == 1 and "none" not in kinds and E % S == 0
@@ -312,9 +328,8 @@ class _Group:
         )
         self.E = E
 
-    def per_edge(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each edge's input: its source's channels of `x` (the sources side by side)."""
-        parts = x.chunk(self.S, 1) if self.S > 1 else (x,)
+    def per_edge(self, parts: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Each edge's input: the one of `parts` (a tensor per source) that its source gives."""
         return [parts[k * self.S // self.E] for k in range(self.E)]
 
     def stacks(self) -> list[_Stacks]:
@@ -322,8 +337,8 @@ class _Group:
         return [stage for stage in (self.stage1, self.stage2) if stage is not None] + list(self.wide_blocks.values())
 
     def __call__(self, xs: list[torch.Tensor], weights: torch.Tensor, training: bool) -> torch.Tensor:
-        """The E edges' outputs on the states `xs` they read, stacked: (N, E, C, H', W'); `weights`: the (block, edge)
-        weights in the order of `weight_index`."""
+        """The E edges' outputs on the states `xs` they read, stacked: (N, E, C, H', W'), or with `fold` the sums of each
+        node's edges: (N, E / S, C, H', W'); `weights`: the (block, edge) weights in the order of `weight_index`."""
         edges, E, S = self.edges, self.E, self.S
         x = torch.cat(xs, 1) if S > 1 else xs[0]  # the sources side by side: per-channel ops run on all at once
         relu_x = F.relu(x) if self.stage1 is not None else None
@@ -336,7 +351,7 @@ class _Group:
             if isinstance(edges[0].ops[p], nn.Identity):
                 pieces.append(x_edges)
             else:
-                pieces += [e.ops[p](inp) for e, inp in zip(edges, self.per_edge(x))]
+                pieces += [e.ops[p](inp) for e, inp in zip(edges, self.per_edge(xs))]
         if self.stage1 is not None:
             mid = self.stage1(relu_x, training)
             n_sep = len(self.sep) * E * x.shape[1] // S
@@ -351,8 +366,12 @@ class _Group:
             if block is not None:
                 pieces.append(block(inp, training, None if self.reads_relu[p] else x_edges))
             else:
-                pieces += [e.ops[p](t) for e, t in zip(edges, self.per_edge(inp))]
+                parts = relu_x.chunk(S, 1) if self.reads_relu[p] else xs
+                pieces += [e.ops[p](t) for e, t in zip(edges, self.per_edge(parts))]
         stacked = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
+        if self.fold:  # (N, blocks, sources, edges per source, C, H, W), summed over blocks and sources
+            shape = (len(self.order), S, E // S)
+            return (stacked.unflatten(1, (*shape, -1)) * weights.view(1, *shape, 1, 1, 1)).sum((1, 2))
         stacked = stacked.unflatten(1, (len(self.order), E, -1))
         w = weights.view(1, len(self.order), E, 1, 1, 1)
         return (stacked * w).sum(1)
@@ -436,12 +455,12 @@ class WideCell(Cell):
         groups = []
         if len(by_source.get(0, ())) == len(by_source.get(1, ())) > 0:  # the cell's two inputs, as one group if it fits
             ids = by_source[0] + by_source[1]
-            group = _Group([0, 1], ids, [edges[k] for k in ids], n_primitives)
+            group = _Group([0, 1], ids, [edges[k] for k in ids], [self.edge_list[k][0] for k in ids], n_primitives)
             if group.ok:
                 groups.append(group)
                 del by_source[0], by_source[1]
         for src, ids in by_source.items():
-            group = _Group([src], ids, [edges[k] for k in ids], n_primitives)
+            group = _Group([src], ids, [edges[k] for k in ids], [self.edge_list[k][0] for k in ids], n_primitives)
             if not group.ok:
                 return self
             groups.append(group)
@@ -464,8 +483,7 @@ class WideCell(Cell):
             while len(states) <= group.srcs[-1]:  # every edge into that node has run (groups go by ascending source)
                 states.append(node_sums[len(states) - 2])
             outs = group([states[src] for src in group.srcs], weights, self.training).unbind(1)
-            for k, h in zip(group.edge_ids, outs):
-                node = self.edge_list[k][0]
+            for node, h in zip(group.out_nodes, outs):
                 node_sums[node] = h if node_sums[node] is None else node_sums[node] + h
         states.extend(node_sums[len(states) - 2 :])
         return torch.cat([states[i] for i in self.concat], dim=1)
