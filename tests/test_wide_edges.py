@@ -111,8 +111,9 @@ def test_partial_channel_cells_stay_plain_and_agree():
     _assert_same_state(wide, plain)
 
 
-def test_plain_checkpoints_load_into_wide_models_and_back():
-    plain, other = _supernet(), _supernet()
+@pytest.mark.parametrize("space", ["darts", "sgblock"])
+def test_plain_checkpoints_load_into_wide_models_and_back(space):
+    plain, other = _supernet(space), _supernet(space)
     _train(other, _batch(), steps=1)  # different weights and statistics than `plain`
     wide = _widened(plain)
     _train(wide, _batch(), steps=1)  # the buffers are views of wide ones now
@@ -127,7 +128,7 @@ def test_plain_checkpoints_load_into_wide_models_and_back():
     buffer = io.BytesIO()
     torch.save(wide.state_dict(), buffer)
     buffer.seek(0)
-    back = _supernet()
+    back = _supernet(space)
     back.load_state_dict(torch.load(buffer, weights_only=True))
     _assert_same_state(back, wide)
 
@@ -187,13 +188,13 @@ def test_stacked_once_reuses_the_stacks_while_the_weights_stay_the_same():
     assert stage.kept is None and not stage.reuse
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_a_search_step_with_shared_stacks_is_the_step_without(order):
+@pytest.mark.parametrize("order, space", [(1, "darts"), (2, "darts"), (1, "sgblock")])
+def test_a_search_step_with_shared_stacks_is_the_step_without(order, space):
     from darts_sg.jobs.search import SearchConfig, SearchStep
 
     steps = []
     for reuse in (True, False):
-        wide = _widened(_supernet())
+        wide = _widened(_supernet(space))
         step = SearchStep(wide, SearchConfig(order=order), CPU, device_policy("cuda"), optimizer_device="cuda")
         if not reuse:
             step.same_weights = contextlib.nullcontext
