@@ -209,8 +209,9 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 class _WideBlock(_Stacks):
     """The sandglass or inverted-residual block of every edge of a group, run as one block over the edges' channels side
     by side (edge-major): each convolution grouped over the edges (a depthwise one over E*C channels, a 1x1 one in E
-    groups; the first, on the shared input, over the input repeated E times, or ungrouped where it is not grouped), each
-    batch norm over all the edges' channels, each activation once, and the shortcut added to every edge in one op."""
+    groups; the first, on the group's input, over the input repeated once per edge, or, where it is a 1x1 one, in one
+    group per source), each batch norm over all the edges' channels, each activation once, and the shortcut added to
+    every edge in one op. A block on a single edge runs as it is (``ok`` is False)."""
 
     def __init__(self, blocks: list[nn.Module], sources: int = 1):
         first = blocks[0]
