@@ -11,16 +11,20 @@ import torch.nn.functional as F
 
 import darts_sg
 from darts_sg.speed.accelerate import accelerate, device_policy
+from darts_sg.model.ops import OpOptions
 from darts_sg.train.architect import unrolled_alpha_grads
 from darts_sg.speed.wide_edges import WideCell, stacked_once
 
 CPU = torch.device("cpu")
 
 
-def _supernet(space="darts", partial_channels=1, steps=2):
-    """A tiny supernet: 3 cells (a reduction cell with stride-2 edges among them), 2 nodes (groups of 2 and 1 edges)."""
+def _supernet(space="darts", partial_channels=1, steps=2, options=None):
+    """A tiny supernet: 3 cells (a reduction cell with stride-2 edges among them), 2 nodes (the 4 edges of the cell's
+    inputs in one group, then node 0's edge)."""
     torch.manual_seed(0)
-    return darts_sg.build_supernet(space, C=8, layers=3, num_classes=10, partial_channels=partial_channels, steps=steps).double()
+    return darts_sg.build_supernet(
+        space, C=8, layers=3, num_classes=10, partial_channels=partial_channels, steps=steps, options=options
+    ).double()
 
 
 def _widened(model, policy="cuda"):
@@ -66,6 +70,11 @@ def test_wide_supernet_matches_the_plain_one(space, policy):
     batch = _batch()
     if policy == "cpu":
         batch = (batch[0].contiguous(memory_format=torch.channels_last), batch[1])
+    _assert_trains_alike(wide, plain, batch)
+
+
+def _assert_trains_alike(wide, plain, batch):
+    """Same losses, weight and alpha gradients and running statistics after two training passes; same eval outputs."""
     torch.testing.assert_close(_train(wide, batch), _train(plain, batch))
     plain_params = dict(plain.named_parameters())
     for name, p in wide.named_parameters():  # weights and alphas
@@ -73,6 +82,24 @@ def test_wide_supernet_matches_the_plain_one(space, policy):
     _assert_same_state(wide, plain)  # the running statistics moved alike
     plain.eval(), wide.eval()
     torch.testing.assert_close(wide(batch[0]), plain(batch[0]))
+
+
+@pytest.mark.parametrize(
+    "space, options",
+    [
+        ("sgblock", OpOptions(sg_ratio=4, sg_min_hidden=2, sg_identity=0.5)),  # a 2-channel bottleneck, half a shortcut
+        ("invres", OpOptions(ir_expansion=2)),  # its first 1x1 conv, on the sources, grouped by source
+        ("skip_connect,sg_block,inv_res,max_pool_3x3", OpOptions()),  # two wide blocks, no separable convs
+    ],
+)
+def test_wide_blocks_match_the_plain_ones(space, options):
+    """The sandglass and inverted-residual blocks of a group run as one block over all its edges, in every cell."""
+    plain = _supernet(space, steps=3, options=options)  # groups of 4 (the two inputs, 2 edges each), 2 and 1 edges
+    wide = _widened(plain)
+    groups = [group for cell in _wide_cells(wide) for group in cell._wide_groups]
+    assert len(groups) == 9 and [g.srcs for g in groups[:3]] == [[0, 1], [2], [3]]
+    assert all(len(g.wide_blocks) == len(g.other) > 0 for g in groups if g.E > 1)
+    _assert_trains_alike(wide, plain, _batch())
 
 
 def test_partial_channel_cells_stay_plain_and_agree():
@@ -84,8 +111,9 @@ def test_partial_channel_cells_stay_plain_and_agree():
     _assert_same_state(wide, plain)
 
 
-def test_plain_checkpoints_load_into_wide_models_and_back():
-    plain, other = _supernet(), _supernet()
+@pytest.mark.parametrize("space", ["darts", "sgblock"])
+def test_plain_checkpoints_load_into_wide_models_and_back(space):
+    plain, other = _supernet(space), _supernet(space)
     _train(other, _batch(), steps=1)  # different weights and statistics than `plain`
     wide = _widened(plain)
     _train(wide, _batch(), steps=1)  # the buffers are views of wide ones now
@@ -100,7 +128,7 @@ def test_plain_checkpoints_load_into_wide_models_and_back():
     buffer = io.BytesIO()
     torch.save(wide.state_dict(), buffer)
     buffer.seek(0)
-    back = _supernet()
+    back = _supernet(space)
     back.load_state_dict(torch.load(buffer, weights_only=True))
     _assert_same_state(back, wide)
 
@@ -116,8 +144,9 @@ def test_moving_a_wide_model_rehomes_its_statistics():
     assert bn.running_mean._base is not None  # a view of the wide buffer again
 
 
-def test_second_order_alpha_gradients_agree():
-    plain = _supernet()
+@pytest.mark.parametrize("space", ["darts", "sgblock"])
+def test_second_order_alpha_gradients_agree(space):
+    plain = _supernet(space)
     wide = _widened(plain)
     grads = []
     for model in (plain, wide):
@@ -159,13 +188,13 @@ def test_stacked_once_reuses_the_stacks_while_the_weights_stay_the_same():
     assert stage.kept is None and not stage.reuse
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_a_search_step_with_shared_stacks_is_the_step_without(order):
+@pytest.mark.parametrize("order, space", [(1, "darts"), (2, "darts"), (1, "sgblock")])
+def test_a_search_step_with_shared_stacks_is_the_step_without(order, space):
     from darts_sg.jobs.search import SearchConfig, SearchStep
 
     steps = []
     for reuse in (True, False):
-        wide = _widened(_supernet())
+        wide = _widened(_supernet(space))
         step = SearchStep(wide, SearchConfig(order=order), CPU, device_policy("cuda"), optimizer_device="cuda")
         if not reuse:
             step.same_weights = contextlib.nullcontext
@@ -173,3 +202,20 @@ def test_a_search_step_with_shared_stacks_is_the_step_without(order):
         steps.append(wide.state_dict())
     for key, value in steps[0].items():
         assert torch.equal(value, steps[1][key]), key
+
+
+def test_stacked_weights_are_the_padded_concatenation_with_its_gradient():
+    from darts_sg.speed.wide_edges import _StackedWeights
+
+    layout = [(5, [(5, 2), (3, 3), (5, 1)]), (5, [(3, 1), (5, 1)]), (1, [(1, 4)])]
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 1, 5, 5)] * 2 + [(2, 1, 3, 3)] * 3 + [(2, 1, 5, 5)] + [(2, 1, 3, 3), (2, 1, 5, 5)] + [(2, 3, 1, 1)] * 4
+    weights = [torch.randn(*shape, generator=g, dtype=torch.double, requires_grad=True) for shape in shapes]
+
+    def reference(*w):
+        pad = lambda t: F.pad(t, [1] * 4) if t.shape[-1] == 3 else t  # noqa: E731
+        return torch.cat([pad(t) for t in w[:6]]), torch.cat([pad(t) for t in w[6:8]]), torch.cat(w[8:])
+
+    for stack, expected in zip(_StackedWeights.apply(layout, *weights), reference(*weights)):
+        assert torch.equal(stack, expected)
+    torch.autograd.gradcheck(lambda *w: _StackedWeights.apply(layout, *w), weights)
