@@ -201,7 +201,7 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
         elif type(module) is Cell and any(isinstance(edge, MixedOp) for edge in module.edges):
             return _substitute(module, WideCell).widen() if a.wide_edges else module
         elif a.wide_cells and type(module) is Cell:
-            return _substitute(module, WideDerivedCell).widen()
+            return _substitute(module, WideDerivedCell).widen(share_input_relu=not a.recompute_cells)
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
             return _substitute(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
         return module

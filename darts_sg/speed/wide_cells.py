@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.cells import Cell, DropPath, MixedOp
-from ..model.ops import DilConv, SepConv
+from ..model.ops import DilConv, ReLUConvBN, SepConv
 from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
 from .wide_edges import SharedStats, _StackedWeights
 
@@ -75,6 +75,28 @@ def _after_relu(units: list[nn.Sequential], relu_x: torch.Tensor) -> torch.Tenso
     for i, unit in enumerate(units):
         for layer in unit if i else list(unit)[1:]:
             h = layer(h)
+    return h
+
+
+def _relu_once(x: torch.Tensor) -> torch.Tensor:
+    """``F.relu(x)``, computed once per tensor: a cell's output is the input of the next two cells' preprocessing,
+    and both ReLU it. The ReLU lives on the tensor itself (so it goes with it), for its version and grad mode."""
+    grad = torch.is_grad_enabled()
+    kept = x.__dict__.get("_relu_once")
+    if kept is not None and kept[0] == x._version and kept[1] == grad:
+        return kept[2]
+    out = F.relu(x)
+    x._relu_once = (x._version, grad, out)
+    return out
+
+
+def _preprocess(module: nn.Module, x: torch.Tensor, share_relu: bool) -> torch.Tensor:
+    """`module`(`x`), its ReLU shared with the other cell reading `x` when it is a plain ReLU-conv-BN."""
+    if not share_relu or type(module) is not ReLUConvBN or type(module[0]) is not nn.ReLU:
+        return module(x)
+    h = _relu_once(x)
+    for layer in list(module)[1:]:
+        h = layer(h)
     return h
 
 
@@ -161,17 +183,18 @@ class _Wave:
     def run(self, cell: Cell, states: list, survival: float | None) -> dict[int, torch.Tensor]:
         """Every edge's output (after its drop path when `survival` is given), by edge id."""
         training = cell.training
-        relu = None
-        if self.sources:
-            stacked = torch.stack([states[s] for s in self.sources], 1) if len(self.sources) > 1 else states[self.sources[0]].unsqueeze(1)
-            relu = F.relu(stacked)  # (N, sources, C, H, W): one ReLU for every convolution of the wave
+        relu = stacked = None
+        if len(self.sources) > 1:  # one ReLU for every convolution of the wave: (N, sources, C, H, W)
+            relu = stacked = F.relu(torch.stack([states[s] for s in self.sources], 1))
+        elif self.sources:
+            relu = F.relu(states[self.sources[0]])
         wide = []
         for blocks, convs, name in self.groups:
-            x = relu.index_select(1, getattr(cell, name)).flatten(1, 2)
+            x = stacked.index_select(1, getattr(cell, name)).flatten(1, 2) if stacked is not None else relu.repeat(1, len(blocks), 1, 1)
             wide.append((blocks, convs(x, training)))
         outs: dict[int, torch.Tensor] = {}
         for k, units, source in self.singles:
-            outs[k] = _after_relu(units, relu[:, source])
+            outs[k] = _after_relu(units, stacked[:, source] if stacked is not None else relu)
         shared: dict[tuple, torch.Tensor] = {}
         for k, key, op in self.others:
             if key is None:
@@ -180,24 +203,25 @@ class _Wave:
                 if key not in shared:
                     shared[key] = op(states[key[0]])
                 outs[k] = shared[key]
-        noise = None
-        if survival is not None and self.rows:
+        rows = len(self.rows) if survival is not None else 0
+        if rows:
             like = wide[0][1] if wide else outs[self.droppable[0]]
-            noise = torch.empty([len(self.rows), like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
+            # (rows, N, 1, 1, 1); one edge's alone: (N, 1, 1, 1), as the plain drop path's
+            noise = torch.empty([rows] * (rows > 1) + [like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
             for k in self.droppable:  # the plain cell's order: edge by edge
-                noise[self.rows[k]].bernoulli_(survival)
+                (noise[self.rows[k]] if rows > 1 else noise).bernoulli_(survival)
             if survival > 0.0:
                 noise.div_(survival)
         for blocks, h in wide:
             h = h.unflatten(1, (len(blocks), -1))
-            if noise is not None:
+            if rows:
                 r = self.rows[blocks[0]]
-                h = h * noise[r : r + len(blocks)].transpose(0, 1)
+                h = h * (noise[r : r + len(blocks)] if len(blocks) < rows else noise).transpose(0, 1)
             outs.update(zip(blocks, h.unbind(1)))
-        if noise is not None:
+        if rows:
             for k in self.droppable:
                 if k not in self.grouped:
-                    outs[k] = outs[k] * noise[self.rows[k]]
+                    outs[k] = outs[k] * (noise[self.rows[k]] if rows > 1 else noise)
         return outs
 
 
@@ -208,8 +232,13 @@ class WideDerivedCell(Cell):
     children, then `widen` plans the waves): the very same modules, parameters and buffers.
     """
 
-    def widen(self) -> "WideDerivedCell":
-        """Plan the waves; a cell that does not fit (mixed ops, other drop-path modules) stays plain."""
+    def widen(self, share_input_relu: bool = True) -> "WideDerivedCell":
+        """Plan the waves; a cell that does not fit (mixed ops, other drop-path modules) stays plain.
+
+        share_input_relu: the ReLU of an input shared with the other cell that reads it (not under recomputed
+        cells: a recomputation must compute what the forward pass computed).
+        """
+        self.share_input_relu = share_input_relu
         self._waves: list[_Wave] | None = None
         nodes = [node for node, _ in self.edge_list]
         if set(nodes) != set(range(self.steps)) or any(isinstance(e, MixedOp) for e in self.edges):
@@ -247,7 +276,7 @@ class WideDerivedCell(Cell):
             survival is not None and not self._draws_in_order
         ):
             return super().forward(s0, s1, edge_weights, edge_scales)
-        states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)] + [None] * self.steps
+        states: list[torch.Tensor | None] = [_preprocess(self.preprocess0, s0, self.share_input_relu), _preprocess(self.preprocess1, s1, self.share_input_relu)] + [None] * self.steps
         outs: dict[int, torch.Tensor] = {}
         for wave in waves:
             outs.update(wave.run(self, states, survival))
