@@ -4,6 +4,7 @@ changes but speed: values, gradients, running statistics, drop-path masks, state
 import copy
 import dataclasses
 import io
+from collections import Counter
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import darts_sg
 from darts_sg.model.genotype import Genotype
 from darts_sg.speed.accelerate import accelerate, device_policy
 from darts_sg.speed.wide_cells import WideDerivedCell
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CPU = torch.device("cpu")
 
@@ -26,8 +28,8 @@ VARIED = Genotype(
             ("dil_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 2), ("skip_connect", 3)),
     reduce_concat=(2, 3, 4, 5),
 )  # fmt: skip
-# edge 2 reads node 0 (second wave) but comes before edge 3, which reads s0 (first wave): the waves would draw
-# the drop-path masks in another order than the plain cell, so with drop path on the cell runs plain
+# edge 2 reads node 0 (second wave) but comes before edge 3, which reads s0 (first wave): the masks must still be
+# drawn in the plain cell's order, edge by edge
 OUT_OF_ORDER = Genotype(
     normal=(("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2), ("sep_conv_3x3", 0),
             ("sep_conv_3x3", 1), ("dil_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_3x3", 4)),
@@ -162,3 +164,61 @@ def test_the_cuda_policy_widens_derived_cells_the_cpu_policy_does_not():
     assert not _wide_cells(accelerate(_network(), CPU, device_policy("cpu")))
     supernet = accelerate(darts_sg.build_supernet("darts", C=8, layers=3), CPU, dataclasses.replace(device_policy("cuda"), cudnn_benchmark=False))
     assert not any(isinstance(m, WideDerivedCell) for m in supernet.modules())  # mixed-op cells: wide edges' business
+
+
+def test_recomputed_wide_cells_agree_and_recompute_their_relus():
+    plain = _network(auxiliary=False)
+    acceleration = dataclasses.replace(device_policy("cuda"), wide_cells=True, recompute_cells=True, cudnn_benchmark=False)
+    wide = accelerate(copy.deepcopy(plain), CPU, acceleration)
+    assert len(_wide_cells(wide)) == 4 and not any(cell.share_input_relu for cell in _wide_cells(wide))
+    batch = _batch()
+    torch.testing.assert_close(_train(wide, batch, 0.3), _train(plain, batch, 0.3))
+    _assert_same_grads(wide, plain)
+    _assert_same_state(wide, plain)
+
+
+def test_differing_drop_path_probabilities_run_plain_and_agree():
+    plain = _network(auxiliary=False)
+    wide = _widened(plain)
+    batch = _batch()
+    losses = []
+    for model in (wide, plain):
+        model.train()
+        model.drop_path_prob = 0.2
+        model.cells[0].drop_paths[1].p = 0.5
+        torch.manual_seed(5)
+        losses.append(F.cross_entropy(model(batch[0]), batch[1]))
+    torch.testing.assert_close(*losses)
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_each_state_is_relued_once():
+    """DARTS_V2, normal - reduction - reduction - normal: the plain network takes 30 ReLUs (13 per normal cell: two
+    preprocessings, ten halves of separable convs, a dilated conv; 2 per reduction cell); the wide one 12: per normal
+    cell one for s0 and s1 stacked, one for the wide op's second halves, one for node 0; per cell the ReLU of each
+    input that the cell before did not take (the first cell reads the stem twice; factorized reduces take their own)."""
+    plain = _network(auxiliary=False)
+    wide = _widened(plain)
+    counts = []
+    for model in (plain, wide):
+        with _Ops() as ops:
+            model(_batch()[0])
+        counts.append(ops.counts["relu"])
+    assert counts == [30, 12]
+
+
+def test_a_cell_runs_twice_from_the_same_leaf_inputs():
+    """A leaf's ReLU is not kept: the second pass builds its own graph (the first pass's backward freed its own)."""
+    cell = _wide_cells(_widened(_network(auxiliary=False)))[0]
+    s0 = torch.randn(2, cell.preprocess0[1].in_channels, 8, 8, dtype=torch.double, requires_grad=True)
+    for _ in range(2):
+        cell(s0, s0).sum().backward()

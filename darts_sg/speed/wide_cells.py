@@ -11,16 +11,18 @@ one shape run side by side on the channel axis, as the supernet's candidates do 
   k*C channels, the weights stacked at each call with one-op gradients (``wide_edges._StackedWeights``)
   and the running statistics as views of one wide buffer (``wide_edges.SharedStats``);
 - a convolution alone in its shape reuses the ReLU of its state; parameter-free edges that repeat on
-  one state (two max pools of s0) run once.
+  one state (two max pools of s0) run once;
+- a cell's output is the input of the next two cells' preprocessing, which both ReLU it: the second
+  takes the first one's (kept on the tensor; not under recomputed cells, which must recompute it).
 
-Drop path draws each edge's mask in the plain cell's order, one draw per edge (the same random stream,
-so the same masks), into the rows of one buffer laid out by wide op, which one ``div_`` scales and one
-multiply applies to a wide op's output. The node sums add their edges in the plain cell's order. So
-the result is the plain cell's up to float rounding. Every module, parameter and buffer stays where it
-was (state-dict keys, old checkpoints and the optimizers are untouched); like the wide edges', the wide
-batch norms do not count batches (``num_batches_tracked``, which nothing reads with a momentum set).
-A cell runs plain when given edge weights, while its drop paths differ in probability, or, with drop
-path on, when its waves would draw the masks in another order than the plain cell.
+Drop path draws every edge's mask first, one draw per edge in the plain cell's order (the same random
+stream, so the same masks), into one buffer per wave with a row per edge, laid out by wide op: one
+``div_`` scales a wave's masks and one multiply applies them to a wide op's output. The node sums add
+their edges in the plain cell's order. So the result is the plain cell's up to float rounding. Every
+module, parameter and buffer stays where it was (state-dict keys, old checkpoints and the optimizers
+are untouched); like the wide edges', the wide batch norms do not count batches
+(``num_batches_tracked``, which nothing reads with a momentum set). A cell runs plain when given edge
+weights or while its drop paths differ in probability.
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ def _after_relu(units: list[nn.Sequential], relu_x: torch.Tensor) -> torch.Tenso
 
 def _relu_once(x: torch.Tensor) -> torch.Tensor:
     """``F.relu(x)``, computed once per tensor: a cell's output is the input of the next two cells' preprocessing,
-    and both ReLU it. The ReLU lives on the tensor itself (so it goes with it), for its version and grad mode."""
+    and both ReLU it. The ReLU lives on the tensor itself (so it goes with it), for its version and grad mode;
+    a leaf's is not kept (a second forward pass from it would find a graph that its first backward freed)."""
     grad = torch.is_grad_enabled()
+    if grad and x.grad_fn is None:  # a leaf may be run through twice, each time with its own graph
+        return F.relu(x)
     kept = x.__dict__.get("_relu_once")
     if kept is not None and kept[0] == x._version and kept[1] == grad:
         return kept[2]
@@ -139,6 +144,15 @@ class _WideConvs:
         return x
 
 
+def _rows(noise: torch.Tensor, total: int, first: int, n: int) -> torch.Tensor:
+    """Drop-path masks `first` .. `first` + `n` of the `total` in `noise`: (N, 1, 1, 1) for one, else (N, n, 1, 1, 1)."""
+    if total == 1:
+        return noise
+    if n == 1:
+        return noise[first]
+    return (noise if n == total else noise[first : first + n]).transpose(0, 1)
+
+
 class _Wave:
     """The edges of a cell that read states ready at the same time, and how they run.
 
@@ -146,14 +160,13 @@ class _Wave:
     groups: (edge ids in block order, their wide op, name of the index buffer of their blocks' sources);
     singles: (edge id, its units, position of its source in `sources`);
     others: (edge id, key of the shared computation or None, module);
-    rows: the row of each droppable edge in the drop-path buffer (wide ops' blocks first, then the rest).
+    rows: the row of each droppable edge in the wave's drop-path masks (wide ops' blocks first, then the rest).
     """
 
     def __init__(self, cell: Cell, ids: list[int], position: int):
         srcs = [src for _, src in cell.edge_list]
         convs = {k: _conv_units(cell.edges[k]) for k in ids}
         conv_ids = [k for k in ids if convs[k] is not None]
-        self.ids = ids
         self.sources = sorted({srcs[k] for k in conv_ids})
         by_shape: dict[tuple, list[int]] = {}
         for k in conv_ids:
@@ -173,26 +186,38 @@ class _Wave:
                 op = cell.edges[k]
                 shared = (srcs[k], type(op), op.extra_repr()) if type(op) in _SHARABLE else None
                 self.others.append((k, shared, op))
-        self.droppable = [k for k in ids if isinstance(cell.drop_paths[k], DropPath)]
+        droppable = [k for k in ids if isinstance(cell.drop_paths[k], DropPath)]
         self.grouped = {k for blocks, _, _ in self.groups for k in blocks}
+        self.dropped_alone = [k for k in droppable if k not in self.grouped]
         # every block of a wide op has a drop path, or none has (the cell was built without): its rows are consecutive
-        self.ok = all(len({k in self.droppable for k in blocks}) == 1 for blocks, _, _ in self.groups)
-        order = [k for blocks, _, _ in self.groups for k in blocks if k in self.droppable]
-        self.rows = {k: r for r, k in enumerate(order + [k for k in self.droppable if k not in self.grouped])}
+        self.ok = all(len({k in droppable for k in blocks}) == 1 for blocks, _, _ in self.groups)
+        order = [k for blocks, _, _ in self.groups for k in blocks if k in droppable] + self.dropped_alone
+        self.rows = {k: r for r, k in enumerate(order)}
 
-    def run(self, cell: Cell, states: list, survival: float | None) -> dict[int, torch.Tensor]:
-        """Every edge's output (after its drop path when `survival` is given), by edge id."""
+    def masks(self, like: torch.Tensor) -> torch.Tensor:
+        """Room for the wave's drop-path masks, rows of (N, 1, 1, 1) (one mask: (N, 1, 1, 1), the plain drop path's)."""
+        rows = len(self.rows)
+        return torch.empty([rows] * (rows > 1) + [like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
+
+    def mask(self, noise: torch.Tensor, k: int) -> torch.Tensor:
+        """Edge `k`'s row of `noise`, (N, 1, 1, 1)."""
+        return noise[self.rows[k]] if len(self.rows) > 1 else noise
+
+    def run(self, cell: Cell, states: list, noise: torch.Tensor | None) -> dict[int, torch.Tensor]:
+        """Every edge's output, by edge id; times its drop-path mask when `noise` holds the wave's masks."""
         training = cell.training
         relu = stacked = None
         if len(self.sources) > 1:  # one ReLU for every convolution of the wave: (N, sources, C, H, W)
             relu = stacked = F.relu(torch.stack([states[s] for s in self.sources], 1))
         elif self.sources:
             relu = F.relu(states[self.sources[0]])
-        wide = []
+        outs: dict[int, torch.Tensor] = {}
         for blocks, convs, name in self.groups:
             x = stacked.index_select(1, getattr(cell, name)).flatten(1, 2) if stacked is not None else relu.repeat(1, len(blocks), 1, 1)
-            wide.append((blocks, convs(x, training)))
-        outs: dict[int, torch.Tensor] = {}
+            h = convs(x, training).unflatten(1, (len(blocks), -1))
+            if noise is not None and blocks[0] in self.rows:
+                h = h * _rows(noise, len(self.rows), self.rows[blocks[0]], len(blocks))
+            outs.update(zip(blocks, h.unbind(1)))
         for k, units, source in self.singles:
             outs[k] = _after_relu(units, stacked[:, source] if stacked is not None else relu)
         shared: dict[tuple, torch.Tensor] = {}
@@ -203,25 +228,9 @@ class _Wave:
                 if key not in shared:
                     shared[key] = op(states[key[0]])
                 outs[k] = shared[key]
-        rows = len(self.rows) if survival is not None else 0
-        if rows:
-            like = wide[0][1] if wide else outs[self.droppable[0]]
-            # (rows, N, 1, 1, 1); one edge's alone: (N, 1, 1, 1), as the plain drop path's
-            noise = torch.empty([rows] * (rows > 1) + [like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
-            for k in self.droppable:  # the plain cell's order: edge by edge
-                (noise[self.rows[k]] if rows > 1 else noise).bernoulli_(survival)
-            if survival > 0.0:
-                noise.div_(survival)
-        for blocks, h in wide:
-            h = h.unflatten(1, (len(blocks), -1))
-            if rows:
-                r = self.rows[blocks[0]]
-                h = h * (noise[r : r + len(blocks)] if len(blocks) < rows else noise).transpose(0, 1)
-            outs.update(zip(blocks, h.unbind(1)))
-        if rows:
-            for k in self.droppable:
-                if k not in self.grouped:
-                    outs[k] = outs[k] * (noise[self.rows[k]] if rows > 1 else noise)
+        if noise is not None:
+            for k in self.dropped_alone:
+                outs[k] = outs[k] * self.mask(noise, k)
         return outs
 
 
@@ -250,14 +259,12 @@ class WideDerivedCell(Cell):
             ids = [k for k, (_, src) in enumerate(self.edge_list) if k not in done and src in ready]
             if not ids:
                 return self
-            waves.append(ids)
+            waves.append(_Wave(self, ids, len(waves)))
             done.update(ids)
             ready |= {node + 2 for node in set(nodes) if all(k in done for k, n in enumerate(nodes) if n == node)}
-        droppable = [k for k in sorted(done) if isinstance(self.drop_paths[k], DropPath)]
-        # the masks are drawn wave by wave: the plain cell's order only if no later wave holds an earlier edge
-        self._draws_in_order = [k for ids in waves for k in ids if k in droppable] == droppable
-        planned = [_Wave(self, ids, w) for w, ids in enumerate(waves)]
-        self._waves = planned if all(wave.ok for wave in planned) else None
+        self._wave_of = {k: w for w, wave in enumerate(waves) for k in wave.rows}
+        self._node_edges = [[k for k, n in enumerate(nodes) if n == node] for node in range(self.steps)]
+        self._waves = waves if all(wave.ok for wave in waves) else None
         return self
 
     def _survival(self) -> float | None | bool:
@@ -272,19 +279,29 @@ class WideDerivedCell(Cell):
     def forward(self, s0, s1, edge_weights=None, edge_scales=None):
         waves = getattr(self, "_waves", None)
         survival = self._survival() if waves is not None else None
-        if waves is None or edge_weights is not None or edge_scales is not None or survival is False or (
-            survival is not None and not self._draws_in_order
-        ):
+        if waves is None or edge_weights is not None or edge_scales is not None or survival is False:
             return super().forward(s0, s1, edge_weights, edge_scales)
-        states: list[torch.Tensor | None] = [_preprocess(self.preprocess0, s0, self.share_input_relu), _preprocess(self.preprocess1, s1, self.share_input_relu)] + [None] * self.steps
+        share = self.share_input_relu
+        states: list[torch.Tensor | None] = [_preprocess(self.preprocess0, s0, share), _preprocess(self.preprocess1, s1, share)]
+        states += [None] * self.steps
+        noises = [None] * len(waves)
+        if survival is not None:
+            # every mask drawn first, edge by edge as the plain cell draws them, in the dtype its edges compute in
+            noises = [wave.masks(states[1]) if wave.rows else None for wave in waves]
+            for k in sorted(self._wave_of):
+                w = self._wave_of[k]
+                waves[w].mask(noises[w], k).bernoulli_(survival)
+            if survival > 0.0:
+                for noise in noises:
+                    if noise is not None:
+                        noise.div_(survival)
         outs: dict[int, torch.Tensor] = {}
-        for wave in waves:
-            outs.update(wave.run(self, states, survival))
-            for node in range(self.steps):
-                ids = [k for k, (n, _) in enumerate(self.edge_list) if n == node]
+        for wave, noise in zip(waves, noises):
+            outs.update(wave.run(self, states, noise))
+            for node, ids in enumerate(self._node_edges):
                 if states[node + 2] is None and all(k in outs for k in ids):
-                    total = outs[ids[0]]
+                    total_h = outs[ids[0]]
                     for k in ids[1:]:
-                        total = total + outs[k]
-                    states[node + 2] = total
+                        total_h = total_h + outs[k]
+                    states[node + 2] = total_h
         return torch.cat([states[i] for i in self.concat], dim=1)
