@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import darts_sg
 from darts_sg.model.genotype import Genotype
 from darts_sg.speed.accelerate import accelerate, device_policy
-from darts_sg.speed.wide_cells import WideDerivedCell
+from darts_sg.speed.wide_cells import SharedInputReLU, WideDerivedCell
 from torch.utils._python_dispatch import TorchDispatchMode
 
 CPU = torch.device("cpu")
@@ -170,7 +170,7 @@ def test_recomputed_wide_cells_agree_and_recompute_their_relus():
     plain = _network(auxiliary=False)
     acceleration = dataclasses.replace(device_policy("cuda"), wide_cells=True, recompute_cells=True, cudnn_benchmark=False)
     wide = accelerate(copy.deepcopy(plain), CPU, acceleration)
-    assert len(_wide_cells(wide)) == 4 and not any(cell.share_input_relu for cell in _wide_cells(wide))
+    assert len(_wide_cells(wide)) == 4 and not any(isinstance(m, SharedInputReLU) for m in wide.modules())
     batch = _batch()
     torch.testing.assert_close(_train(wide, batch, 0.3), _train(plain, batch, 0.3))
     _assert_same_grads(wide, plain)
@@ -202,23 +202,24 @@ class _Ops(TorchDispatchMode):
 
 
 def test_each_state_is_relued_once():
-    """DARTS_V2, normal - reduction - reduction - normal: the plain network takes 30 ReLUs (13 per normal cell: two
-    preprocessings, ten halves of separable convs, a dilated conv; 2 per reduction cell); the wide one 12: per normal
-    cell one for s0 and s1 stacked, one for the wide op's second halves, one for node 0; per cell the ReLU of each
-    input that the cell before did not take (the first cell reads the stem twice; factorized reduces take their own)."""
-    plain = _network(auxiliary=False)
+    """DARTS_V2, normal - reduction - reduction - normal, in training: the plain network takes 31 ReLUs (13 per normal
+    cell: two preprocessings, ten halves of separable convs, a dilated conv; 2 per reduction cell; the auxiliary
+    head's); the wide one 10: per normal cell one for s0 and s1 stacked, one for the wide op's second halves, one for
+    node 0; one per cell output (the first cell reads the stem twice, the auxiliary head and the next cells share)."""
+    plain = _network()
     wide = _widened(plain)
     counts = []
     for model in (plain, wide):
         with _Ops() as ops:
-            model(_batch()[0])
+            model.forward_with_aux(_batch()[0])
         counts.append(ops.counts["relu"])
-    assert counts == [30, 12]
+    assert counts == [31, 10]
 
 
 def test_a_cell_runs_twice_from_the_same_leaf_inputs():
     """A leaf's ReLU is not kept: the second pass builds its own graph (the first pass's backward freed its own)."""
     cell = _wide_cells(_widened(_network(auxiliary=False)))[0]
+    assert isinstance(cell.preprocess0[0], SharedInputReLU)
     s0 = torch.randn(2, cell.preprocess0[1].in_channels, 8, 8, dtype=torch.double, requires_grad=True)
     for _ in range(2):
         cell(s0, s0).sum().backward()

@@ -12,8 +12,9 @@ one shape run side by side on the channel axis, as the supernet's candidates do 
   and the running statistics as views of one wide buffer (``wide_edges.SharedStats``);
 - a convolution alone in its shape reuses the ReLU of its state; parameter-free edges that repeat on
   one state (two max pools of s0) run once;
-- a cell's output is the input of the next two cells' preprocessing, which both ReLU it: the second
-  takes the first one's (kept on the tensor; not under recomputed cells, which must recompute it).
+- a cell's output is the input of the next two cells' preprocessing (and of the auxiliary head), which
+  all ReLU it: `share_input_relus` makes those ReLUs `SharedInputReLU`s, the first one's ReLU serving
+  the others (``accelerate`` applies it with the wide cells, not to recomputed or compiled cells).
 
 Drop path draws every edge's mask first, one draw per edge in the plain cell's order (the same random
 stream, so the same masks), into one buffer per wave with a row per edge, laid out by wide op: one
@@ -32,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.cells import Cell, DropPath, MixedOp
-from ..model.ops import DilConv, ReLUConvBN, SepConv
+from ..model.network import AuxiliaryHead
+from ..model.ops import DilConv, FactorizedReduce, ReLUConvBN, SepConv
 from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
 from .wide_edges import SharedStats, _StackedWeights
 
-__all__ = ["WideDerivedCell"]
+__all__ = ["SharedInputReLU", "WideDerivedCell", "share_input_relus"]
 
 # batch norms that compute torch's batch norm (the wide one replaces them by F.batch_norm)
 _BATCH_NORMS = (nn.BatchNorm2d, UncountedBatchNorm2d, WideBatchNorm2d)
@@ -80,29 +82,46 @@ def _after_relu(units: list[nn.Sequential], relu_x: torch.Tensor) -> torch.Tenso
     return h
 
 
-def _relu_once(x: torch.Tensor) -> torch.Tensor:
-    """``F.relu(x)``, computed once per tensor: a cell's output is the input of the next two cells' preprocessing,
-    and both ReLU it. The ReLU lives on the tensor itself (so it goes with it), for its version and grad mode;
-    a leaf's is not kept (a second forward pass from it would find a graph that its first backward freed)."""
-    grad = torch.is_grad_enabled()
-    if grad and x.grad_fn is None:  # a leaf may be run through twice, each time with its own graph
-        return F.relu(x)
-    kept = x.__dict__.get("_relu_once")
-    if kept is not None and kept[0] == x._version and kept[1] == grad:
-        return kept[2]
-    out = F.relu(x)
-    x._relu_once = (x._version, grad, out)
-    return out
+class SharedInputReLU(nn.ReLU):
+    """``nn.ReLU`` taken once per input tensor: a cell's output is the input of the next two cells' preprocessing
+    (and of the auxiliary head), which all ReLU it; the first one's ReLU serves the others.
+
+    The ReLU lives on the tensor itself (so it goes with it), for its version and grad mode; a leaf's is not
+    kept (a second forward pass from the same leaf would find the graph that its first backward freed).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grad = torch.is_grad_enabled()
+        if self.inplace or (grad and x.grad_fn is None):
+            return super().forward(x)
+        kept = x.__dict__.get("_shared_relu")
+        if kept is not None and kept[0] == x._version and kept[1] == grad:
+            return kept[2]
+        out = F.relu(x)
+        x._shared_relu = (x._version, grad, out)
+        return out
 
 
-def _preprocess(module: nn.Module, x: torch.Tensor, share_relu: bool) -> torch.Tensor:
-    """`module`(`x`), its ReLU shared with the other cell reading `x` when it is a plain ReLU-conv-BN."""
-    if not share_relu or type(module) is not ReLUConvBN or type(module[0]) is not nn.ReLU:
-        return module(x)
-    h = _relu_once(x)
-    for layer in list(module)[1:]:
-        h = layer(h)
-    return h
+def share_input_relus(module: nn.Module) -> None:
+    """Make the ReLUs that read a cell's inputs (its preprocessing's) or the auxiliary head's `SharedInputReLU`s.
+
+    Not for recomputed or compiled cells: a recomputation must compute what the forward pass computed, and
+    a compiled cell traces its own ReLUs.
+    """
+    if isinstance(module, Cell):
+        for pre in (module.preprocess0, module.preprocess1):
+            if type(pre) is ReLUConvBN and type(pre[0]) is nn.ReLU:
+                pre[0] = _as_shared(pre[0])
+            elif type(pre) is FactorizedReduce and type(pre.relu) is nn.ReLU:
+                pre.relu = _as_shared(pre.relu)
+    elif type(module) is AuxiliaryHead and type(module.features[0]) is nn.ReLU:
+        module.features[0] = _as_shared(module.features[0])
+
+
+def _as_shared(relu: nn.ReLU) -> SharedInputReLU:
+    shared = SharedInputReLU.__new__(SharedInputReLU)
+    shared.__dict__.update(relu.__dict__)
+    return shared
 
 
 class _WideConvs:
@@ -241,13 +260,8 @@ class WideDerivedCell(Cell):
     children, then `widen` plans the waves): the very same modules, parameters and buffers.
     """
 
-    def widen(self, share_input_relu: bool = True) -> "WideDerivedCell":
-        """Plan the waves; a cell that does not fit (mixed ops, other drop-path modules) stays plain.
-
-        share_input_relu: the ReLU of an input shared with the other cell that reads it (not under recomputed
-        cells: a recomputation must compute what the forward pass computed).
-        """
-        self.share_input_relu = share_input_relu
+    def widen(self) -> "WideDerivedCell":
+        """Plan the waves; a cell that does not fit (mixed ops, other drop-path modules) stays plain."""
         self._waves: list[_Wave] | None = None
         nodes = [node for node, _ in self.edge_list]
         if set(nodes) != set(range(self.steps)) or any(isinstance(e, MixedOp) for e in self.edges):
@@ -281,9 +295,7 @@ class WideDerivedCell(Cell):
         survival = self._survival() if waves is not None else None
         if waves is None or edge_weights is not None or edge_scales is not None or survival is False:
             return super().forward(s0, s1, edge_weights, edge_scales)
-        share = self.share_input_relu
-        states: list[torch.Tensor | None] = [_preprocess(self.preprocess0, s0, share), _preprocess(self.preprocess1, s1, share)]
-        states += [None] * self.steps
+        states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)] + [None] * self.steps
         noises = [None] * len(waves)
         if survival is not None:
             # every mask drawn first, edge by edge as the plain cell draws them, in the dtype its edges compute in
