@@ -223,3 +223,12 @@ def test_a_cell_runs_twice_from_the_same_leaf_inputs():
     s0 = torch.randn(2, cell.preprocess0[1].in_channels, 8, 8, dtype=torch.double, requires_grad=True)
     for _ in range(2):
         cell(s0, s0).sum().backward()
+
+
+def test_inference_mode_agrees():
+    """Inference tensors have no version counter: their ReLUs are not kept."""
+    plain = _network()
+    wide = _widened(plain)
+    plain.eval(), wide.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(wide(_batch()[0]), plain(_batch()[0]))

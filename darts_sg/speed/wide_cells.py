@@ -92,7 +92,7 @@ class SharedInputReLU(nn.ReLU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled()
-        if self.inplace or (grad and x.grad_fn is None):
+        if self.inplace or x.is_inference() or (grad and x.grad_fn is None):  # inference tensors have no version
             return super().forward(x)
         kept = x.__dict__.get("_shared_relu")
         if kept is not None and kept[0] == x._version and kept[1] == grad:
@@ -276,7 +276,8 @@ class WideDerivedCell(Cell):
             waves.append(_Wave(self, ids, len(waves)))
             done.update(ids)
             ready |= {node + 2 for node in set(nodes) if all(k in done for k, n in enumerate(nodes) if n == node)}
-        self._wave_of = {k: w for w, wave in enumerate(waves) for k in wave.rows}
+        # the drop-path masks in the plain cell's order: (wave, edge) edge by edge
+        self._draws = sorted(((w, k) for w, wave in enumerate(waves) for k in wave.rows), key=lambda draw: draw[1])
         self._node_edges = [[k for k, n in enumerate(nodes) if n == node] for node in range(self.steps)]
         self._waves = waves if all(wave.ok for wave in waves) else None
         return self
@@ -300,8 +301,7 @@ class WideDerivedCell(Cell):
         if survival is not None:
             # every mask drawn first, edge by edge as the plain cell draws them, in the dtype its edges compute in
             noises = [wave.masks(states[1]) if wave.rows else None for wave in waves]
-            for k in sorted(self._wave_of):
-                w = self._wave_of[k]
+            for w, k in self._draws:
                 waves[w].mask(noises[w], k).bernoulli_(survival)
             if survival > 0.0:
                 for noise in noises:
