@@ -163,15 +163,6 @@ class _WideConvs:
         return x
 
 
-def _rows(noise: torch.Tensor, total: int, first: int, n: int) -> torch.Tensor:
-    """Drop-path masks `first` .. `first` + `n` of the `total` in `noise`: (N, 1, 1, 1) for one, else (N, n, 1, 1, 1)."""
-    if total == 1:
-        return noise
-    if n == 1:
-        return noise[first]
-    return (noise if n == total else noise[first : first + n]).transpose(0, 1)
-
-
 class _Wave:
     """The edges of a cell that read states ready at the same time, and how they run.
 
@@ -218,16 +209,22 @@ class _Wave:
         rows = len(self.rows)
         return torch.empty([rows] * (rows > 1) + [like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
 
-    def mask(self, noise: torch.Tensor, k: int) -> torch.Tensor:
-        """Edge `k`'s row of `noise`, (N, 1, 1, 1)."""
-        return noise[self.rows[k]] if len(self.rows) > 1 else noise
+    def mask(self, noise: torch.Tensor, k: int, n: int = 1) -> torch.Tensor:
+        """The masks of edge `k` and of the n - 1 edges in the rows after it: (N, 1, 1, 1) for one, else (N, n, 1, 1, 1)."""
+        rows = len(self.rows)
+        if rows == 1:
+            return noise
+        if n == 1:
+            return noise[self.rows[k]]
+        first = self.rows[k]
+        return (noise if n == rows else noise[first : first + n]).transpose(0, 1)
 
     def run(self, cell: Cell, states: list, noise: torch.Tensor | None) -> dict[int, torch.Tensor]:
         """Every edge's output, by edge id; times its drop-path mask when `noise` holds the wave's masks."""
         training = cell.training
-        relu = stacked = None
-        if len(self.sources) > 1:  # one ReLU for every convolution of the wave: (N, sources, C, H, W)
-            relu = stacked = F.relu(torch.stack([states[s] for s in self.sources], 1))
+        relu = stacked = None  # one ReLU for every convolution of the wave: of its one source, or of them stacked
+        if len(self.sources) > 1:
+            relu = stacked = F.relu(torch.stack([states[s] for s in self.sources], 1))  # (N, sources, C, H, W)
         elif self.sources:
             relu = F.relu(states[self.sources[0]])
         outs: dict[int, torch.Tensor] = {}
@@ -235,7 +232,7 @@ class _Wave:
             x = stacked.index_select(1, getattr(cell, name)).flatten(1, 2) if stacked is not None else relu.repeat(1, len(blocks), 1, 1)
             h = convs(x, training).unflatten(1, (len(blocks), -1))
             if noise is not None and blocks[0] in self.rows:
-                h = h * _rows(noise, len(self.rows), self.rows[blocks[0]], len(blocks))
+                h = h * self.mask(noise, blocks[0], len(blocks))
             outs.update(zip(blocks, h.unbind(1)))
         for k, units, source in self.singles:
             outs[k] = _after_relu(units, stacked[:, source] if stacked is not None else relu)
@@ -312,8 +309,8 @@ class WideDerivedCell(Cell):
             outs.update(wave.run(self, states, noise))
             for node, ids in enumerate(self._node_edges):
                 if states[node + 2] is None and all(k in outs for k in ids):
-                    total_h = outs[ids[0]]
-                    for k in ids[1:]:
-                        total_h = total_h + outs[k]
-                    states[node + 2] = total_h
+                    node_sum = outs[ids[0]]
+                    for k in ids[1:]:  # in the plain cell's order
+                        node_sum = node_sum + outs[k]
+                    states[node + 2] = node_sum
         return torch.cat([states[i] for i in self.concat], dim=1)
