@@ -17,8 +17,9 @@ one shape run side by side on the channel axis, as the supernet's candidates do 
   the others (``accelerate`` applies it with the wide cells, not to recomputed or compiled cells).
 
 Drop path draws every edge's mask first, one draw per edge in the plain cell's order (the same random
-stream, so the same masks), into one buffer per wave with a row per edge, laid out by wide op: one
-``div_`` scales a wave's masks and one multiply applies them to a wide op's output. The node sums add
+stream, so the same masks), into one buffer per wave with a row per edge, laid out by wide op (the rows
+as views in one ``unbind``): one ``div_`` scales a wave's masks and one multiply applies them to a wide
+op's output. The node sums add
 their edges in the plain cell's order. So the result is the plain cell's up to float rounding. Every
 module, parameter and buffer stays where it was (state-dict keys, old checkpoints and the optimizers
 are untouched); like the wide edges', the wide batch norms do not count batches
@@ -209,18 +210,14 @@ class _Wave:
         rows = len(self.rows)
         return torch.empty([rows] * (rows > 1) + [like.shape[0], 1, 1, 1], dtype=like.dtype, device=like.device)
 
-    def mask(self, noise: torch.Tensor, k: int, n: int = 1) -> torch.Tensor:
-        """The masks of edge `k` and of the n - 1 edges in the rows after it: (N, 1, 1, 1) for one, else (N, n, 1, 1, 1)."""
-        rows = len(self.rows)
-        if rows == 1:
-            return noise
-        if n == 1:
-            return noise[self.rows[k]]
+    def masks_of(self, noise: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        """The masks of edge `k` and of the n - 1 edges in the rows after it, (N, n, 1, 1, 1)."""
         first = self.rows[k]
-        return (noise if n == rows else noise[first : first + n]).transpose(0, 1)
+        return (noise if n == len(self.rows) else noise[first : first + n]).transpose(0, 1)
 
-    def run(self, cell: Cell, states: list, noise: torch.Tensor | None) -> dict[int, torch.Tensor]:
-        """Every edge's output, by edge id; times its drop-path mask when `noise` holds the wave's masks."""
+    def run(self, cell: Cell, states: list, noise: torch.Tensor | None, rows: tuple | None) -> dict[int, torch.Tensor]:
+        """Every edge's output, by edge id; times its drop-path mask when `noise` holds the wave's masks (`rows`:
+        each row of it, (N, 1, 1, 1))."""
         training = cell.training
         relu = stacked = None  # one ReLU for every convolution of the wave: of its one source, or of them stacked
         if len(self.sources) > 1:
@@ -232,7 +229,7 @@ class _Wave:
             x = stacked.index_select(1, getattr(cell, name)).flatten(1, 2) if stacked is not None else relu.repeat(1, len(blocks), 1, 1)
             h = convs(x, training).unflatten(1, (len(blocks), -1))
             if noise is not None and blocks[0] in self.rows:
-                h = h * self.mask(noise, blocks[0], len(blocks))
+                h = h * self.masks_of(noise, blocks[0], len(blocks))
             outs.update(zip(blocks, h.unbind(1)))
         for k, units, source in self.singles:
             outs[k] = _after_relu(units, stacked[:, source] if stacked is not None else relu)
@@ -246,7 +243,7 @@ class _Wave:
                 outs[k] = shared[key]
         if noise is not None:
             for k in self.dropped_alone:
-                outs[k] = outs[k] * self.mask(noise, k)
+                outs[k] = outs[k] * rows[self.rows[k]]
         return outs
 
 
@@ -294,19 +291,20 @@ class WideDerivedCell(Cell):
         if waves is None or edge_weights is not None or edge_scales is not None or survival is False:
             return super().forward(s0, s1, edge_weights, edge_scales)
         states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)] + [None] * self.steps
-        noises = [None] * len(waves)
+        noises = rows = [None] * len(waves)
         if survival is not None:
             # every mask drawn first, edge by edge as the plain cell draws them, in the dtype its edges compute in
             noises = [wave.masks(states[1]) if wave.rows else None for wave in waves]
+            rows = [None if n is None else n.unbind(0) if n.dim() == 5 else (n,) for n in noises]  # one op for every row
             for w, k in self._draws:
-                waves[w].mask(noises[w], k).bernoulli_(survival)
+                rows[w][waves[w].rows[k]].bernoulli_(survival)
             if survival > 0.0:
                 for noise in noises:
                     if noise is not None:
                         noise.div_(survival)
         outs: dict[int, torch.Tensor] = {}
-        for wave, noise in zip(waves, noises):
-            outs.update(wave.run(self, states, noise))
+        for wave, noise, wave_rows in zip(waves, noises, rows):
+            outs.update(wave.run(self, states, noise, wave_rows))
             for node, ids in enumerate(self._node_edges):
                 if states[node + 2] is None and all(k in outs for k in ids):
                     node_sum = outs[ids[0]]
