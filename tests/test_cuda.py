@@ -207,6 +207,35 @@ def test_wide_edges_agree_with_plain_edges_on_cuda(space):
             torch.testing.assert_close(value, plain_state[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_wide_cells_agree_with_plain_cells_on_cuda():
+    """DARTS_V2 with its auxiliary head and drop path: the wide cells draw the same masks from the CUDA generator."""
+    import dataclasses
+
+    from darts_sg.speed.accelerate import accelerate, device_policy
+    from darts_sg.speed.wide_cells import WideDerivedCell
+
+    plain, wide = _pair(lambda: darts_sg.build_network("darts_v2", C=8, layers=5, num_classes=10, auxiliary=True))
+    cuda = torch.device("cuda")
+    plain = accelerate(plain.cuda(), cuda, dataclasses.replace(device_policy("cuda"), wide_cells=False))
+    wide = accelerate(wide, cuda, device_policy("cuda"))
+    assert sum(isinstance(m, WideDerivedCell) and m._waves is not None for m in wide.modules()) == 5
+    x, y = _to(_batch(size=32), "cuda")
+    outputs = []
+    for model in (plain, wide):
+        model.drop_path_prob = 0.3
+        torch.manual_seed(3)
+        logits, logits_aux = model.forward_with_aux(x)
+        (F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(logits_aux, y)).backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(wide.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+    plain_state = plain.state_dict()
+    for key, value in wide.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(value, plain_state[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def _run(args, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 

@@ -30,6 +30,11 @@ flag                      plain module -> substitute                      where 
 ``wide_edges``            supernet ``Cell`` -> `WideCell`: the edges that CUDA (launch-bound); CPU:
                           read one node run as one wide op                see the README
                           (``wide_edges``)
+``wide_cells``            derived ``Cell`` -> `WideDerivedCell`: its      CUDA (launch-bound); CPU:
+                          convolution edges of one shape run as one       not timed, off
+                          wide op, drop path applied per wide op; the
+                          ReLUs of a cell output -> one
+                          `SharedInputReLU` (``wide_cells``)
 ``recompute_cells``       store activations -> recompute per cell         any device, when short of memory
 ``amp``                   fp32 -> bf16 or fp16 autocast (``precision``)   bf16: devices with bf16 units
 ``cudnn_benchmark``       ``torch.backends.cudnn.benchmark``              CUDA, unless deterministic
@@ -54,7 +59,7 @@ import torch
 from torch import nn
 
 from ..model.cells import Cell, MixedOp
-from ..model.network import CellNetwork
+from ..model.network import AuxiliaryHead, CellNetwork
 from ..model.ops import FactorizedReduce, InvertedResidual, SandGlass
 from ..utils.distributed import world
 from .batchnorm import UncountedBatchNorm2d, WideBatchNorm2d
@@ -65,6 +70,7 @@ from .norm_act_conv import LeanSequential
 from .polyphase import PolyphaseDilatedConv2d, is_dilated_depthwise
 from .precision import check_amp
 from .relu6 import LeanReLU6
+from .wide_cells import WideDerivedCell, share_input_relus
 from .wide_edges import WideCell
 
 __all__ = ["Acceleration", "FLAGS", "accelerate", "device_policy", "resolve_acceleration"]
@@ -91,6 +97,7 @@ class Acceleration:
     cuda_graphs: bool = False
     wide_edges: bool = False
     uncounted_batchnorm: bool = False
+    wide_cells: bool = False
 
     def to_dict(self) -> dict[str, bool | str]:
         return asdict(self)
@@ -120,6 +127,7 @@ def device_policy(device_type: str, deterministic: bool = False) -> Acceleration
         cuda_graphs=device_type == "cuda",  # benchmarks/results-cuda.md
         wide_edges=not cpu,  # a third of the kernels per step (benchmarks/results-dispatch.md); on the CPU: README
         uncounted_batchnorm=not cpu,  # an add_ per batch norm; the CPU's fast_batchnorm takes them there
+        wide_cells=not cpu,  # retraining: fewer ops per step (benchmarks/results-dispatch.md); the CPU's A/B is to run
     )
 
 
@@ -191,8 +199,13 @@ def accelerate(model: M, device: torch.device, acceleration: Acceleration) -> M:
             return _substitute(module, LeanReLU6)
         if a.lean_blocks and type(module) in (SandGlass, InvertedResidual):
             module.body = _substitute(module.body, LeanSequential)
-        elif a.wide_edges and type(module) is Cell:
-            return _substitute(module, WideCell).widen()
+        elif type(module) is Cell and any(isinstance(edge, MixedOp) for edge in module.edges):
+            return _substitute(module, WideCell).widen() if a.wide_edges else module
+        elif a.wide_cells and type(module) in (Cell, AuxiliaryHead):
+            if type(module) is Cell:
+                module = _substitute(module, WideDerivedCell).widen()
+            if not (a.recompute_cells or a.compile):  # one ReLU per cell output (recomputed, compiled cells take their own)
+                share_input_relus(module)
         elif (a.share_relu or a.fused_sum) and type(module) is MixedOp:
             return _substitute(module, FusedMixedOp).fuse(a.share_relu, a.fused_sum)
         return module

@@ -49,6 +49,7 @@ class RunConfig:
     lean_blocks: bool | None = None
     wide_edges: bool | None = None
     uncounted_batchnorm: bool | None = None
+    wide_cells: bool | None = None
     amp: str | None = None  # off, bf16 or fp16 (darts_sg.speed.precision)
     compile: bool | None = None  # regional torch.compile of the cells (not bit-exact)
     cuda_graphs: bool | None = None  # the whole step as a CUDA graph (darts_sg.speed.cuda_graphs)
