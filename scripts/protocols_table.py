@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -20,15 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darts_sg.model.ops import resolve_space  # noqa: E402
+from darts_sg.experiment.report import entropy_share, mean_std  # noqa: E402
 from darts_sg.utils.io import atomic_write_text  # noqa: E402
 
 
-def mean_std(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
+def mean_pm(values: list[float], digits: int = 2) -> str:
+    """Mean ± sample standard deviation."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "–"
 
 
 def table(folders: list[Path]) -> str:
@@ -43,15 +41,15 @@ def table(folders: list[Path]) -> str:
             mine = [r for r in rows if r["space"] == space]
             if not mine:
                 continue
-            share = [100 * (r["entropy_normal"] + r["entropy_reduce"]) / 2 / math.log(len(resolve_space(space))) for r in mine]
+            share = [100 * entropy_share(r) for r in mine]
             changed = sum(r["stable_since_epoch"] >= search["epochs"] > 1 for r in mine)
             normal = statistics.fmean(r["sg_block_normal"] for r in mine)
             reduce = statistics.fmean(r["sg_block_reduce"] for r in mine)
             lines.append(
                 f"| `{folder.name}` | {space} | {len(mine)} | {search['alpha_lr']:g} | {mine[0]['alpha_steps']} | "
-                f"{mean_std(share, 1)} | {changed} of {len(mine)} | {mean_std([r['stable_since_epoch'] for r in mine], 1)} | "
+                f"{mean_pm(share, 1)} | {changed} of {len(mine)} | {mean_pm([r['stable_since_epoch'] for r in mine], 1)} | "
                 f"{normal:.2f} / {reduce:.2f} | {sum(r['sg_block_edges'] > 0 for r in mine)} of {len(mine)} | "
-                f"{mean_std([r['paper_params'] / 1e6 for r in mine])} |"
+                f"{mean_pm([r['paper_params'] / 1e6 for r in mine])} |"
             )  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from ..train.rundir import RunDirectory
 from ..utils.io import atomic_write_bytes, atomic_write_text, up_to_date
 from .plan import CompareSpec, Unit, augment_settings, genotype_path, search_finished, search_settings, units_of
 
-__all__ = ["PAPER_CLAIM", "compute_hours", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
+__all__ = ["PAPER_CLAIM", "compute_hours", "entropy_share", "mean_std", "grid_hours", "unit_row", "welch_interval", "size_adjusted_differences", "write_report",
            "render_markdown", "pareto_front", "accuracy_vs_cost_png"]  # fmt: skip
 
 PAPER_CLAIM = (
@@ -225,6 +225,11 @@ def accuracy_vs_cost_png(rows: list[dict], kind: str = "params") -> bytes:
     front = [(r[key] * scale, 100 * r["test_acc"], r["name"]) for r in pareto_front(rows, key)]
     title = "Test accuracy against cost; dashed: the Pareto front of the finished units (no unit is cheaper and more accurate)"
     return figure_png(pareto_figure(groups, front, label, "CIFAR-10 test accuracy (%)", title))
+
+
+def entropy_share(row: dict) -> float:
+    """A search's final alpha entropy, normal and reduction cell averaged, as a share of the uniform maximum."""
+    return (row["entropy_normal"] + row["entropy_reduce"]) / 2 / math.log(len(resolve_space(row["space"])))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -495,7 +500,6 @@ def _retraining_noise(rows: list[dict], spec: CompareSpec) -> list[str]:
 def _genotypes_section(genotypes: list[dict], spec: CompareSpec) -> list[str]:
     """Per space: the final genotypes' params and FLOPs at the paper's scale, their sandglass blocks, how firmly
     their searches chose; the references below."""
-    share = lambda r: (r["entropy_normal"] + r["entropy_reduce"]) / 2 / math.log(len(resolve_space(r["space"])))  # noqa: E731
     epochs = SearchConfig(**search_settings(spec)).epochs
     lines = ["", "## The genotypes (params and FLOPs at the paper's scale: C=36, 20 cells, auxiliary head excluded)", "",
              "Every final genotype, retrained or not: a search counts once it has run all its epochs.", "",
@@ -511,7 +515,7 @@ def _genotypes_section(genotypes: list[dict], spec: CompareSpec) -> list[str]:
             with_sg = sum(r["sg_block_edges"] > 0 for r in mine)
             firm = changed = ""
             if kind == "searched":
-                firm = _pm([share(r) for r in mine], 100, 1)
+                firm = _pm([entropy_share(r) for r in mine], 100, 1)
                 changed = f"{sum(r['stable_since_epoch'] >= epochs > 1 for r in mine)} of {len(mine)}"
             lines.append(f"| {space} | {kind} | {len(mine)} | {_pm(params, 1e-6)} | {_pm(flops, 1e-6, 0)} | {normal:.2f} / "
                          f"{reduce:.2f} | {with_sg} of {len(mine)} | {firm} | {changed} |")  # fmt: skip
@@ -590,14 +594,13 @@ def _search_firmness(rows: list[dict], spec: CompareSpec, s_cfg: SearchConfig, a
     searched = [r for r in rows if r["kind"] == "searched"]
     if not searched:
         return []
-    share = lambda r: (r["entropy_normal"] + r["entropy_reduce"]) / 2 / math.log(len(resolve_space(r["space"])))  # noqa: E731
     per_space = []
     for space in spec.spaces:
-        mine = [share(r) for r in searched if r["space"] == space]
+        mine = [entropy_share(r) for r in searched if r["space"] == space]
         if mine:
             per_space.append(f"`{space}` {100 * statistics.fmean(mine):.1f}% (n={len(mine)})")
     moving = sum(r["stable_since_epoch"] >= s_cfg.epochs > 1 for r in searched)
-    mean_share = statistics.fmean(share(r) for r in searched)
+    mean_share = statistics.fmean(entropy_share(r) for r in searched)
     if mean_share > 0.9:
         verdict = ("The alphas stayed close to uniform, so the derived cells rest on small differences between alphas: "
                    "'searched' here means the outcome of a short search, not of a converged one.")  # fmt: skip
