@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench_steps import DEFAULTS
-from steps import build_step
+from steps import STEP_KINDS, build_step
 
 
 def conv_flop_shares(step) -> dict[str, float]:
@@ -52,7 +52,7 @@ def conv_flop_shares(step) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=["search-fo", "search-so", "retrain"], default="search-fo")
+    parser.add_argument("--kind", choices=STEP_KINDS, default="search-fo")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--space", default="darts")
     parser.add_argument("--rows", type=int, default=25, help="operators to list")

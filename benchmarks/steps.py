@@ -7,6 +7,8 @@ caller on the CPU and the device's policy on CUDA.
 
 from __future__ import annotations
 
+STEP_KINDS = ("search-fo", "search-so", "retrain")  # first- and second-order search steps, DARTS_V2's retraining step
+
 
 def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None, device: str = "cpu"):
     """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step).
@@ -14,6 +16,8 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
     On the CPU every speed switch comes from `opts`; on CUDA the device's policy, with `opts`'
     amp and compile.
     """
+    if kind not in STEP_KINDS:
+        raise ValueError(f"unknown step kind {kind!r}: use one of {', '.join(STEP_KINDS)}")
     import dataclasses
 
     import torch

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The experiments of issue 44, one after the other, resumable across sessions (results committed as units finish):
-#   1. decisive searches: 4 per space (darts, sgblock) at the medium protocol with a 4x alpha learning rate (0.012),
-#      searches only (results/compare-decisive);
-#      NOTE (2026-12-05): 4x is not enough: darts-s0 ended at 93.9% of the maximum entropy (the issue asks < 85%),
-#      sgblock-s0 at 95.4% after 5 epochs. The entropy deficit grew as lr^0.8 from 1x to 4x (2.0% -> 6.1%), which
-#      puts 16x (0.048) near 82%: pilot 0.048 and 0.096 on darts seed 0 before running phases 1 and 4 again in
-#      a new folder with the chosen rate (results/compare-decisive then holds the 4x evidence).
+#   1. pilots of the decisive protocol: the darts search of seed 0 at the medium protocol with a 16x and a 32x alpha
+#      learning rate (0.048, 0.096; results/compare-decisive-alr<rate>). A 4x rate (0.012, results/compare-decisive)
+#      was not enough: darts-s0 ended at 93.9% of the maximum entropy (the issue asks < 85%), sgblock-s0 at 94.5%
+#      after 6 of 7 epochs; the entropy deficit grew as lr^0.8 from 1x to 4x (2.0% -> 6.1%), which puts 16x near 82%.
 #   2. retraining noise: DARTS_V2 retrained with seeds 1, 2, 3 beside the medium comparison's seed 0
 #      (results/compare-medium, --reference-seeds 0,1,2,3);
-#   3. the parameter claim: 12 searches per space at the medium protocol, searches only (results/compare-params; the
-#      medium comparison's 4 finished searches per space are copied in as seeds 0-3), with 12 random genotypes per space;
-#   4. the decisive searches' cells retrained under the medium protocol (results/compare-decisive, 8 units).
+#   3. decisive searches: 4 per space (darts, sgblock), searches only, in the folder of the lowest pilot rate that
+#      brought the entropy below 85% (scripts/decisive_rate.py; its pilot is seed 0 of darts); skipped while the
+#      pilots cannot decide yet;
+#   4. the decisive searches' cells retrained under the medium protocol (the same folder, 8 units);
+#   5. the parameter claim: 12 searches per space at the medium protocol, searches only (results/compare-params; the
+#      medium comparison's 4 finished searches per space are copied in as seeds 0-3), with 12 random genotypes per space.
 #
 #   bash scripts/settle_claims.sh          # in the background: two units at once, one thread each (two streams)
 #   bash scripts/settle_claims.sh --save   # before a session ends: commit the checkpoints of the runs in progress
@@ -20,15 +21,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 epochs=7  # the medium search's
-outs=(results/compare-decisive results/compare-medium results/compare-params)
+pilots=(results/compare-decisive-alr0.048 results/compare-decisive-alr0.096)
+outs=("${pilots[@]}" results/compare-medium results/compare-params)
 
-phase_args() {  # phase_args N: sets `args` to the compare options of phase N (1-4)
-  local decisive=(--spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references "" --search-opt alpha_lr=0.012)
+phase_args() {  # phase_args N: sets `args` to the compare options of phase N (1a, 1b, 2-5); none when it cannot run yet
+  local decisive
   case "$1" in
-    1) args=(--out results/compare-decisive "${decisive[@]}" --search-only) ;;
+    1a | 1b)
+      local out=${pilots[$([ "$1" = 1a ] && echo 0 || echo 1)]}
+      args=(--out "$out" --spaces darts --seeds 0 --random 0 --references "" --search-opt "alpha_lr=${out##*alr}" --search-only) ;;
     2) args=(--out results/compare-medium --reference-seeds 0,1,2,3) ;;
-    3) args=(--out results/compare-params --spaces darts,sgblock --seeds "$(seq -s, 0 11)" --random 12 --search-only) ;;
-    4) args=(--out results/compare-decisive "${decisive[@]}") ;;
+    3 | 4)
+      args=()
+      decisive=$(python3 scripts/decisive_rate.py "${pilots[@]}") || return 0
+      args=(--out "$decisive" --spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references ""
+            --search-opt "alpha_lr=${decisive##*alr}")
+      if [ "$1" = 3 ]; then args+=(--search-only); fi ;;
+    5) args=(--out results/compare-params --spaces darts,sgblock --seeds "$(seq -s, 0 11)" --random 12 --search-only) ;;
   esac
 }
 
@@ -36,7 +45,7 @@ search_finished() { [ -f "$1/genotype.json" ] && [ -f "$1/metrics.jsonl" ] && [ 
 run_finished() {  # a search with all its epochs, or a retraining with its summary
   case "$1" in */search/*) search_finished "$1" ;; *) [ -f "$1/summary.json" ] ;; esac
 }
-runs_of() {  # every run folder of the three experiments
+runs_of() {  # every run folder of the experiments
   local out
   for out in "${outs[@]}"; do
     for run in "$out"/search/* "$out"/augment/*; do [ -d "$run" ] && echo "$run"; done
@@ -60,10 +69,11 @@ commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoint
   git diff --cached --quiet -- "${outs[@]}" || git commit -q -m "$1"
 }
 
-stream() {  # stream K: the four phases in order, one unit at a time on one thread
+stream() {  # stream K: the phases in order, one unit at a time on one thread
   export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
-  for n in 1 2 3 4; do
-    phase_args "$n"
+  for n in 1a 1b 2 3 4 5; do
+    phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_rate.py)
+    if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the rate yet"; continue; fi
     python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 --no-progress 2>&1 |
       sed -u "s/^/[stream $1] /"
   done
