@@ -1,8 +1,9 @@
 """Step time of two commits side by side: does a change make a step faster?
 
 Checks both commits out as temporary git worktrees and times the same step (each commit's own
-`steps.build_step` at its defaults) alternately in fresh processes under tcmalloc where installed (as the jobs run), so that drifts of the
-machine's speed hit both alike; prints each commit's times and the ratio of medians.
+`build_step` at its defaults) alternately in fresh processes, under tcmalloc where it is installed
+(as the jobs run), so that drifts of the machine's speed hit both alike; prints each commit's
+times and the ratio of medians.
 
     python benchmarks/compare_commits.py e693450 HEAD --kind search-fo --batch-size 32
 """
