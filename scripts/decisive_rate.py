@@ -41,20 +41,30 @@ def rate_of(folder: Path) -> float:
     return float(match.group(1))
 
 
+def choose(pilots: list[tuple[float, float | None]]) -> tuple[float | None, str]:
+    """The rule on (rate, final entropy share or None while running) pairs: (chosen rate or None, why)."""
+    for rate, share in sorted(pilots):
+        if share is None:
+            return None, f"undecided: the pilot at {rate} has not finished"
+        if share < THRESHOLD:
+            return rate, f"{rate}: the lowest rate below {100 * THRESHOLD:.0f}% ({100 * share:.1f}%)"
+    return None, f"no pilot rate brought the entropy below {100 * THRESHOLD:.0f}%: pilot a higher one"
+
+
 def main(folders: list[str]) -> int:
     if not folders:
         sys.exit(__doc__)
-    for folder in sorted(map(Path, folders), key=rate_of):
-        share = pilot_share(folder)
+    by_rate = dict(sorted((rate_of(Path(f)), Path(f)) for f in folders))
+    pilots = [(rate, pilot_share(folder)) for rate, folder in by_rate.items()]
+    for (rate, share), folder in zip(pilots, by_rate.values()):
         state = "running or not started" if share is None else f"final entropy {100 * share:.1f}% of the maximum"
-        print(f"alpha lr {rate_of(folder)}: {state} ({folder})", file=sys.stderr)
-        if share is None:
-            return 1  # a lower rate may still qualify
-        if share < THRESHOLD:
-            print(folder)
-            return 0
-    print(f"no pilot rate brought the entropy below {100 * THRESHOLD:.0f}%: pilot a higher one", file=sys.stderr)
-    return 1
+        print(f"alpha lr {rate}: {state} ({folder})", file=sys.stderr)
+    rate, why = choose(pilots)
+    print(f"decisive alpha lr: {why}", file=sys.stderr)
+    if rate is None:
+        return 1
+    print(by_rate[rate])
+    return 0
 
 
 if __name__ == "__main__":
