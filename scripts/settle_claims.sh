@@ -74,7 +74,10 @@ stream() {  # stream K: the phases in order, one unit at a time on one thread
   for n in 1a 1b 2 3 4 5; do
     phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_rate.py)
     if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the rate yet"; continue; fi
-    python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 --no-progress 2>&1 |
+    # a checkpoint every ~5 minutes of a unit (an epoch is ~20-40 minutes), so that a session ending without a
+    # SIGTERM loses little
+    python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 \
+      --search-opt checkpoint_every=40 --augment-opt checkpoint_every=200 --no-progress 2>&1 |
       sed -u "s/^/[stream $1] /"
   done
 }
