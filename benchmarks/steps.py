@@ -14,7 +14,7 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
     """One training step of `kind` at the DARTS settings, as a closure; returns (step, images per step).
 
     On the CPU every speed switch comes from `opts`; on CUDA the device's policy, with `opts`'
-    amp and compile.
+    amp and compile and any other switch `opts` names.
     """
     if kind not in STEP_KINDS:
         raise ValueError(f"unknown step kind {kind!r}: use one of {', '.join(STEP_KINDS)}")
@@ -32,9 +32,9 @@ def build_step(kind: str, opts: dict, space: str, batch_size: int | None = None,
         acceleration = Acceleration(**{**switches, "amp": opts["amp"], "cudnn_benchmark": False})
         foreach, skip_none = opts["foreach"], opts["skip_none"]  # foreach None: the options of opts["optimizer_device"]
     else:
-        acceleration = dataclasses.replace(
-            device_policy(device.type), amp=opts["amp"], compile=opts["compile"], cuda_graphs=opts.get("graphs", False)
-        )
+        named = {f.name: opts[f.name] for f in dataclasses.fields(Acceleration) if f.name in opts}  # e.g. an A/B's switch
+        fixed = {"amp": opts["amp"], "compile": opts["compile"], "cuda_graphs": opts.get("graphs", False)}
+        acceleration = dataclasses.replace(device_policy(device.type), **{**named, **fixed})
         foreach, skip_none = None, True  # torch's default optimizers; `none` never built, as in the jobs
     memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
 
