@@ -10,8 +10,8 @@ import torch
 
 from darts_sg.experiment.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.experiment.report import (
-    _at_equal_size, _p_value, _size_effect, accuracy_vs_params_png, render_markdown, size_adjusted_differences,
-    size_association, welch_interval,
+    _at_equal_size, _compute_line, _p_value, _size_effect, accuracy_vs_params_png, render_markdown,
+    size_adjusted_differences, size_association, welch_interval,
 )
 from darts_sg.utils.errors import UserError
 from darts_sg.model.genotype import load_genotype, random_genotype
@@ -426,3 +426,13 @@ def test_compare_passes_the_cost_options_to_every_search_and_records_them(tmp_pa
     seen["spec"].search_overrides["cost_target"] = 3.0
     with pytest.raises(UserError, match=r"other search settings \(cost_target\)"):
         prepare_experiment(seen["spec"], tmp_path)
+
+
+def test_the_compute_line_names_the_hours_the_retrained_units_spent_and_no_empty_kind():
+    search_only = _compute_line([], {"gpu_hours": 0.0, "cpu_hours": 4.7})
+    assert search_only[-1].startswith("Compute so far: 4.7 CPU process-hours") and "GPU" not in search_only[-1]
+    assert "retrained" not in search_only[-1]
+    retrained = _compute_line([{"cpu_hours": 2.5, "gpu_hours": 0.0}], {"gpu_hours": 1.0, "cpu_hours": 4.0})
+    assert "1.0 GPU-hours and 4.0 CPU process-hours" in retrained[-1]
+    assert "the retrained units: 2.5 CPU process-hours)" in retrained[-1]
+    assert _compute_line([], {"gpu_hours": 0.0, "cpu_hours": 0.0}) == []

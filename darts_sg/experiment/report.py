@@ -714,13 +714,14 @@ def _search_protocol(spec: CompareSpec, s_cfg: SearchConfig, alpha_steps: int) -
 
 def _compute_line(rows: list[dict], hours: dict[str, float]) -> list[str]:
     """What the grid cost so far: GPU-hours and CPU-hours of every unit, finished or in progress."""
-    spent = [f"{hours[key]:.1f} {what}" for key, what in (("gpu_hours", "GPU-hours"), ("cpu_hours", "CPU process-hours"))
-             if hours.get(key)]  # fmt: skip
+    kinds = (("gpu_hours", "GPU-hours"), ("cpu_hours", "CPU process-hours"))
+    spent = [f"{hours[key]:.1f} {what}" for key, what in kinds if hours.get(key)]
     if not spent:
         return []
-    finished = sum(r.get("gpu_hours", 0) for r in rows)
+    finished = [f"{total:.1f} {what}" for key, what in kinds if (total := sum(r.get(key, 0) for r in rows))]
+    of_finished = f"; the retrained units: {' and '.join(finished)}" if finished else ""
     return ["", f"Compute so far: {' and '.join(spent)} (the epochs' wall-clock time times the processes that ran "
-            f"them, units in progress included; the finished units: {finished:.1f} GPU-hours)."]  # fmt: skip
+            f"them, units in progress included{of_finished})."]  # fmt: skip
 
 
 def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours: dict[str, float] | None = None,
