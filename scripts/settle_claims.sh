@@ -4,6 +4,8 @@
 #      learning rate (0.048, 0.096; results/compare-decisive-alr<rate>). A 4x rate (0.012, results/compare-decisive)
 #      was not enough: darts-s0 ended at 93.9% of the maximum entropy (the issue asks < 85%), sgblock-s0 at 94.5%
 #      after 6 of 7 epochs; the entropy deficit grew as lr^0.8 from 1x to 4x (2.0% -> 6.1%), which puts 16x near 82%.
+#      RESULT (2026-12-05): 16x ended at 88.7%, 32x at 87.1%: the entropy saturates with the rate, so phases 3-4 skip
+#      (scripts/decisive_rate.py) until a pilot of another lever (alpha weight decay 0, a softmax temperature) goes below 85%.
 #   2. retraining noise: DARTS_V2 retrained with seeds 1, 2, 3 beside the medium comparison's seed 0
 #      (results/compare-medium, --reference-seeds 0,1,2,3);
 #   3. decisive searches: 4 per space (darts, sgblock), searches only, in the folder of the lowest pilot rate that
