@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # The experiments of issue 44, one after the other, resumable across sessions (results committed as units finish):
-#   1. pilots of the decisive protocol: the darts search of seed 0 at the medium protocol with a 16x and a 32x alpha
-#      learning rate (0.048, 0.096; results/compare-decisive-alr<rate>). A 4x rate (0.012, results/compare-decisive)
-#      was not enough: darts-s0 ended at 93.9% of the maximum entropy (the issue asks < 85%), sgblock-s0 at 94.5%
-#      after 6 of 7 epochs; the entropy deficit grew as lr^0.8 from 1x to 4x (2.0% -> 6.1%), which puts 16x near 82%.
-#      RESULT (2026-12-05): 16x ended at 88.7%, 32x at 87.1%: the entropy saturates with the rate, so phases 3-4 skip
-#      (scripts/decisive_rate.py) until a pilot of another lever (alpha weight decay 0, a softmax temperature) goes below 85%.
+#   1. pilots of the decisive protocol: the darts search of seed 0 at the medium protocol with the alphas given room
+#      to move, in order of preference (scripts/decisive_pilot.py takes the first that ends below 85% of the maximum
+#      entropy). A 4x alpha rate (0.012, results/compare-decisive) ended at 93.9%; 16x (0.048) at 88.7% and 32x
+#      (0.096) at 87.1% (2026-12-05): the entropy saturates with the rate. Its plateau fits the alphas' weight decay
+#      (1e-3, Adam's L2 term) balancing their gradient, so the next pilots drop it: 4x and 16x with weight decay 0.
 #   2. retraining noise: DARTS_V2 retrained with seeds 1, 2, 3 beside the medium comparison's seed 0
 #      (results/compare-medium, --reference-seeds 0,1,2,3);
-#   3. decisive searches: 4 per space (darts, sgblock), searches only, in the folder of the lowest pilot rate that
-#      brought the entropy below 85% (scripts/decisive_rate.py; its pilot is seed 0 of darts); skipped while the
-#      pilots cannot decide yet;
+#   3. decisive searches: 4 per space (darts, sgblock), searches only, in the folder of the deciding pilot, with its
+#      options (its darts-s0 is the pilot itself); skipped while the pilots cannot decide yet;
 #   4. the decisive searches' cells retrained under the medium protocol (the same folder, 8 units);
 #   5. the parameter claim: 12 searches per space at the medium protocol, searches only (results/compare-params; the
 #      medium comparison's 4 finished searches per space are copied in as seeds 0-3), with 12 random genotypes per space.
@@ -23,21 +21,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 epochs=7  # the medium search's
-pilots=(results/compare-decisive-alr0.048 results/compare-decisive-alr0.096)
+# the pilots in order of preference, each with its alpha options
+pilots=(results/compare-decisive-alr0.048 results/compare-decisive-alr0.096
+        results/compare-decisive-alr0.012-awd0 results/compare-decisive-alr0.048-awd0)
+declare -A pilot_opts=(
+  [results/compare-decisive-alr0.048]="alpha_lr=0.048"
+  [results/compare-decisive-alr0.096]="alpha_lr=0.096"
+  [results/compare-decisive-alr0.012-awd0]="alpha_lr=0.012 alpha_weight_decay=0"
+  [results/compare-decisive-alr0.048-awd0]="alpha_lr=0.048 alpha_weight_decay=0"
+)
 outs=("${pilots[@]}" results/compare-medium results/compare-params)
 
-phase_args() {  # phase_args N: sets `args` to the compare options of phase N (1a, 1b, 2-5); none when it cannot run yet
+search_opts() {  # search_opts PILOT: the pilot's alpha options as compare arguments
+  local opt
+  for opt in ${pilot_opts[$1]}; do printf '%s\n' --search-opt "$opt"; done
+}
+
+phase_args() {  # phase_args N: sets `args` to the compare options of phase N (p0-p3 the pilots, 2-5); none when it cannot run yet
   local decisive
   case "$1" in
-    1a | 1b)
-      local out=${pilots[$([ "$1" = 1a ] && echo 0 || echo 1)]}
-      args=(--out "$out" --spaces darts --seeds 0 --random 0 --references "" --search-opt "alpha_lr=${out##*alr}" --search-only) ;;
+    p*)
+      local out=${pilots[${1#p}]}
+      args=(--out "$out" --spaces darts --seeds 0 --random 0 --references "" --search-only)
+      mapfile -t -O ${#args[@]} args < <(search_opts "$out") ;;
     2) args=(--out results/compare-medium --reference-seeds 0,1,2,3) ;;
     3 | 4)
       args=()
-      decisive=$(python3 scripts/decisive_rate.py "${pilots[@]}") || return 0
-      args=(--out "$decisive" --spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references ""
-            --search-opt "alpha_lr=${decisive##*alr}")
+      decisive=$(python3 scripts/decisive_pilot.py "${pilots[@]}") || return 0
+      args=(--out "$decisive" --spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references "")
+      mapfile -t -O ${#args[@]} args < <(search_opts "$decisive")
       if [ "$1" = 3 ]; then args+=(--search-only); fi ;;
     5) args=(--out results/compare-params --spaces darts,sgblock --seeds "$(seq -s, 0 11)" --random 12 --search-only) ;;
   esac
@@ -73,8 +85,8 @@ commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoint
 
 stream() {  # stream K: the phases in order, one unit at a time on one thread
   export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
-  for n in 1a 1b 2 3 4 5; do
-    phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_rate.py)
+  for n in p0 p1 p2 p3 2 3 4 5; do
+    phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_pilot.py)
     if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the rate yet"; continue; fi
     # a checkpoint every ~5 minutes of a unit (an epoch is ~20-40 minutes), so that a session ending without a
     # SIGTERM loses little
