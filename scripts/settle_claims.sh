@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The experiments of issue 44, one after the other, resumable across sessions (results committed as units finish):
+# The experiments of issue 44, one after the other (phase 5 before 4), resumable across sessions (results committed as units finish):
 #   1. pilots of the decisive protocol: the darts search of seed 0 at the medium protocol with the alphas given room
 #      to move, in order of preference (scripts/decisive_pilot.py takes the first that ends below 85% of the maximum
 #      entropy). A 4x alpha rate (0.012, results/compare-decisive) ended at 93.9%; 16x (0.048) at 88.7% and 32x
@@ -85,7 +85,7 @@ commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoint
 
 stream() {  # stream K: the phases in order, one unit at a time on one thread
   export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
-  for n in p0 p1 p2 p3 2 3 4 5; do
+  for n in p0 p1 p2 p3 2 3 5 4; do  # the parameter claim (searches only) before the long decisive retrainings
     phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_pilot.py)
     if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the rate yet"; continue; fi
     # a checkpoint every ~5 minutes of a unit (an epoch is ~20-40 minutes), so that a session ending without a
