@@ -96,3 +96,18 @@ def read_hparams():
 def _fixed_threads():
     torch.set_num_threads(THREADS)
     yield
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """A function: the name of a file in scripts/ -> that script imported as a module (its main() not run)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / name
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,19 +1,13 @@
 """The table of the paper's claims beside ours (scripts/claims_table.py), on the committed medium comparison."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "claims_table.py"
-
 
 @pytest.fixture(scope="module")
-def claims_table():
-    spec = importlib.util.spec_from_file_location("claims_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def claims_table(load_script):
+    module = load_script("claims_table.py")
     if not (module.MEDIUM / "rows.json").exists():
         pytest.skip("the medium comparison's results are not in this checkout")
     return module

@@ -1,19 +1,13 @@
 """The rule that picks the decisive protocol from pilot searches (scripts/decisive_pilot.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "decisive_pilot.py"
-
 
 @pytest.fixture(scope="module")
-def decisive_pilot():
-    spec = importlib.util.spec_from_file_location("decisive_pilot", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def decisive_pilot(load_script):
+    return load_script("decisive_pilot.py")
 
 
 def test_the_first_pilot_below_the_threshold_decides_even_while_later_ones_run(decisive_pilot):
@@ -33,7 +27,7 @@ def test_no_pilot_when_every_one_ended_above_the_threshold(decisive_pilot):
 
 def test_the_finished_pilots_of_the_repository_do_not_decide(decisive_pilot, capsys):
     """The 16x and 32x rate pilots ended at 88.7% and 87.1% of the maximum entropy (results/, committed)."""
-    root = SCRIPT.parents[1] / "results"
+    root = Path(__file__).resolve().parents[1] / "results"
     folders = [root / "compare-decisive-alr0.048", root / "compare-decisive-alr0.096"]
     if not all((folder / "search/darts-s0/genotype.json").exists() for folder in folders):
         pytest.skip("the pilot results are not in this checkout")
