@@ -5,6 +5,8 @@
 #      entropy). A 4x alpha rate (0.012, results/compare-decisive) ended at 93.9%; 16x (0.048) at 88.7% and 32x
 #      (0.096) at 87.1% (2026-12-05): the entropy saturates with the rate. Its plateau fits the alphas' weight decay
 #      (1e-3, Adam's L2 term) balancing their gradient, so the next pilots drop it: 4x and 16x with weight decay 0.
+#      RESULT (2026-12-06): 4x without decay ended at 86.6%, 16x without decay at 64.5%: the 16x rate without weight
+#      decay (results/compare-decisive-alr0.048-awd0) is the decisive protocol.
 #   2. retraining noise: DARTS_V2 retrained with seeds 1, 2, 3 beside the medium comparison's seed 0
 #      (results/compare-medium, --reference-seeds 0,1,2,3);
 #   3. decisive searches: 4 per space (darts, sgblock), searches only, in the folder of the deciding pilot, with its
