@@ -3,7 +3,8 @@
 Reads each experiment folder's genotypes.json (written by every `darts-sg compare` report) and prints, per
 protocol and space, the searches' alpha learning rate and weight decay, how firmly the alphas chose (entropy after the last epoch
 as a share of the uniform maximum), how stable the derived genotype was, how often `sg_block` was chosen and the
-params at C=36, 20 cells. With --out, writes the table there too.
+params at C=36, 20 cells. With --out, writes the table there too, and beside it a figure of the alpha entropy
+per epoch of every protocol's searches (`<out stem>.png`).
 
     python scripts/protocols_table.py results/compare-medium results/compare-decisive --out results/search-protocols.md
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -20,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from darts_sg.experiment.report import entropy_share, mean_std  # noqa: E402
+from darts_sg.model.ops import resolve_space  # noqa: E402
+from darts_sg.plots.figures import figure_png  # noqa: E402
 from darts_sg.train.config import SearchConfig  # noqa: E402
-from darts_sg.utils.io import atomic_write_text  # noqa: E402
+from darts_sg.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
 def mean_pm(values: list[float], digits: int = 2) -> str:
@@ -57,6 +61,32 @@ def table(folders: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def entropy_png(folders: list[Path], threshold: float = 85.0) -> bytes:
+    """The alpha entropy per epoch (% of the uniform maximum, normal and reduction cell averaged) of every search of
+    every protocol: one colour per protocol, solid for `darts`, dashed for the other spaces."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    colours = colormaps["tab10"]
+    for index, folder in enumerate(folders):
+        rows = [r for r in json.loads((folder / "genotypes.json").read_text()) if r["kind"] == "searched"]
+        for k, row in enumerate(rows):
+            top = math.log(len(resolve_space(row["space"])))
+            shares = [100 * (normal + reduce) / 2 / top for normal, reduce in row["entropy_per_epoch"]]
+            ax.plot(range(1, len(shares) + 1), shares, color=colours(index % 10), lw=1.2, alpha=0.8,
+                    ls="-" if row["space"] == "darts" else "--", label=folder.name if k == 0 else None)  # fmt: skip
+    ax.axhline(threshold, color="grey", ls=":", lw=1)
+    ax.annotate(f"{threshold:.0f}%", (1, threshold), fontsize=8, color="grey", va="bottom")
+    ax.set_xlabel("search epoch")
+    ax.set_ylabel("alpha entropy (% of the uniform maximum)")
+    ax.set_title("How firmly the alphas chose, per protocol (solid: darts, dashed: other spaces)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return figure_png(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="comparison folders (each with compare.json and genotypes.json)")
@@ -68,8 +98,11 @@ def main() -> None:
     text = table(args.folders)
     print(text, end="")
     if args.out:
+        figure = args.out.with_suffix(".png")
+        atomic_write_bytes(figure, entropy_png(args.folders))
         atomic_write_text(args.out, "# Search protocols side by side\n\n`python scripts/protocols_table.py "
-                          + " ".join(str(f) for f in args.folders) + "`\n\n" + text)  # fmt: skip
+                          + " ".join(str(f) for f in args.folders) + f" --out {args.out}`\n\n" + text
+                          + f"\n![alpha entropy per epoch]({figure.name})\n")  # fmt: skip
 
 
 if __name__ == "__main__":
