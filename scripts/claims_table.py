@@ -28,7 +28,7 @@ from darts_sg.experiment.report import entropy_share, mean_std, size_adjusted_di
 from darts_sg.utils.io import atomic_write_text  # noqa: E402
 
 MEDIUM, PARAMS = ROOT / "results/compare-medium", ROOT / "results/compare-params"
-README_BEGIN, README_END = "<!-- claims: python scripts/claims_table.py --write -->", "<!-- /claims -->"
+README_BEGIN, README_END = "<!-- claims: written by scripts/claims_table.py --write (the command in full: results/claims.md) -->", "<!-- /claims -->"
 SCALE_NOTE = (
     "Both protocols search first order at C=8, 5 cells, for 1092 alpha steps (the paper: 50 epochs at C=16, 8 cells) "
     "and retrain for 10 epochs at C=16, 8 cells (the paper: 600 epochs at C=36, 20 cells), so the accuracy rows hold at "

@@ -74,7 +74,7 @@ finished_count() {
   echo "$n"
 }
 
-commit() {  # commit MESSAGE [--with-checkpoints]: the three folders; checkpoints only of unfinished runs, only with --save
+commit() {  # commit MESSAGE [--with-checkpoints]: the experiments' folders; checkpoints only of unfinished runs, only with --save
   git add "${outs[@]}"
   for run in $(runs_of); do
     [ -n "$(git ls-files -- "$run/checkpoint.pt")" ] || continue
@@ -89,7 +89,7 @@ stream() {  # stream K: the phases in order, one unit at a time on one thread
   export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
   for n in p0 p1 p2 p3 2 3 5 4; do  # the parameter claim (searches only) before the long decisive retrainings
     phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_pilot.py)
-    if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the rate yet"; continue; fi
+    if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the protocol yet"; continue; fi
     # a checkpoint every ~5 minutes of a unit (an epoch is ~20-40 minutes), so that a session ending without a
     # SIGTERM loses little
     python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 \
