@@ -17,6 +17,7 @@
 #
 #   bash scripts/settle_claims.sh          # in the background: two units at once, one thread each (two streams)
 #   bash scripts/settle_claims.sh --save   # before a session ends: commit the checkpoints of the runs in progress
+#   bash scripts/settle_claims.sh --status # what has finished, and how far the runs in progress are
 # Pause it with kill -STOP -- -PID (the PID it prints), resume with kill -CONT -- -PID, stop it with kill -TERM -- -PID
 # (every run writes a checkpoint first).
 set -euo pipefail
@@ -106,6 +107,18 @@ if [ "${1:-}" = "--phases" ]; then  # the experiments themselves (started below,
   sleep 30  # the first stream claims its unit first: the units then pair up in running order
   stream 2 &
   wait
+  exit 0
+fi
+
+if [ "${1:-}" = "--status" ]; then  # per experiment folder: finished runs, and the epochs of the runs in progress
+  for out in "${outs[@]}"; do
+    done_runs=0 partial=()
+    for run in $(runs_of | grep "^$out/"); do
+      if run_finished "$run"; then done_runs=$((done_runs + 1))
+      else partial+=("${run#"$out"/} ($( [ -f "$run/metrics.jsonl" ] && wc -l < "$run/metrics.jsonl" || echo 0) epochs)"); fi
+    done
+    echo "$out: $done_runs finished${partial:+; in progress or stopped: ${partial[*]}}"
+  done
   exit 0
 fi
 
