@@ -59,14 +59,19 @@ def p_value(result: dict[str, float] | None) -> str:
     return "" if result is None else ", p<0.001" if result["p"] < 0.001 else f", p={result['p']:.2f}"
 
 
+def millions(params: list[float]) -> str:
+    """Mean ± sample standard deviation in millions; the value alone for one."""
+    mean, std = mean_std(params)
+    return f"{mean / 1e6:.2f} M" if len(params) == 1 else f"{mean / 1e6:.2f} ± {std / 1e6:.2f} M"
+
+
 def parameter_figure(genotypes: list[dict]) -> tuple[str, str]:
     """sgblock against darts searched cells at the paper's scale: (our figure, n). The relative difference's interval
     is the Welch interval of the log params, i.e. of the ratio of the groups' geometric means."""
     sg, base = values(genotypes, "searched", "sgblock", "paper_params"), values(genotypes, "searched", "darts", "paper_params")
     if not sg or not base:
         return "searches not finished yet", f"{len(sg)} + {len(base)}"
-    text = (f"{statistics.fmean(sg) / 1e6:.2f} ± {mean_std(sg)[1] / 1e6:.2f} M vs "
-            f"{statistics.fmean(base) / 1e6:.2f} ± {mean_std(base)[1] / 1e6:.2f} M")  # fmt: skip
+    text = f"{millions(sg)} vs {millions(base)}"
     ratio = welch_interval([math.log(v) for v in sg], [math.log(v) for v in base])
     if ratio is not None:
         low, mid, high = (100 * math.expm1(ratio[k]) for k in ("low", "diff", "high"))
