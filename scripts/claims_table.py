@@ -112,10 +112,11 @@ def claims(decisive: Path | None) -> list[tuple[str, str, str, str, str]]:
     """(claim, the paper, ours, n, protocol and source) per row."""
     protocols = [("medium", MEDIUM)] + ([("decisive", decisive)] if decisive else [])
     table = []
+    parameter_searches = load(PARAMS, "genotypes.json")  # they hold the medium's searches
     for protocol, folder in protocols:
         genotypes = load(folder, "genotypes.json")
-        if protocol == "medium" and load(PARAMS, "genotypes.json"):  # the parameter claim's searches hold the medium's
-            folder, genotypes = PARAMS, load(PARAMS, "genotypes.json")
+        if protocol == "medium" and parameter_searches:
+            folder, genotypes = PARAMS, parameter_searches
         ours, n = parameter_figure(genotypes)
         table.append(("Sandglass cells have about 25% fewer parameters than DARTS cells", "-25% (~2.5 M vs 3.3 M, derived)",
                       ours, n, f"{protocol}, alpha entropy {firmness(genotypes)} ({source(folder)})"))  # fmt: skip

@@ -35,7 +35,7 @@ def pilot_share(folder: Path) -> float | None:
 
 
 def pilot_options(folder: Path) -> str:
-    """The alpha optimiser's settings of a pilot that has started, as `lr 0.048, weight decay 0.001`."""
+    """The alpha optimiser's settings of a pilot that has started, as `alpha lr 0.048, weight decay 0.001`."""
     config_file = folder / PILOT / "config.json"
     if not config_file.exists():
         return "not started"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from darts_sg.experiment.report import entropy_share, mean_std  # noqa: E402
-from darts_sg.model.ops import resolve_space  # noqa: E402
 from darts_sg.plots.figures import figure_png  # noqa: E402
 from darts_sg.train.config import SearchConfig  # noqa: E402
 from darts_sg.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -73,8 +71,8 @@ def entropy_png(folders: list[Path], threshold: float = 85.0) -> bytes:
     for index, folder in enumerate(folders):
         rows = [r for r in json.loads((folder / "genotypes.json").read_text()) if r["kind"] == "searched"]
         for k, row in enumerate(rows):
-            top = math.log(len(resolve_space(row["space"])))
-            shares = [100 * (normal + reduce) / 2 / top for normal, reduce in row["entropy_per_epoch"]]
+            shares = [100 * entropy_share({"entropy_normal": normal, "entropy_reduce": reduce, "space": row["space"]})
+                      for normal, reduce in row["entropy_per_epoch"]]  # fmt: skip
             ax.plot(range(1, len(shares) + 1), shares, color=colours(index % 10), lw=1.2, alpha=0.8,
                     ls="-" if row["space"] == "darts" else "--", label=folder.name if k == 0 else None)  # fmt: skip
     ax.axhline(threshold, color="grey", ls=":", lw=1)
