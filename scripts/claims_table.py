@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darts_sg.experiment.report import entropy_share, mean_std, size_adjusted_differences, welch_interval  # noqa: E402
+from darts_sg.experiment.report import entropy_share, mean_pm, size_adjusted_differences, welch_interval  # noqa: E402
 from darts_sg.utils.io import atomic_write_text  # noqa: E402
 
 MEDIUM, PARAMS = ROOT / "results/compare-medium", ROOT / "results/compare-params"
@@ -59,19 +59,13 @@ def p_value(result: dict[str, float] | None) -> str:
     return "" if result is None else ", p<0.001" if result["p"] < 0.001 else f", p={result['p']:.2f}"
 
 
-def millions(params: list[float]) -> str:
-    """Mean ± sample standard deviation in millions; the value alone for one."""
-    mean, std = mean_std(params)
-    return f"{mean / 1e6:.2f} M" if len(params) == 1 else f"{mean / 1e6:.2f} ± {std / 1e6:.2f} M"
-
-
 def parameter_figure(genotypes: list[dict]) -> tuple[str, str]:
     """sgblock against darts searched cells at the paper's scale: (our figure, n). The relative difference's interval
     is the Welch interval of the log params, i.e. of the ratio of the groups' geometric means."""
     sg, base = values(genotypes, "searched", "sgblock", "paper_params"), values(genotypes, "searched", "darts", "paper_params")
     if not sg or not base:
         return "searches not finished yet", f"{len(sg)} + {len(base)}"
-    text = f"{millions(sg)} vs {millions(base)}"
+    text = f"{mean_pm(sg, 1e-6, unit=' M', count=False)} vs {mean_pm(base, 1e-6, unit=' M', count=False)}"
     ratio = welch_interval([math.log(v) for v in sg], [math.log(v) for v in base])
     if ratio is not None:
         low, mid, high = (100 * math.expm1(ratio[k]) for k in ("low", "diff", "high"))
@@ -141,9 +135,8 @@ def claims(decisive: Path | None) -> list[tuple[str, str, str, str, str]]:
         for name in sorted({r["space"] for r in retrained if r["kind"] == "reference"}):
             accs = [100 * r["test_acc"] for r in retrained if r["kind"] == "reference" and r["space"] == name]
             if len(accs) > 1:
-                mean, std = mean_std(accs)
                 table.append((f"The noise of retraining one cell ({name.upper()}, {len(accs)} seeds)", "not reported",
-                              f"{mean:.2f} ± {std:.2f}% (range {min(accs):.2f}-{max(accs):.2f}%); the searched groups' "
+                              f"{mean_pm(accs, unit='%', count=False)} (range {min(accs):.2f}-{max(accs):.2f}%); the searched groups' "
                               f"std, pooled over the spaces: {searched_spread(retrained):.2f} points", str(len(accs)), where))  # fmt: skip
     return table
 

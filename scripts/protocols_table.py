@@ -20,18 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darts_sg.experiment.report import entropy_share, mean_std  # noqa: E402
+from darts_sg.experiment.report import entropy_share, mean_pm  # noqa: E402
 from darts_sg.plots.figures import figure_png  # noqa: E402
 from darts_sg.train.config import SearchConfig  # noqa: E402
 from darts_sg.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-
-
-def mean_pm(values: list[float], digits: int = 2) -> str:
-    """Mean ± sample standard deviation (the value alone for one)."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if values else "–"
 
 
 def table(folders: list[Path]) -> str:
@@ -46,15 +38,17 @@ def table(folders: list[Path]) -> str:
             mine = [r for r in rows if r["space"] == space]
             if not mine:
                 continue
-            share = [100 * entropy_share(r) for r in mine]
+            entropy = mean_pm([100 * entropy_share(r) for r in mine], digits=1, count=False)
+            stable = mean_pm([r["stable_since_epoch"] for r in mine], digits=1, count=False)
+            params = mean_pm([r["paper_params"] for r in mine], 1e-6, count=False)
+            decay = search.get("alpha_weight_decay", SearchConfig.alpha_weight_decay)
             changed = sum(r["stable_since_epoch"] >= search["epochs"] > 1 for r in mine)
             normal = statistics.fmean(r["sg_block_normal"] for r in mine)
             reduce = statistics.fmean(r["sg_block_reduce"] for r in mine)
             lines.append(
-                f"| `{folder.name}` | {space} | {len(mine)} | {search['alpha_lr']:g} | {search.get('alpha_weight_decay', SearchConfig.alpha_weight_decay):g} | {mine[0]['alpha_steps']} | "
-                f"{mean_pm(share, 1)} | {changed} of {len(mine)} | {mean_pm([r['stable_since_epoch'] for r in mine], 1)} | "
-                f"{normal:.2f} / {reduce:.2f} | {sum(r['sg_block_edges'] > 0 for r in mine)} of {len(mine)} | "
-                f"{mean_pm([r['paper_params'] / 1e6 for r in mine])} |"
+                f"| `{folder.name}` | {space} | {len(mine)} | {search['alpha_lr']:g} | {decay:g} | {mine[0]['alpha_steps']} | "
+                f"{entropy} | {changed} of {len(mine)} | {stable} | {normal:.2f} / {reduce:.2f} | "
+                f"{sum(r['sg_block_edges'] > 0 for r in mine)} of {len(mine)} | {params} |"
             )  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ import torch
 from darts_sg.experiment.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.experiment.report import (
     _at_equal_size, _compute_line, _p_value, _size_effect, accuracy_vs_params_png, render_markdown,
-    size_adjusted_differences, size_association, welch_interval,
+    mean_pm, size_adjusted_differences, size_association, welch_interval,
 )
 from darts_sg.utils.errors import UserError
 from darts_sg.model.genotype import load_genotype, random_genotype
@@ -277,6 +277,12 @@ def test_report_states_the_answer_with_its_interval():
 
 def test_a_small_p_value_is_printed_to_its_first_significant_digit_never_as_zero():
     assert [_p_value(p) for p in (0.49, 0.0501, 0.0042, 0.00019)] == ["p=0.49", "p=0.05", "p=0.004", "p<0.001"]
+
+
+def test_a_group_reads_mean_and_std_with_its_size_and_one_value_reads_alone():
+    assert mean_pm([0.881, 0.883], 100, unit="%") == "88.20 ± 0.14% (n=2)"
+    assert mean_pm([3.6e6, 4.0e6], 1e-6, 1, " M", count=False) == "3.8 ± 0.3 M"
+    assert mean_pm([0.8812], 100, unit="%") == "88.12%" and mean_pm([]) == "–"
 
 
 def test_report_says_whether_bigger_cells_reached_higher_accuracy():

@@ -239,6 +239,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def mean_pm(values: Sequence[float], scale: float = 1.0, digits: int = 2, unit: str = "", count: bool = True) -> str:
+    """Mean ± sample standard deviation of `values` times `scale`, then `unit`, then (n=N) when `count`; the value
+    alone for one, "–" for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0] * scale:.{digits}f}{unit}"
+    m, s = mean_std(values)
+    text = f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}{unit}"
+    return f"{text} (n={len(values)})" if count else text
+
+
 def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float] | None:
     """Mean(a) - mean(b) with its Welch confidence interval and two-sided p-value; None below 2 values per group."""
     if len(a) < 2 or len(b) < 2:
@@ -267,8 +279,7 @@ def reference_groups(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _accuracy(group: list[dict], unit: str = "") -> str:
     """A group's test accuracy in points (followed by `unit`): the value for one unit, mean ± std (n) for several."""
-    accs = [r["test_acc"] for r in group]
-    return f"{100 * accs[0]:.2f}{unit}" if len(accs) == 1 else _pm(accs, 100, unit=unit)
+    return mean_pm([r["test_acc"] for r in group], 100, unit=unit)
 
 
 def _searched_or_random(rows: list[dict]) -> list[dict]:
@@ -415,14 +426,6 @@ def alpha_trajectory_pngs(out: Path, rows: list[dict], spaces: Sequence[str]) ->
     return written
 
 
-def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    """Mean ± sample standard deviation of `values` times `scale`, then `unit`, then (n)."""
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}{unit} (n={len(values)})"
-
-
 def _p_value(p: float) -> str:
     """A p-value to two decimals, or to its first significant digit below 0.01, so that a small one never reads 0.00."""
     return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
@@ -455,8 +458,8 @@ def _parameter_answer(genotypes: list[dict], spaces: Sequence[str]) -> list[str]
         if space == "darts" or not mine or not base:
             continue
         ratio = statistics.fmean(mine) / statistics.fmean(base) - 1
-        head = (f"- Parameters at C=36, 20 cells: `{space}` searched cells {_pm(mine, 1e-6, unit=' M')} vs `darts` "
-                f"{_pm(base, 1e-6, unit=' M')} "
+        head = (f"- Parameters at C=36, 20 cells: `{space}` searched cells {mean_pm(mine, 1e-6, unit=' M')} vs `darts` "
+                f"{mean_pm(base, 1e-6, unit=' M')} "
                 f"({100 * ratio:+.0f}%; {PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')})")  # fmt: skip
         result = welch_interval(mine, base)
         if result is None:
@@ -515,10 +518,11 @@ def _genotypes_section(genotypes: list[dict], spec: CompareSpec) -> list[str]:
             with_sg = sum(r["sg_block_edges"] > 0 for r in mine)
             firm = changed = ""
             if kind == "searched":
-                firm = _pm([entropy_share(r) for r in mine], 100, 1)
+                firm = mean_pm([entropy_share(r) for r in mine], 100, 1, count=False)
                 changed = f"{sum(r['stable_since_epoch'] >= epochs > 1 for r in mine)} of {len(mine)}"
-            lines.append(f"| {space} | {kind} | {len(mine)} | {_pm(params, 1e-6)} | {_pm(flops, 1e-6, 0)} | {normal:.2f} / "
-                         f"{reduce:.2f} | {with_sg} of {len(mine)} | {firm} | {changed} |")  # fmt: skip
+            size = f"{mean_pm(params, 1e-6, count=False)} | {mean_pm(flops, 1e-6, 0, count=False)}"
+            lines.append(f"| {space} | {kind} | {len(mine)} | {size} | {normal:.2f} / {reduce:.2f} | {with_sg} of {len(mine)} | "
+                         f"{firm} | {changed} |")  # fmt: skip
     for name, group in reference_groups(genotypes).items():
         r = group[0]
         lines.append(f"| {name.upper()} | reference | 1 | {r['paper_params'] / 1e6:.2f} | {r['paper_flops'] / 1e6:.0f} | "
@@ -770,7 +774,7 @@ def render_markdown(rows: list[dict], spec: CompareSpec, total_units: int, hours
     ]  # fmt: skip
     for space in spec.spaces:
         versus = _ci(welch_interval(acc("searched", space), acc("searched", "darts"))) if space != "darts" else ""
-        lines.append(f"| {space} | {_pm(acc('searched', space), 100)} | {_pm(acc('random', space), 100)} | "
+        lines.append(f"| {space} | {mean_pm(acc('searched', space), 100)} | {mean_pm(acc('random', space), 100)} | "
                      f"{_ci(welch_interval(acc('searched', space), acc('random', space)))} | {versus} |")  # fmt: skip
     for name, group in reference_groups(rows).items():
         lines.append(f"| {name.upper()} (reference) | {_accuracy(group)} | | | |")
