@@ -175,7 +175,7 @@ def cli() -> None:
 @_search_option("--w-momentum", "w_momentum", "Weight SGD momentum.", type=NON_NEGATIVE_FLOAT)
 @_search_option("--w-weight-decay", "w_weight_decay", "Weight decay of the weights.", type=NON_NEGATIVE_FLOAT)
 @_search_option("--alpha-lr", "alpha_lr", "Architecture (Adam) learning rate.", type=POSITIVE_FLOAT)
-@_search_option("--alpha-weight-decay", "alpha_weight_decay", "Architecture weight decay.", type=NON_NEGATIVE_FLOAT)
+@_search_option("--alpha-weight-decay", "alpha_weight_decay", "Architecture weight decay (L2 inside Adam; 0 lets a short search decide: README, Search).", type=NON_NEGATIVE_FLOAT)
 @_search_option("--partial-channels", "partial_channels", "PC-DARTS: each mixed op sees 1/K of the channels, with edge normalisation (1 = off).", type=POSITIVE)
 @_search_option("--figures/--no-figures", "figures", "Draw the alpha heatmaps and trajectories after every epoch (RUN/figures/ and TensorBoard images; about 2 s each on one CPU thread). `darts-sg plot RUN` draws them afterwards.", default=None)
 @_search_option("--skip-none/--compute-none", "skip_none", "Do not compute the zero `none` op (exact; fixed for a run).", default=None)
