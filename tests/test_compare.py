@@ -407,7 +407,7 @@ def test_the_report_draws_accuracy_against_cost_with_the_pareto_front():
     report = render_markdown(rows, spec, 6)
     assert "Under a budget: --cost flops, weight 0.1, target 5 MFLOPs" in report
     section = report.split("## Accuracy against cost", 1)[1]
-    assert "FLOPs per image" in section and "| b | 0.0004 | 85.00% |" in section and "| c |" not in section
+    assert "FLOPs per image" in section and "| b | 0.000400 | 85.00% |" in section and "| c |" not in section
     assert "![test accuracy against cost](accuracy_vs_cost.png)" in section
 
 

@@ -342,8 +342,16 @@ def _pareto_section(rows: list[dict], spec: CompareSpec) -> list[str]:
     lines = ["", "## Accuracy against cost", "",
              f"The Pareto front of the finished units on {label} and test accuracy: no other unit is both cheaper and "
              "more accurate.", "", f"| unit | {label} | test acc |", "|---|---:|---:|"]  # fmt: skip
-    lines += [f"| {r['name']} | {r[key] * scale:.3g} | {100 * r['test_acc']:.2f}% |" for r in front]
+    lines += [f"| {r['name']} | {_three_significant(r[key] * scale)} | {100 * r['test_acc']:.2f}% |" for r in front]
     return lines + ["", "![test accuracy against cost](accuracy_vs_cost.png)"]
+
+
+def _three_significant(x: float) -> str:
+    """`x` to three significant digits, trailing zeros kept so a column reads evenly (0.280, not 0.28)."""
+    if not x:
+        return "0"
+    rounded = float(f"{x:.2e}")  # rounding first: 0.9996 -> 1.00, not 1.000
+    return f"{rounded:.{max(0, 2 - math.floor(math.log10(abs(rounded))))}f}"
 
 
 def _first_searched(rows: list[dict], space: str) -> dict | None:
