@@ -53,11 +53,21 @@ phase_args() {  # phase_args N: sets `args` to the compare options of phase N (p
       decisive=$(python3 scripts/decisive_pilot.py "${pilots[@]}") || return 0
       args=(--out "$decisive" --spaces darts,sgblock --seeds 0,1,2,3 --random 0 --references "")
       mapfile -t -O ${#args[@]} args < <(search_opts "$decisive")
-      if [ "$1" = 3 ]; then args+=(--search-only); fi ;;
+      if [ "$1" = 3 ]; then
+        # once its searches are done, a search-only pass would only rewrite the report without the retrainings
+        if all_searches_finished "$decisive" darts sgblock; then args=() skip="its searches are finished"; return 0; fi
+        args+=(--search-only)
+      fi ;;
     5) args=(--out results/compare-params --spaces darts,sgblock --seeds "$(seq -s, 0 11)" --random 12 --search-only) ;;
   esac
 }
 
+all_searches_finished() {  # all_searches_finished OUT SPACE...: the 4 seeds' searches of each space in OUT
+  local space seed
+  for space in "${@:2}"; do
+    for seed in 0 1 2 3; do search_finished "$1/search/$space-s$seed" || return 1; done
+  done
+}
 search_finished() { [ -f "$1/genotype.json" ] && [ -f "$1/metrics.jsonl" ] && [ "$(wc -l < "$1/metrics.jsonl")" -ge "$epochs" ]; }
 run_finished() {  # a search with all its epochs, or a retraining with its summary
   case "$1" in */search/*) search_finished "$1" ;; *) [ -f "$1/summary.json" ] ;; esac
@@ -89,8 +99,9 @@ commit() {  # commit MESSAGE [--with-checkpoints]: the experiments' folders; che
 stream() {  # stream K: the phases in order, one unit at a time on one thread
   export PYTHONUNBUFFERED=1  # its lines reach the log as they are written, through the pipe below
   for n in p0 p1 p2 p3 2 3 5 4; do  # the parameter claim (searches only) before the long decisive retrainings
+    skip="the pilots cannot decide the protocol yet"
     phase_args "$n"  # phases 3-4 print the pilots' entropies (scripts/decisive_pilot.py)
-    if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: the pilots cannot decide the protocol yet"; continue; fi
+    if [ ${#args[@]} = 0 ]; then echo "[stream $1] phase $n skipped: $skip"; continue; fi
     # a checkpoint every ~5 minutes of a unit (an epoch is ~20-40 minutes), so that a session ending without a
     # SIGTERM loses little
     python3 -m darts_sg compare --preset medium "${args[@]}" --search-opt threads=1 --augment-opt threads=1 \

@@ -387,6 +387,12 @@ def test_settings_are_checked_against_what_the_folder_recorded_not_todays_preset
     assert run_compare(spec, tmp_path, log=lambda m: None, report_only=True) == [None]
 
 
+def test_recorded_alpha_entropy_is_the_mean_over_edges_to_six_decimals():
+    from darts_sg.experiment.report import _entropy
+
+    assert _entropy([[0.5, 0.5], [1.0, 0.0]]) == round(math.log(2) / 2, 6)  # the mean over edges, to 6 decimals
+
+
 def test_the_report_draws_accuracy_against_cost_with_the_pareto_front():
     from darts_sg.experiment.report import accuracy_vs_cost_png, pareto_front
 

@@ -80,11 +80,13 @@ def _cached_paper_scale_cost(out: Path, unit: Unit, genotype: Genotype, spec: Co
 
 
 def _entropy(weights: Sequence[Sequence[float]]) -> float:
+    """Mean per-edge entropy of recorded alpha weights, in float64 and to 6 decimals: the same figure on every CPU
+    (float32 logs differ in the 7th digit between vector units, which would churn the committed results)."""
     import torch
 
     from ..plots.visualize import alpha_entropy
 
-    return alpha_entropy(torch.tensor(weights))
+    return round(alpha_entropy(torch.tensor(weights, dtype=torch.float64)), 6)
 
 
 def search_dynamics(run: RunDirectory) -> dict[str, Any]:
