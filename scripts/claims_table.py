@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from darts_sg.experiment.report import entropy_share, mean_pm, size_adjusted_differences, welch_interval  # noqa: E402
+from darts_sg.experiment.report import entropy_share, mean_pm, ratio_interval, size_adjusted_differences, welch_interval  # noqa: E402
 from darts_sg.utils.io import atomic_write_text  # noqa: E402
 
 MEDIUM, PARAMS = ROOT / "results/compare-medium", ROOT / "results/compare-params"
@@ -66,10 +66,9 @@ def parameter_figure(genotypes: list[dict]) -> tuple[str, str]:
     if not sg or not base:
         return "searches not finished yet", f"{len(sg)} + {len(base)}"
     text = f"{mean_pm(sg, 1e-6, unit=' M', count=False)} vs {mean_pm(base, 1e-6, unit=' M', count=False)}"
-    ratio = welch_interval([math.log(v) for v in sg], [math.log(v) for v in base])
+    ratio = ratio_interval(sg, base)
     if ratio is not None:
-        low, mid, high = (100 * math.expm1(ratio[k]) for k in ("low", "diff", "high"))
-        text += f": **{mid:+.0f}% [{low:+.0f}%, {high:+.0f}%]**{p_value(ratio)}"
+        text += f": **{100 * ratio['diff']:+.0f}% [{100 * ratio['low']:+.0f}%, {100 * ratio['high']:+.0f}%]**{p_value(ratio)}"
     with_sg = sum(r["sg_block_edges"] > 0 for r in genotypes if r["kind"] == "searched" and r["space"] == "sgblock")
     return f"{text}; {with_sg} of {len(sg)} sandglass cells use `sg_block`", f"{len(sg)} + {len(base)}"
 

@@ -11,7 +11,7 @@ import torch
 from darts_sg.experiment.compare import COMPARE_SCALES, CompareSpec, Unit, parse_overrides, run_compare, units_of
 from darts_sg.experiment.report import (
     _at_equal_size, _compute_line, _p_value, _size_effect, accuracy_vs_params_png, render_markdown,
-    mean_pm, size_adjusted_differences, size_association, welch_interval,
+    mean_pm, ratio_interval, size_adjusted_differences, size_association, welch_interval,
 )
 from darts_sg.utils.errors import UserError
 from darts_sg.model.genotype import load_genotype, random_genotype
@@ -240,6 +240,10 @@ def test_welch_interval_matches_the_textbook_formula():
     assert (result["low"], result["high"]) == (pytest.approx(diff - half), pytest.approx(diff + half))
     assert result["p"] == pytest.approx(2 * t.sf(diff / math.sqrt(va + vb), df))
     assert welch_interval([1.0], [2.0, 3.0]) is None
+    # the ratio of geometric means, sqrt(2 * 8) / sqrt(4 * 4.5) - 1 = -5.7%, with the interval of the logs mapped back
+    ratio, logs = ratio_interval([2.0, 8.0], [4.0, 4.5]), welch_interval([math.log(2), math.log(8)], [math.log(4), math.log(4.5)])
+    assert ratio["diff"] == pytest.approx(math.sqrt(16 / 18) - 1) and ratio["p"] == logs["p"]
+    assert (ratio["low"], ratio["high"]) == (pytest.approx(math.expm1(logs["low"])), pytest.approx(math.expm1(logs["high"])))
 
 
 def test_report_states_the_answer_with_its_interval():
@@ -256,7 +260,8 @@ def test_report_states_the_answer_with_its_interval():
     report = render_markdown(rows, CompareSpec(spaces=["darts", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 20)
     assert "`sgblock` vs `darts`, searched cells: +0.10 points" in report and "contains 0: no difference" in report
     assert "`sgblock`, searched vs random cells: +0.90 points, 95% CI [+0.07, +1.73]: higher" in report
-    assert "`sgblock` searched cells 2.50 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3) (-24%; the paper: about -25%): difference -0.80 M [-0.80, -0.80]" in report
+    assert ("`sgblock` searched cells 2.50 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3): -24% [-24%, -24%], p<0.001 "
+            "(the paper: about -25%; the ratio of the groups' geometric means") in report
     assert "Status: 9 of 20 units finished" in report and "= 1092 alpha steps" in report
     # how firmly the searches chose: mean entropy share ((2.0 + 2.1) / 2 / ln 8 = 98.6%), none changed in its last epoch
     assert "`darts` 98.6% (n=3), `sgblock` 93.3% (n=3); 0 of 6 searches changed" in report
@@ -271,7 +276,7 @@ def test_report_states_the_answer_with_its_interval():
     # the paper's -25% is the sandglass space's; of the inverted-residual space's parameters it says nothing
     rows += [row("searched", "invres", s, 0.885 + 0.001 * s, 4.0e6) for s in range(3)]
     report = render_markdown(rows, CompareSpec(spaces=["darts", "invres", "sgblock"], seeds=[0, 1, 2], preset="medium", random=3), 30)
-    assert "`invres` searched cells 4.00 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3) (+21%; the paper gives no parameter figure for the inverted-residual space)" in report
+    assert "`invres` searched cells 4.00 ± 0.00 M (n=3) vs `darts` 3.30 ± 0.00 M (n=3): +21% [+21%, +21%], p<0.001 (the paper gives no parameter figure for the inverted-residual space;" in report
     assert "- Size:" not in report  # every row has the same params: nothing to correlate
 
 

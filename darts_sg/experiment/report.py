@@ -267,6 +267,13 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
     return {"diff": diff, "low": float(interval.low), "high": float(interval.high), "p": float(result.pvalue)}
 
 
+def ratio_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float] | None:
+    """The ratio of the geometric means of positive `a` and `b`, minus 1 (-0.04 = 4% smaller), with the Welch
+    interval and p-value of the difference of their logs; None below 2 values per group."""
+    result = welch_interval([math.log(v) for v in a], [math.log(v) for v in b], level)
+    return None if result is None else {**{k: math.expm1(result[k]) for k in ("diff", "low", "high")}, "p": result["p"]}
+
+
 def _group(rows: list[dict], kind: str, space: str, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r["kind"] == kind and r["space"] == space]
 
@@ -460,24 +467,25 @@ def _verdict(result: dict[str, float] | None, what: str) -> str:
 
 
 def _parameter_answer(genotypes: list[dict], spaces: Sequence[str]) -> list[str]:
-    """Each space's searched cells against `darts`' in params at the paper's scale, with the difference's interval."""
+    """Each space's searched cells against `darts`' in params at the paper's scale: the ratio of the groups'
+    geometric means with its interval."""
     lines = []
     base = _group(genotypes, "searched", "darts", "paper_params")
     for space in spaces:
         mine = _group(genotypes, "searched", space, "paper_params")
         if space == "darts" or not mine or not base:
             continue
-        ratio = statistics.fmean(mine) / statistics.fmean(base) - 1
+        paper = PAPER_PARAMS_NOTE.get(space, "the paper gives no figure for this space")
         head = (f"- Parameters at C=36, 20 cells: `{space}` searched cells {mean_pm(mine, 1e-6, unit=' M')} vs `darts` "
-                f"{mean_pm(base, 1e-6, unit=' M')} "
-                f"({100 * ratio:+.0f}%; {PAPER_PARAMS_NOTE.get(space, 'the paper gives no figure for this space')})")  # fmt: skip
-        result = welch_interval(mine, base)
+                f"{mean_pm(base, 1e-6, unit=' M')}")
+        result = ratio_interval(mine, base)
         if result is None:
-            lines.append(head + ".")
+            ratio = math.exp(statistics.fmean(map(math.log, mine)) - statistics.fmean(map(math.log, base))) - 1
+            lines.append(f"{head} ({100 * ratio:+.0f}%; {paper}).")
             continue
-        low, high = (100 * result[k] / statistics.fmean(base) for k in ("low", "high"))
-        lines.append(f"{head}: difference {_ci(result, 1e-6, ' M')}, i.e. [{low:+.0f}%, {high:+.0f}%] of `darts`' mean "
-                     f"(the interval allows for the spread of both groups, not for the uncertainty of that mean).")  # fmt: skip
+        lines.append(f"{head}: {100 * result['diff']:+.0f}% [{100 * result['low']:+.0f}%, {100 * result['high']:+.0f}%], "
+                     f"{_p_value(result['p'])} ({paper}; the ratio of the groups' geometric means, with the 95% Welch "
+                     "interval of the difference of their log params).")  # fmt: skip
     return lines
 
 
