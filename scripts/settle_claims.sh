@@ -45,6 +45,9 @@ phase_args() {  # phase_args N: sets `args` to the compare options of phase N (p
   case "$1" in
     p*)
       local out=${pilots[${1#p}]}
+      # a finished pilot's pass would only rewrite its report: the deciding pilot's folder holds the decisive
+      # comparison, whose report would lose every unit but the pilot's search
+      if search_finished "$out/search/darts-s0"; then args=() skip="its search is finished"; return 0; fi
       args=(--out "$out" --spaces darts --seeds 0 --random 0 --references "" --search-only)
       mapfile -t -O ${#args[@]} args < <(search_opts "$out") ;;
     2) args=(--out results/compare-medium --reference-seeds 0,1,2,3) ;;
