@@ -90,6 +90,14 @@ def test_save_figure_writes_a_png_atomically_and_closes_the_figure(tmp_path):
     assert fig.axes == []
 
 
+def test_the_command_line_loads_no_torchvision_until_a_path_is_dropped():
+    """`--help` and argument errors answer without torchvision's ~2 s import (and the torch._dynamo it pulls in)."""
+    code = ("import sys, darts_sg.cli, darts_sg.jobs.search; "
+            "assert not {'torchvision', 'torch._dynamo'} & set(sys.modules), 'torchvision imported'")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_importing_the_figure_modules_loads_no_matplotlib():
     code = "import sys, darts_sg.plots.figures, darts_sg.plots.visualize; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -93,6 +93,19 @@ def test_drop_path_is_not_in_place_and_exempts_skip():
             assert not isinstance(drop, DropPath) or drop.p == 0.25
 
 
+def test_drop_path_is_torchvisions_row_wise_stochastic_depth():
+    from torchvision.ops import StochasticDepth
+
+    x = torch.randn(64, 3, 4, 4)
+    for p in (0.0, 0.3, 1.0):
+        for training in (True, False):
+            ours, theirs = DropPath(p).train(training), StochasticDepth(p, "row").train(training)
+            torch.manual_seed(0)
+            mine = ours(x)
+            torch.manual_seed(0)
+            assert torch.equal(mine, theirs(x)), (p, training)
+
+
 def test_the_supernet_builds_no_drop_path():
     model = darts_sg.build_supernet("darts", C=8, layers=3)  # nothing ever sets its probability there
     assert not any(isinstance(m, DropPath) for m in model.modules())

@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from ..utils.errors import UserError
 from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
@@ -20,14 +19,27 @@ from .ops import POOLS, FactorizedReduce, OpOptions, ReLUConvBN, build_op
 __all__ = ["Cell", "DropPath", "MixedOp"]
 
 
-class DropPath(StochasticDepth):
+class DropPath(nn.Module):
     """Drop path: in training, zero whole samples with probability `p` and rescale the rest.
 
     torchvision's row-wise stochastic depth; `p` is set from outside (retraining ramps it up).
+    torchvision is imported on the first drop (importing it takes ~2 s, which a search, an
+    evaluation or a command-line error never needs).
     """
 
     def __init__(self, p: float = 0.0):
-        super().__init__(p, "row")
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        from torchvision.ops import stochastic_depth
+
+        return stochastic_depth(x, self.p, "row", training=True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class MixedOp(nn.Module):
