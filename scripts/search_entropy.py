@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from darts_sg.experiment.report import search_dynamics  # noqa: E402
+from darts_sg.model.ops import resolve_space  # noqa: E402
 from darts_sg.train.config import SearchConfig  # noqa: E402
 from darts_sg.train.rundir import RunDirectory  # noqa: E402
 
@@ -31,7 +32,7 @@ def describe(path: Path) -> str:
     if epochs < config.epochs:
         return f"{path}: unfinished ({epochs} of {config.epochs} epochs)"
     dynamics = search_dynamics(run)
-    top = math.log(len(json.loads(run.file("alphas.jsonl").read_text().splitlines()[-1])["primitives"]))
+    top = math.log(len(resolve_space(config.ops)))  # the uniform maximum, as the report divides by (entropy_share)
     per_epoch = ", ".join(f"{100 * (n + r) / 2 / top:.1f}" for n, r in dynamics["entropy_per_epoch"])
     genotype = json.loads(run.file("genotype.json").read_text())
     sg = [sum(op == "sg_block" for op, _ in genotype[cell]) for cell in ("normal", "reduce")]
